@@ -1,0 +1,266 @@
+//! Dispatch: runs one request in a fresh instance of one version.
+//!
+//! Invariants: every request gets its own `Store` and instance, dropped when
+//! the request ends, so nothing survives from one request to the next and a
+//! trap cannot harm anything but its own request. The epoch deadline and the
+//! wall-clock timeout are set before the guest runs. The request path takes
+//! no lock: it loads the registry snapshot and clones the `Arc<Version>` it
+//! runs.
+
+use crate::bindings::{Request, Response};
+use crate::capabilities::HostState;
+use crate::config::Limits;
+use crate::engine::TICK;
+use crate::registry::{Registry, Version};
+use crate::store::KvStore;
+use arc_swap::ArcSwap;
+use futures::future::BoxFuture;
+use http::StatusCode;
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+
+/// Why a request produced no response from a service.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// No service owns the path.
+    #[error("no service serves `{path}`")]
+    NoRoute {
+        /// The request path.
+        path: String,
+    },
+    /// No service has that name (for `services.call`).
+    #[error("no service named `{0}`")]
+    UnknownService(String),
+    /// The service ran but failed.
+    #[error("{service}@{version}: {failure}")]
+    Failed {
+        /// Service name.
+        service: Arc<str>,
+        /// Version name.
+        version: Arc<str>,
+        /// What went wrong.
+        failure: Failure,
+    },
+}
+
+/// How a service failed a request.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The guest trapped (a panic, `unreachable`, out of bounds, stack overflow…).
+    #[error("the service trapped: {0}")]
+    Trap(String),
+    /// The guest used more CPU time than its limit.
+    #[error("the service exceeded its CPU time limit of {0:?}")]
+    CpuTime(Duration),
+    /// The request took longer than its wall-clock limit.
+    #[error("the service did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The guest returned a response that is not valid HTTP.
+    #[error("the service returned a malformed response: {0}")]
+    Malformed(String),
+    /// No instance slot was free.
+    #[error("the host is at its instance capacity")]
+    Capacity,
+    /// The host could not run the guest.
+    #[error("the service could not be run: {0}")]
+    Internal(String),
+}
+
+impl DispatchError {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            DispatchError::NoRoute { .. } | DispatchError::UnknownService(_) => StatusCode::NOT_FOUND,
+            DispatchError::Failed { failure, .. } => match failure {
+                Failure::CpuTime(_) | Failure::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                Failure::Capacity => StatusCode::SERVICE_UNAVAILABLE,
+                Failure::Trap(_) | Failure::Malformed(_) | Failure::Internal(_) => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+            },
+        }
+    }
+}
+
+/// Marker error returned by the epoch callback when the CPU budget is spent.
+#[derive(Debug, thiserror::Error)]
+#[error("CPU time limit exceeded")]
+struct CpuBudgetSpent;
+
+/// Runs requests against the current registry snapshot.
+pub struct Dispatcher {
+    engine: Engine,
+    registry: ArcSwap<Registry>,
+    kv: KvStore,
+    limits: Limits,
+}
+
+impl Dispatcher {
+    /// A dispatcher serving `registry`.
+    pub fn new(engine: Engine, registry: Registry, kv: KvStore, limits: Limits) -> Arc<Self> {
+        Arc::new(Self { engine, registry: ArcSwap::from_pointee(registry), kv, limits })
+    }
+
+    /// The current registry snapshot.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.load_full()
+    }
+
+    /// Replaces the registry snapshot; requests in flight keep their version.
+    pub fn swap_registry(&self, registry: Registry) {
+        self.registry.store(Arc::new(registry));
+    }
+
+    /// The key-value store.
+    pub fn kv(&self) -> &KvStore {
+        &self.kv
+    }
+
+    /// The limits applied to every request.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Routes an outside request by path and runs it.
+    pub async fn handle(self: &Arc<Self>, req: Request) -> Result<(Arc<Version>, Response), DispatchError> {
+        let version = {
+            let registry = self.registry.load();
+            let service = registry
+                .route(&req.path)
+                .ok_or_else(|| DispatchError::NoRoute { path: req.path.clone() })?;
+            service
+                .live()
+                .cloned()
+                .ok_or_else(|| DispatchError::UnknownService(service.name.clone()))?
+        };
+        let resp = self.run(version.clone(), req, 0).await?;
+        Ok((version, resp))
+    }
+
+    /// Runs `req` on the live version of the service `name`, `depth` calls
+    /// deep (for `services.call`). Boxed, since a call may nest.
+    pub fn call_service(
+        self: Arc<Self>,
+        name: String,
+        req: Request,
+        depth: u32,
+    ) -> BoxFuture<'static, Result<Response, DispatchError>> {
+        Box::pin(async move {
+            let version = {
+                let registry = self.registry.load();
+                registry
+                    .service(&name)
+                    .and_then(|s| s.live().cloned())
+                    .ok_or_else(|| DispatchError::UnknownService(name.clone()))?
+            };
+            self.run(version, req, depth).await
+        })
+    }
+
+    /// Runs one request in a fresh instance of `version`.
+    pub async fn run(self: &Arc<Self>, version: Arc<Version>, req: Request, depth: u32) -> Result<Response, DispatchError> {
+        let fail = |failure| DispatchError::Failed {
+            service: version.service.clone(),
+            version: version.version.clone(),
+            failure,
+        };
+        let mut store = Store::new(&self.engine, HostState::new(version.clone(), self.clone(), depth));
+        store.limiter(|s| &mut s.limits);
+        // The callback runs each time the guest has used up one tick while
+        // running, so counting its calls counts CPU time, not time spent
+        // waiting on the host (such as nested service calls).
+        let budget = ticks(self.limits.cpu_time);
+        let mut used = 0u64;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            used += 1;
+            if used >= budget {
+                Err(CpuBudgetSpent.into())
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+
+        let call = async {
+            let instance = version.pre.instantiate_async(&mut store).await.map_err(|e| {
+                if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
+                    Failure::Capacity
+                } else {
+                    classify(e, self.limits.cpu_time)
+                }
+            })?;
+            instance
+                .wasmhost_plugin_handler()
+                .call_handle(&mut store, &req)
+                .await
+                .map_err(|e| classify(e, self.limits.cpu_time))
+        };
+        let resp = match tokio::time::timeout(self.limits.timeout, call).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(failure)) => return Err(fail(failure)),
+            Err(_) => return Err(fail(Failure::Timeout(self.limits.timeout))),
+        };
+        validate(&resp).map_err(|m| fail(Failure::Malformed(m)))?;
+        Ok(resp)
+    }
+}
+
+/// Sorts a wasmtime error into a [`Failure`].
+fn classify(e: wasmtime::Error, cpu_time: Duration) -> Failure {
+    if e.downcast_ref::<CpuBudgetSpent>().is_some() {
+        return Failure::CpuTime(cpu_time);
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => Failure::CpuTime(cpu_time),
+        Some(trap) => Failure::Trap(trap.to_string()),
+        None => Failure::Internal(format!("{e:#}").lines().next().unwrap_or_default().to_string()),
+    }
+}
+
+/// Epoch ticks in `d` (at least one).
+fn ticks(d: Duration) -> u64 {
+    (d.as_millis() / TICK.as_millis()).max(1) as u64
+}
+
+/// Checks that a guest response can be sent as HTTP.
+pub fn validate(resp: &Response) -> Result<(), String> {
+    if !(100..=599).contains(&resp.status) {
+        return Err(format!("status {} is not between 100 and 599", resp.status));
+    }
+    for (name, value) in &resp.headers {
+        http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("invalid header name `{}`", name.escape_debug()))?;
+        http::HeaderValue::from_str(value)
+            .map_err(|_| format!("invalid value for header `{name}`"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resp(status: u16, headers: &[(&str, &str)]) -> Response {
+        Response {
+            status,
+            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            body: vec![],
+        }
+    }
+
+    #[test]
+    fn validate_rejects_bad_status_and_headers() {
+        assert!(validate(&resp(200, &[("content-type", "application/json")])).is_ok());
+        assert!(validate(&resp(99, &[])).unwrap_err().contains("99"));
+        assert!(validate(&resp(1000, &[])).is_err());
+        assert!(validate(&resp(200, &[("bad header", "x")])).unwrap_err().contains("bad header"));
+        assert!(validate(&resp(200, &[("x", "a\nb")])).is_err());
+    }
+
+    #[test]
+    fn ticks_round_down_but_never_to_zero() {
+        assert_eq!(ticks(Duration::from_secs(1)), 100);
+        assert_eq!(ticks(Duration::from_millis(1)), 1);
+    }
+}

@@ -1,0 +1,136 @@
+//! The HTTP front: converts between HTTP and the contract's records.
+//!
+//! Every request goes through one fallback handler that asks the dispatcher
+//! for the current route snapshot (an axum `Router` cannot change once
+//! built). Errors reach the client as JSON naming the service and version,
+//! never a host path; details go to the log.
+
+use crate::bindings::{Request, Response};
+use crate::dispatch::{DispatchError, Dispatcher, Failure};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Header naming the service that answered.
+pub const SERVICE_HEADER: &str = "x-wasmhost-service";
+/// Header naming the version that answered.
+pub const VERSION_HEADER: &str = "x-wasmhost-version";
+
+/// The axum app serving plugin traffic.
+pub fn app(dispatcher: Arc<Dispatcher>) -> axum::Router {
+    axum::Router::new().fallback(handle).with_state(dispatcher)
+}
+
+async fn handle(State(dispatcher): State<Arc<Dispatcher>>, req: axum::extract::Request) -> axum::response::Response {
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let limit = dispatcher.limits().max_request_body;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return too_large(limit);
+    }
+    let body = match axum::body::to_bytes(Body::new(body), limit).await {
+        Ok(b) => b,
+        Err(e) => {
+            let over_limit = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if over_limit {
+                return too_large(limit);
+            }
+            return error_response(StatusCode::BAD_REQUEST, "could not read the request body", None);
+        }
+    };
+    let request = Request {
+        method: parts.method.as_str().to_string(),
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().unwrap_or_default().to_string(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect(),
+        body: body.to_vec(),
+    };
+    let (method, path) = (parts.method, request.path.clone());
+    match dispatcher.handle(request).await {
+        Ok((version, resp)) => {
+            tracing::debug!(
+                service = %version.service, version = %version.version, %method, path,
+                status = resp.status, elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                "request served"
+            );
+            to_http(resp, &version.service, &version.version)
+        }
+        Err(e) => {
+            let status = e.status();
+            match &e {
+                DispatchError::Failed { service, version, failure } => {
+                    tracing::warn!(%service, %version, %method, path, status = status.as_u16(), "request failed: {failure}");
+                    let message = match failure {
+                        Failure::Internal(_) => "the service could not be run".to_string(),
+                        other => other.to_string(),
+                    };
+                    error_response(status, &message, Some((service, version)))
+                }
+                other => {
+                    tracing::debug!(%method, path, status = status.as_u16(), "{other}");
+                    error_response(status, &other.to_string(), None)
+                }
+            }
+        }
+    }
+}
+
+/// Builds the HTTP response from a validated guest response.
+fn to_http(resp: Response, service: &str, version: &str) -> axum::response::Response {
+    let mut out = axum::response::Response::new(Body::from(resp.body));
+    *out.status_mut() = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = out.headers_mut();
+    for (name, value) in resp.headers {
+        // Validated by the dispatcher; anything else is skipped, not fatal.
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value)) {
+            headers.append(n, v);
+        }
+    }
+    tag(headers, service, version);
+    out
+}
+
+fn tag(headers: &mut axum::http::HeaderMap, service: &str, version: &str) {
+    if let Ok(v) = HeaderValue::from_str(service) {
+        headers.insert(SERVICE_HEADER, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(version) {
+        headers.insert(VERSION_HEADER, v);
+    }
+}
+
+fn too_large(limit: usize) -> axum::response::Response {
+    error_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("request body is larger than the {limit}-byte limit"),
+        None,
+    )
+}
+
+/// A JSON error: `{"error": …, "service": …, "version": …}`.
+pub fn error_response(status: StatusCode, message: &str, origin: Option<(&str, &str)>) -> axum::response::Response {
+    let mut body = serde_json::json!({ "error": message });
+    if let Some((service, version)) = origin {
+        body["service"] = service.into();
+        body["version"] = version.into();
+    }
+    let mut out = axum::response::Response::new(Body::from(body.to_string()));
+    *out.status_mut() = status;
+    out.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some((service, version)) = origin {
+        tag(out.headers_mut(), service, version);
+    }
+    out
+}

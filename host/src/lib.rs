@@ -1,0 +1,89 @@
+//! wasmhost: a WebAssembly component host for HTTP microservices.
+//!
+//! Services are Wasm components that target the `wasmhost:plugin/service`
+//! world (see `wit/`). The host loads every `NAME@VERSION.wasm` in its plugins
+//! directory, routes HTTP requests to them by path prefix, and runs each
+//! request in a fresh, sandboxed instance.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let config = wasmhost::ServeConfig::default();
+//! wasmhost::run(config, wasmhost::shutdown::signal()).await
+//! # }
+//! ```
+
+mod bindings;
+mod capabilities;
+pub mod config;
+pub mod dispatch;
+pub mod engine;
+pub mod http;
+pub mod loader;
+pub mod plugin;
+pub mod registry;
+pub mod router;
+pub mod shutdown;
+pub mod status;
+pub mod store;
+
+pub use config::{Manifest, ServeConfig};
+
+use anyhow::{Context, Result};
+use axum::serve::ListenerExt;
+use std::future::{Future, IntoFuture};
+use std::time::{Duration, Instant};
+
+/// How long in-flight requests may take to finish after a shutdown signal.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Loads the plugins directory and serves it until `shutdown` resolves, then
+/// finishes the requests in flight (for at most [`DRAIN_TIMEOUT`]).
+pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("failed to create state directory {}", config.state_dir.display()))?;
+    let kv = store::KvStore::open(&config.state_dir.join("kv.redb"))?;
+    let engine = engine::build(&config.limits, &config.state_dir.join("cache"))?;
+    engine::start_epoch_ticker(&engine)?;
+
+    let loader = loader::Loader::new(engine.clone())?;
+    let plugins_dir = config.plugins_dir.clone();
+    let registry = tokio::task::spawn_blocking(move || loader.load_dir(&plugins_dir))
+        .await
+        .context("the loader thread failed")??;
+    status::log_registry(&registry, &config.plugins_dir);
+    let dispatcher = dispatch::Dispatcher::new(engine, registry, kv, config.limits.clone());
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", config.listen))?;
+    let addr = listener.local_addr().context("failed to read the listening address")?;
+    tracing::info!(
+        startup_ms = started.elapsed().as_millis() as u64,
+        "listening on http://{addr}"
+    );
+
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+    });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, http::app(dispatcher))
+        .with_graceful_shutdown(async {
+            let _ = stop_rx.await;
+        })
+        .into_future();
+    let mut server = tokio::spawn(server);
+    tokio::select! {
+        result = &mut server => return result.context("the server task failed")?.context("the server failed"),
+        () = shutdown => {}
+    }
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
+        Ok(result) => result.context("the server task failed")?.context("the server failed")?,
+        Err(_) => tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; stopping anyway"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

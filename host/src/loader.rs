@@ -1,0 +1,201 @@
+//! The loader: turns the files of the plugins directory into a [`Registry`].
+//!
+//! For each top-level `*.wasm` it reads the whole file, checks that it is a
+//! regular file inside the directory and a WebAssembly *component* (not a
+//! core module, not a precompiled artifact: bytes are only ever compiled,
+//! never deserialized), hashes it, compiles it (through the engine's on-disk
+//! cache), and pre-links it against the `wasmhost:plugin/service` world. A
+//! file that fails any step becomes a [`LoadError`] with a one-line reason;
+//! it never stops the other files from loading.
+
+use crate::bindings::ServicePre;
+use crate::capabilities::{self, HostState};
+use crate::config::Manifest;
+use crate::plugin::PluginName;
+use crate::registry::{LoadError, Registry, Version};
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use wasmtime::component::{Component, Linker};
+use wasmtime::Engine;
+
+/// Largest component accepted, in bytes.
+pub const MAX_COMPONENT_SIZE: u64 = 64 * 1024 * 1024;
+
+/// The WebAssembly magic number.
+const MAGIC: &[u8; 4] = b"\0asm";
+/// Version and layer of a core module (`01 00 00 00`).
+const CORE_MODULE: [u8; 4] = [1, 0, 0, 0];
+/// Layer field of a component (bytes 6–7 are `01 00`).
+const COMPONENT_LAYER: [u8; 2] = [1, 0];
+
+/// Compiles and pre-links components.
+pub struct Loader {
+    engine: Engine,
+    linker: Linker<HostState>,
+}
+
+impl Loader {
+    /// A loader for `engine`, with the host's full linker.
+    pub fn new(engine: Engine) -> Result<Self> {
+        let linker = capabilities::linker(&engine).context("failed to set up the linker")?;
+        Ok(Self { engine, linker })
+    }
+
+    /// Loads every `*.wasm` at the top of `dir` and the manifests of their
+    /// services. Only an unreadable directory is an error; a bad file is
+    /// recorded in the registry's errors and skipped.
+    pub fn load_dir(&self, dir: &Path) -> Result<Registry> {
+        let canonical_dir = dir
+            .canonicalize()
+            .with_context(|| format!("plugins directory {} is not readable", dir.display()))?;
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("failed to list plugins directory {}", dir.display()))?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+            .collect();
+        files.sort();
+
+        let mut versions = Vec::new();
+        let mut errors = Vec::new();
+        let mut manifests: BTreeMap<String, Manifest> = BTreeMap::new();
+        let mut bad_manifests = BTreeMap::new();
+        for path in files {
+            let file = display_name(&path);
+            let result = PluginName::from_path(&path).and_then(|name| {
+                if bad_manifests.contains_key(&name.service) {
+                    bail!("not loaded: the manifest {}.toml is invalid", name.service);
+                }
+                if !manifests.contains_key(&name.service) {
+                    match Manifest::load(dir, &name.service) {
+                        Ok(m) => {
+                            manifests.insert(name.service.clone(), m);
+                        }
+                        Err(e) => {
+                            let reason = format!("{e:#}");
+                            errors.push(LoadError {
+                                file: format!("{}.toml", name.service),
+                                error: reason.clone(),
+                            });
+                            bad_manifests.insert(name.service.clone(), reason);
+                            bail!("not loaded: the manifest {}.toml is invalid", name.service);
+                        }
+                    }
+                }
+                let config = manifests.get(&name.service).map(|m| m.config.clone()).unwrap_or_default();
+                self.load_file(&canonical_dir, &path, name, Arc::new(config))
+            });
+            match result {
+                Ok(v) => versions.push(v),
+                Err(e) => errors.push(LoadError { file, error: format!("{e:#}") }),
+            }
+        }
+        Ok(Registry::build(versions, &manifests, errors))
+    }
+
+    /// Loads one component file as `name`.
+    pub fn load_file(
+        &self,
+        dir: &Path,
+        path: &Path,
+        name: PluginName,
+        config: Arc<BTreeMap<String, String>>,
+    ) -> Result<Version> {
+        let bytes = read_plugin(dir, path)?;
+        let digest = hex::encode(Sha256::digest(&bytes));
+        let version = name.version.clone().unwrap_or_else(|| digest[..12].to_string());
+        let pre = self.compile(&bytes)?;
+        Ok(Version {
+            service: name.service.into(),
+            version: version.into(),
+            digest,
+            file: path.to_path_buf(),
+            size: bytes.len() as u64,
+            pre,
+            config,
+        })
+    }
+
+    /// Compiles component bytes and checks them against the world.
+    pub fn compile(&self, bytes: &[u8]) -> Result<ServicePre<HostState>> {
+        check_header(bytes)?;
+        let component = Component::from_binary(&self.engine, bytes)
+            .map_err(|e| anyhow::anyhow!("invalid component: {}", first_line(&format!("{e:#}"))))?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            anyhow::anyhow!(
+                "component does not fit the wasmhost:plugin/service world: {}",
+                first_line(&format!("{e:#}"))
+            )
+        })?;
+        ServicePre::new(pre).map_err(|e| {
+            anyhow::anyhow!(
+                "component does not implement the wasmhost:plugin/service world (it must export `wasmhost:plugin/handler@0.1.0`): {}",
+                first_line(&format!("{e:#}"))
+            )
+        })
+    }
+}
+
+/// Reads a plugin file, refusing what is not a regular file inside `dir`
+/// or is larger than [`MAX_COMPONENT_SIZE`].
+fn read_plugin(dir: &Path, path: &Path) -> Result<Vec<u8>> {
+    let link = std::fs::symlink_metadata(path).context("cannot read file metadata")?;
+    if link.file_type().is_symlink() {
+        let target = path.canonicalize().context("broken symlink")?;
+        if !target.starts_with(dir) {
+            bail!("symlink leads outside the plugins directory; copy the file in instead");
+        }
+    }
+    let meta = std::fs::metadata(path).context("cannot read file metadata")?;
+    if !meta.is_file() {
+        bail!("not a regular file");
+    }
+    if meta.len() > MAX_COMPONENT_SIZE {
+        bail!("file is {} bytes, over the {MAX_COMPONENT_SIZE}-byte limit", meta.len());
+    }
+    std::fs::read(path).context("cannot read file")
+}
+
+/// Checks the WebAssembly header: a component, not a core module or
+/// something else entirely.
+fn check_header(bytes: &[u8]) -> Result<()> {
+    if bytes.is_empty() {
+        bail!("file is empty");
+    }
+    if bytes.len() < 8 || &bytes[..4] != MAGIC {
+        bail!("not a WebAssembly file (no `\\0asm` header)");
+    }
+    if bytes[4..8] == CORE_MODULE {
+        bail!(
+            "this is a core WebAssembly module, not a component: build with `--target wasm32-wasip2` or wrap it with `wasm-tools component new`"
+        );
+    }
+    if bytes[6..8] != COMPONENT_LAYER {
+        bail!("unsupported WebAssembly binary (unknown version or layer)");
+    }
+    Ok(())
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
+
+fn display_name(path: &Path) -> String {
+    path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_checks_explain_themselves() {
+        let err = |b: &[u8]| check_header(b).unwrap_err().to_string();
+        assert!(err(b"").contains("empty"));
+        assert!(err(b"\x7fELF\x02\x01\x01\x00rest").contains("not a WebAssembly file"));
+        assert!(err(b"\0asm\x01\0\0\0").contains("core WebAssembly module"));
+        assert!(check_header(b"\0asm\x0d\0\x01\0").is_ok());
+    }
+}

@@ -1,0 +1,57 @@
+//! The `wasmhost` command: parses arguments, sets up logging, and runs.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tracing_subscriber::EnvFilter;
+use wasmhost::config::{DEFAULT_LISTEN, DEFAULT_PLUGINS_DIR, DEFAULT_STATE_DIR};
+
+/// A WebAssembly component host for HTTP microservices.
+///
+/// Each service is a Wasm component (see wit/ for the contract) dropped into
+/// the plugins directory as NAME@VERSION.wasm. Requests are routed by path
+/// prefix and each one runs in a fresh, sandboxed instance.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load every component in the plugins directory and serve HTTP.
+    ///
+    /// A manifest NAME.toml beside a component sets its routes
+    /// (routes = ["/users"]; default: /NAME) and config values ([config]).
+    /// Set RUST_LOG (e.g. RUST_LOG=debug) for more detail.
+    Serve {
+        /// Directory of NAME@VERSION.wasm components and NAME.toml manifests.
+        #[arg(long, default_value = DEFAULT_PLUGINS_DIR)]
+        plugins: PathBuf,
+        /// Address to listen on (port 0 picks a free port).
+        #[arg(long, default_value = DEFAULT_LISTEN)]
+        listen: SocketAddr,
+        /// Directory for the key-value database and compiled-artifact cache.
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Serve { plugins, listen, state } => {
+            let config = wasmhost::ServeConfig { plugins_dir: plugins, listen, state_dir: state, ..Default::default() };
+            wasmhost::run(config, wasmhost::shutdown::signal()).await
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The registry: every loaded service, its versions, its routes, and the
+//! files that failed to load.
+//!
+//! A `Registry` is an immutable snapshot. The request path reads it through
+//! an `ArcSwap` and clones the `Arc<Version>` it runs, so replacing the
+//! snapshot never disturbs a request in flight.
+
+use crate::bindings::ServicePre;
+use crate::capabilities::HostState;
+use crate::config::Manifest;
+use crate::router::RouteTable;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// One loaded, compiled and pre-linked version of a service.
+pub struct Version {
+    /// Service name.
+    pub service: Arc<str>,
+    /// Version name (from the file name, or the content hash).
+    pub version: Arc<str>,
+    /// SHA-256 of the component, hex.
+    pub digest: String,
+    /// The file it was loaded from.
+    pub file: PathBuf,
+    /// Size of the component in bytes.
+    pub size: u64,
+    /// The component, type-checked against the world and pre-linked.
+    pub pre: ServicePre<HostState>,
+    /// Configuration values from the service's manifest.
+    pub config: Arc<BTreeMap<String, String>>,
+}
+
+/// A service and its live versions.
+pub struct ServiceEntry {
+    /// Service name.
+    pub name: String,
+    /// Route prefixes it owns.
+    pub routes: Vec<String>,
+    /// Loaded versions, oldest first; the last one serves.
+    pub versions: Vec<Arc<Version>>,
+}
+
+impl ServiceEntry {
+    /// The version that serves requests: the highest version.
+    pub fn live(&self) -> Option<&Arc<Version>> {
+        self.versions.last()
+    }
+}
+
+/// A file (or manifest) that could not be loaded, and why.
+#[derive(Debug, Clone)]
+pub struct LoadError {
+    /// The file name, relative to the plugins directory.
+    pub file: String,
+    /// The reason, one line.
+    pub error: String,
+}
+
+/// A snapshot of everything loaded.
+#[derive(Default)]
+pub struct Registry {
+    services: BTreeMap<String, ServiceEntry>,
+    routes: RouteTable,
+    errors: Vec<LoadError>,
+}
+
+impl Registry {
+    /// Builds a snapshot from loaded versions and their manifests. Services
+    /// whose routes collide are all refused, each with an error naming the
+    /// prefix and the other claimants, since no rule could pick one fairly.
+    pub fn build(
+        versions: Vec<Version>,
+        manifests: &BTreeMap<String, Manifest>,
+        mut errors: Vec<LoadError>,
+    ) -> Self {
+        let mut by_service: BTreeMap<String, Vec<Arc<Version>>> = BTreeMap::new();
+        for v in versions {
+            by_service.entry(v.service.to_string()).or_default().push(Arc::new(v));
+        }
+        let routes_of = |name: &str| manifests.get(name).cloned().unwrap_or_default().routes_for(name);
+
+        // Who claims each prefix.
+        let mut claims: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for name in by_service.keys() {
+            for prefix in routes_of(name) {
+                claims.entry(prefix).or_default().insert(name.clone());
+            }
+        }
+        let mut refused = BTreeSet::new();
+        for (prefix, owners) in claims.iter().filter(|(_, o)| o.len() > 1) {
+            let list: Vec<_> = owners.iter().map(|o| format!("`{o}`")).collect();
+            for owner in owners {
+                refused.insert(owner.clone());
+                errors.push(LoadError {
+                    file: format!("{owner}.toml"),
+                    error: format!(
+                        "route `{prefix}` is claimed by {}; service `{owner}` is not served until only one claims it",
+                        list.join(" and ")
+                    ),
+                });
+            }
+        }
+
+        let mut services = BTreeMap::new();
+        let mut table = RouteTable::new();
+        for (name, mut versions) in by_service {
+            if refused.contains(&name) {
+                continue;
+            }
+            versions.sort_by(|a, b| compare_versions(&a.version, &b.version));
+            let routes = routes_of(&name);
+            for prefix in &routes {
+                // Cannot fail: conflicting services were refused above.
+                let _ = table.insert(prefix, &name);
+            }
+            services.insert(name.clone(), ServiceEntry { name, routes, versions });
+        }
+        Self { services, routes: table, errors }
+    }
+
+    /// The service that owns `path`.
+    pub fn route(&self, path: &str) -> Option<&ServiceEntry> {
+        self.routes.lookup(path).and_then(|name| self.services.get(name))
+    }
+
+    /// The service named `name`.
+    pub fn service(&self, name: &str) -> Option<&ServiceEntry> {
+        self.services.get(name)
+    }
+
+    /// Every service, by name.
+    pub fn services(&self) -> impl Iterator<Item = &ServiceEntry> {
+        self.services.values()
+    }
+
+    /// Files and manifests that failed to load.
+    pub fn errors(&self) -> &[LoadError] {
+        &self.errors
+    }
+}
+
+/// Orders versions: semantic versions by precedence and above any other
+/// name; other names alphabetically.
+pub fn compare_versions(a: &str, b: &str) -> Ordering {
+    match (semver::Version::parse(a), semver::Version::parse(b)) {
+        (Ok(x), Ok(y)) => x.cmp(&y),
+        (Ok(_), Err(_)) => Ordering::Greater,
+        (Err(_), Ok(_)) => Ordering::Less,
+        (Err(_), Err(_)) => a.cmp(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn semver_orders_numerically() {
+        assert_eq!(compare_versions("1.10.0", "1.9.0"), Ordering::Greater);
+        assert_eq!(compare_versions("1.0.0-rc.1", "1.0.0"), Ordering::Less);
+        assert_eq!(compare_versions("1.0.0", "a1b2c3"), Ordering::Greater);
+        assert_eq!(compare_versions("abc", "abd"), Ordering::Less);
+    }
+}

@@ -1,0 +1,220 @@
+//! The embedded key-value store behind `wasi:keyvalue`: one redb database
+//! file under the state directory.
+//!
+//! Invariant: every key is stored under its service's namespace
+//! (`service \0 bucket \0 key`), and the namespace is chosen by the host from
+//! the version being run, never by the guest, so one service can never read
+//! or write another's keys. Every write is its own transaction committed with
+//! redb's default (immediate) durability: when a write returns, it survives a
+//! crash.
+
+use anyhow::{bail, Context, Result};
+use redb::{Database, ReadableTable, TableDefinition};
+use std::path::Path;
+use std::sync::Arc;
+
+const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+
+/// Largest key a guest may use, in bytes.
+pub const MAX_KEY_LEN: usize = 4096;
+/// Largest bucket name a guest may use, in bytes.
+pub const MAX_BUCKET_LEN: usize = 256;
+/// Largest value a guest may store, in bytes.
+pub const MAX_VALUE_LEN: usize = 8 * 1024 * 1024;
+/// Keys returned per `list-keys` page.
+pub const LIST_PAGE: usize = 1000;
+
+/// A handle to the database; cheap to clone.
+#[derive(Clone)]
+pub struct KvStore {
+    db: Arc<Database>,
+}
+
+/// One service's bucket: the namespace every key of it lives under.
+#[derive(Debug, Clone)]
+pub struct Namespace {
+    prefix: String,
+}
+
+impl Namespace {
+    /// The namespace of `bucket` for `service`; refuses names that could
+    /// escape it.
+    pub fn new(service: &str, bucket: &str) -> Result<Self> {
+        if bucket.len() > MAX_BUCKET_LEN || bucket.contains('\0') {
+            bail!("bucket name must be at most {MAX_BUCKET_LEN} bytes without NUL");
+        }
+        Ok(Self { prefix: format!("{service}\0{bucket}\0") })
+    }
+
+    fn key(&self, key: &str) -> Result<String> {
+        if key.len() > MAX_KEY_LEN {
+            bail!("key longer than {MAX_KEY_LEN} bytes");
+        }
+        Ok(format!("{}{key}", self.prefix))
+    }
+
+    /// The first string after every key of this namespace.
+    fn end(&self) -> String {
+        let mut end = self.prefix.clone();
+        end.pop();
+        end.push('\u{1}');
+        end
+    }
+}
+
+impl KvStore {
+    /// Opens (or creates) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => anyhow::anyhow!(
+                "the key-value database {} is already open: is another wasmhost using this state directory?",
+                path.display()
+            ),
+            other => anyhow::Error::new(other)
+                .context(format!("failed to open key-value database {}", path.display())),
+        })?;
+        let txn = db.begin_write().context("failed to initialise key-value database")?;
+        txn.open_table(TABLE).context("failed to create key-value table")?;
+        txn.commit().context("failed to initialise key-value database")?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    /// The value of `key`, if any.
+    pub fn get(&self, ns: &Namespace, key: &str) -> Result<Option<Vec<u8>>> {
+        let full = ns.key(key)?;
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(TABLE)?;
+        Ok(table.get(full.as_str())?.map(|v| v.value().to_vec()))
+    }
+
+    /// Whether `key` has a value.
+    pub fn exists(&self, ns: &Namespace, key: &str) -> Result<bool> {
+        Ok(self.get(ns, key)?.is_some())
+    }
+
+    /// Stores `value` under `key`, durably.
+    pub fn set(&self, ns: &Namespace, key: &str, value: &[u8]) -> Result<()> {
+        if value.len() > MAX_VALUE_LEN {
+            bail!("value larger than {MAX_VALUE_LEN} bytes");
+        }
+        let full = ns.key(key)?;
+        let txn = self.db.begin_write()?;
+        txn.open_table(TABLE)?.insert(full.as_str(), value)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Removes `key`; removing a missing key is not an error.
+    pub fn delete(&self, ns: &Namespace, key: &str) -> Result<()> {
+        let full = ns.key(key)?;
+        let txn = self.db.begin_write()?;
+        txn.open_table(TABLE)?.remove(full.as_str())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Adds `delta` to the decimal number stored under `key` (0 when absent)
+    /// in one transaction, and returns the new value.
+    pub fn increment(&self, ns: &Namespace, key: &str, delta: u64) -> Result<u64> {
+        let full = ns.key(key)?;
+        let txn = self.db.begin_write()?;
+        let next = {
+            let mut table = txn.open_table(TABLE)?;
+            let current = match table.get(full.as_str())? {
+                Some(v) => std::str::from_utf8(v.value())
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .with_context(|| format!("value of `{key}` is not a decimal u64"))?,
+                None => 0,
+            };
+            let next = current.checked_add(delta).context("increment overflows u64")?;
+            table.insert(full.as_str(), next.to_string().as_bytes())?;
+            next
+        };
+        txn.commit()?;
+        Ok(next)
+    }
+
+    /// One page of keys in key order, starting after `cursor` keys; the
+    /// returned cursor is `None` on the last page.
+    pub fn list_keys(&self, ns: &Namespace, cursor: Option<u64>) -> Result<(Vec<String>, Option<u64>)> {
+        let skip = usize::try_from(cursor.unwrap_or(0)).unwrap_or(usize::MAX);
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(TABLE)?;
+        let end = ns.end();
+        let mut keys = Vec::new();
+        let mut more = false;
+        for entry in table.range(ns.prefix.as_str()..end.as_str())?.skip(skip) {
+            if keys.len() == LIST_PAGE {
+                more = true;
+                break;
+            }
+            let (k, _) = entry?;
+            keys.push(k.value()[ns.prefix.len()..].to_string());
+        }
+        let next = more.then(|| (skip + keys.len()) as u64);
+        Ok((keys, next))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_never_overlap() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = KvStore::open(&dir.path().join("kv.redb")).unwrap();
+        let user = Namespace::new("user", "data").unwrap();
+        let order = Namespace::new("order", "data").unwrap();
+        let user_other = Namespace::new("user", "dat").unwrap();
+        kv.set(&user, "k", b"secret").unwrap();
+        assert_eq!(kv.get(&order, "k").unwrap(), None);
+        assert!(kv.list_keys(&order, None).unwrap().0.is_empty());
+        assert!(kv.list_keys(&user_other, None).unwrap().0.is_empty());
+        assert_eq!(kv.list_keys(&user, None).unwrap().0, vec!["k".to_string()]);
+        assert!(Namespace::new("user", "a\0b").is_err());
+    }
+
+    #[test]
+    fn increment_counts_and_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.redb");
+        let ns = Namespace::new("user", "users").unwrap();
+        {
+            let kv = KvStore::open(&path).unwrap();
+            assert_eq!(kv.increment(&ns, "next", 1).unwrap(), 1);
+            assert_eq!(kv.increment(&ns, "next", 2).unwrap(), 3);
+        }
+        let kv = KvStore::open(&path).unwrap();
+        assert_eq!(kv.get(&ns, "next").unwrap().as_deref(), Some(&b"3"[..]));
+        kv.set(&ns, "word", b"abc").unwrap();
+        assert!(kv.increment(&ns, "word", 1).is_err());
+    }
+
+    #[test]
+    fn lists_in_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = KvStore::open(&dir.path().join("kv.redb")).unwrap();
+        let ns = Namespace::new("s", "b").unwrap();
+        for i in 0..(LIST_PAGE + 5) {
+            kv.set(&ns, &format!("k{i:05}"), b"").unwrap();
+        }
+        let (first, cursor) = kv.list_keys(&ns, None).unwrap();
+        assert_eq!(first.len(), LIST_PAGE);
+        let (rest, end) = kv.list_keys(&ns, cursor).unwrap();
+        assert_eq!(rest.len(), 5);
+        assert_eq!(end, None);
+        kv.delete(&ns, "k00000").unwrap();
+        assert!(!kv.exists(&ns, "k00000").unwrap());
+    }
+
+    #[test]
+    fn second_open_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.redb");
+        let _kv = KvStore::open(&path).unwrap();
+        let err = KvStore::open(&path).err().unwrap().to_string();
+        assert!(err.contains("already open"), "{err}");
+    }
+}

@@ -1,0 +1,207 @@
+//! The `order` service: orders for users known to the `user` service.
+//!
+//! - `POST /orders` `{"user_id", "items": [{"sku", "quantity", "unit_price_cents"}]}`
+//!   → 201 with the order and its computed `total_cents`; 422 when the user
+//!   does not exist (checked through `services.call("user", …)`)
+//! - `GET /orders/{id}` → the order, or 404
+//! - `GET /orders?user_id=N` → that user's orders (every order without the filter)
+//! - `GET /order?id=N` → the same as `GET /orders/N`
+//!
+//! Orders live in the bucket `orders` under `order:{id}`.
+
+wit_bindgen::generate!({ path: "../../wit", world: "service", generate_all });
+
+use exports::wasmhost::plugin::handler::Guest;
+use serde::{Deserialize, Serialize};
+use wasi::keyvalue::{atomics, store};
+use wasi::logging::logging::{log, Level};
+use wasmhost::plugin::services;
+use wasmhost::plugin::types::{Request, Response};
+
+/// One line of an order.
+#[derive(Serialize, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct Item {
+    sku: String,
+    quantity: u32,
+    unit_price_cents: u64,
+}
+
+/// A stored order.
+#[derive(Serialize, Deserialize)]
+struct Order {
+    id: u64,
+    user_id: u64,
+    items: Vec<Item>,
+    total_cents: u64,
+}
+
+/// The body of `POST /orders`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewOrder {
+    user_id: u64,
+    items: Vec<Item>,
+}
+
+struct Service;
+
+impl Guest for Service {
+    fn handle(req: Request) -> Response {
+        match route(&req) {
+            Ok(resp) => resp,
+            Err(resp) => resp,
+        }
+    }
+}
+
+export!(Service);
+
+/// Dispatches on method and path; `Err` carries an error response.
+fn route(req: &Request) -> Result<Response, Response> {
+    let path = req.path.trim_end_matches('/');
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    match (req.method.as_str(), segments.as_slice()) {
+        ("POST", ["orders"]) => create(&req.body),
+        ("GET", ["orders"]) => match query_param(&req.query, "user_id") {
+            Some(raw) => list(Some(parse_id(&raw, "user id")?)),
+            None => list(None),
+        },
+        ("GET", ["orders", id]) => get(parse_id(id, "order id")?),
+        ("GET", ["order"]) => {
+            let id = query_param(&req.query, "id")
+                .ok_or_else(|| error(400, "missing query parameter `id`"))?;
+            get(parse_id(&id, "order id")?)
+        }
+        (_, ["orders"] | ["orders", _] | ["order"]) => Err(error(405, "method not allowed")),
+        _ => Err(error(404, "no such resource")),
+    }
+}
+
+fn create(body: &[u8]) -> Result<Response, Response> {
+    let new: NewOrder = serde_json::from_slice(body)
+        .map_err(|e| error(400, &format!("invalid order: {e}")))?;
+    if new.items.is_empty() {
+        return Err(error(400, "invalid order: `items` must not be empty"));
+    }
+    let mut total: u64 = 0;
+    for item in &new.items {
+        if item.sku.trim().is_empty() {
+            return Err(error(400, "invalid order: every item needs a `sku`"));
+        }
+        if item.quantity == 0 {
+            return Err(error(400, &format!("invalid order: quantity of `{}` must be at least 1", item.sku)));
+        }
+        total = u64::from(item.quantity)
+            .checked_mul(item.unit_price_cents)
+            .and_then(|line| total.checked_add(line))
+            .ok_or_else(|| error(400, "invalid order: total out of range"))?;
+    }
+    ensure_user_exists(new.user_id)?;
+
+    let bucket = bucket()?;
+    let id = atomics::increment(&bucket, "next-id", 1).map_err(kv_error)?;
+    let order = Order { id, user_id: new.user_id, items: new.items, total_cents: total };
+    let bytes = serde_json::to_vec(&order).map_err(|e| error(500, &e.to_string()))?;
+    bucket.set(&order_key(id), &bytes).map_err(kv_error)?;
+    log(Level::Info, "order", &format!("order {id} placed for user {} ({total} cents)", order.user_id));
+    Ok(json(201, &order))
+}
+
+/// Asks the `user` service, through the host, whether the user exists.
+fn ensure_user_exists(user_id: u64) -> Result<(), Response> {
+    let probe = Request {
+        method: "GET".to_string(),
+        path: format!("/users/{user_id}"),
+        query: String::new(),
+        headers: vec![("accept".to_string(), "application/json".to_string())],
+        body: Vec::new(),
+    };
+    match services::call("user", &probe) {
+        Ok(resp) if resp.status == 200 => Ok(()),
+        Ok(resp) if resp.status == 404 => {
+            Err(error(422, &format!("user {user_id} does not exist")))
+        }
+        Ok(resp) => Err(error(502, &format!("user service answered {}", resp.status))),
+        Err(e) => {
+            let detail = match e {
+                services::Error::NotFound(m) | services::Error::Denied(m) | services::Error::Failed(m) => m,
+            };
+            Err(error(502, &format!("user service unavailable: {detail}")))
+        }
+    }
+}
+
+fn get(id: u64) -> Result<Response, Response> {
+    match bucket()?.get(&order_key(id)).map_err(kv_error)? {
+        Some(bytes) => Ok(Response { status: 200, headers: json_headers(), body: bytes }),
+        None => Err(error(404, &format!("order {id} not found"))),
+    }
+}
+
+fn list(user_id: Option<u64>) -> Result<Response, Response> {
+    let bucket = bucket()?;
+    let mut orders = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = bucket.list_keys(cursor).map_err(kv_error)?;
+        for key in page.keys.iter().filter(|k| k.starts_with("order:")) {
+            if let Some(bytes) = bucket.get(key).map_err(kv_error)? {
+                let order: Order =
+                    serde_json::from_slice(&bytes).map_err(|e| error(500, &e.to_string()))?;
+                if user_id.is_none_or(|u| u == order.user_id) {
+                    orders.push(order);
+                }
+            }
+        }
+        match page.cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    orders.sort_by_key(|o| o.id);
+    Ok(json(200, &orders))
+}
+
+fn bucket() -> Result<store::Bucket, Response> {
+    store::open("orders").map_err(kv_error)
+}
+
+fn order_key(id: u64) -> String {
+    format!("order:{id}")
+}
+
+fn parse_id(raw: &str, what: &str) -> Result<u64, Response> {
+    raw.parse().map_err(|_| error(400, &format!("invalid {what} `{raw}`")))
+}
+
+/// The first value of `name` in a raw query string.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+fn kv_error(e: store::Error) -> Response {
+    let detail = match e {
+        store::Error::NoSuchStore => "no such store".to_string(),
+        store::Error::AccessDenied => "access denied".to_string(),
+        store::Error::Other(msg) => msg,
+    };
+    error(500, &format!("key-value store: {detail}"))
+}
+
+fn json_headers() -> Vec<(String, String)> {
+    vec![("content-type".to_string(), "application/json".to_string())]
+}
+
+fn json<T: Serialize>(status: u16, value: &T) -> Response {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    Response { status, headers: json_headers(), body }
+}
+
+fn error(status: u16, message: &str) -> Response {
+    json(status, &serde_json::json!({ "error": message }))
+}
