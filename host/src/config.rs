@@ -48,7 +48,9 @@ impl Default for ServeConfig {
     fn default() -> Self {
         Self {
             plugins_dir: PathBuf::from(DEFAULT_PLUGINS_DIR),
-            listen: DEFAULT_LISTEN.parse().unwrap_or_else(|_| ([127, 0, 0, 1], 8080).into()),
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or_else(|_| ([127, 0, 0, 1], 8080).into()),
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             limits: Limits::default(),
         }
@@ -165,8 +167,11 @@ mod tests {
 
     #[test]
     fn parses_routes_and_config() {
-        let m = Manifest::parse("routes = [\"/users/\", \"/user\"]\n[config]\na = \"b\"\n", "t")
-            .unwrap();
+        let m = Manifest::parse(
+            "routes = [\"/users/\", \"/user\"]\n[config]\na = \"b\"\n",
+            "t",
+        )
+        .unwrap();
         assert_eq!(m.routes_for("user"), vec!["/users", "/user"]);
         assert_eq!(m.config.get("a").map(String::as_str), Some("b"));
     }
@@ -179,9 +184,15 @@ mod tests {
     #[test]
     fn rejects_unknown_keys_and_bad_routes() {
         let err = Manifest::parse("rutes = [\"/x\"]", "x.toml").unwrap_err();
-        assert!(format!("{err:#}").contains("unknown field `rutes`"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("unknown field `rutes`"),
+            "{err:#}"
+        );
         let err = Manifest::parse("routes = [\"x\"]", "x.toml").unwrap_err();
-        assert!(format!("{err:#}").contains("must start with `/`"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("must start with `/`"),
+            "{err:#}"
+        );
         assert!(Manifest::parse("routes = []", "x.toml").is_err());
         assert!(Manifest::parse("routes = [\"/a/../b\"]", "x.toml").is_err());
     }

@@ -71,7 +71,9 @@ impl DispatchError {
     /// The HTTP status this error is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
-            DispatchError::NoRoute { .. } | DispatchError::UnknownService(_) => StatusCode::NOT_FOUND,
+            DispatchError::NoRoute { .. } | DispatchError::UnknownService(_) => {
+                StatusCode::NOT_FOUND
+            }
             DispatchError::Failed { failure, .. } => match failure {
                 Failure::CpuTime(_) | Failure::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
                 Failure::Capacity => StatusCode::SERVICE_UNAVAILABLE,
@@ -99,7 +101,12 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// A dispatcher serving `registry`.
     pub fn new(engine: Engine, registry: Registry, kv: KvStore, limits: Limits) -> Arc<Self> {
-        Arc::new(Self { engine, registry: ArcSwap::from_pointee(registry), kv, limits })
+        Arc::new(Self {
+            engine,
+            registry: ArcSwap::from_pointee(registry),
+            kv,
+            limits,
+        })
     }
 
     /// The current registry snapshot.
@@ -123,12 +130,17 @@ impl Dispatcher {
     }
 
     /// Routes an outside request by path and runs it.
-    pub async fn handle(self: &Arc<Self>, req: Request) -> Result<(Arc<Version>, Response), DispatchError> {
+    pub async fn handle(
+        self: &Arc<Self>,
+        req: Request,
+    ) -> Result<(Arc<Version>, Response), DispatchError> {
         let version = {
             let registry = self.registry.load();
             let service = registry
                 .route(&req.path)
-                .ok_or_else(|| DispatchError::NoRoute { path: req.path.clone() })?;
+                .ok_or_else(|| DispatchError::NoRoute {
+                    path: req.path.clone(),
+                })?;
             service
                 .live()
                 .cloned()
@@ -159,13 +171,21 @@ impl Dispatcher {
     }
 
     /// Runs one request in a fresh instance of `version`.
-    pub async fn run(self: &Arc<Self>, version: Arc<Version>, req: Request, depth: u32) -> Result<Response, DispatchError> {
+    pub async fn run(
+        self: &Arc<Self>,
+        version: Arc<Version>,
+        req: Request,
+        depth: u32,
+    ) -> Result<Response, DispatchError> {
         let fail = |failure| DispatchError::Failed {
             service: version.service.clone(),
             version: version.version.clone(),
             failure,
         };
-        let mut store = Store::new(&self.engine, HostState::new(version.clone(), self.clone(), depth));
+        let mut store = Store::new(
+            &self.engine,
+            HostState::new(version.clone(), self.clone(), depth),
+        );
         store.limiter(|s| &mut s.limits);
         // The callback runs each time the guest has used up one tick while
         // running, so counting its calls counts CPU time, not time spent
@@ -183,13 +203,19 @@ impl Dispatcher {
         });
 
         let call = async {
-            let instance = version.pre.instantiate_async(&mut store).await.map_err(|e| {
-                if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
-                    Failure::Capacity
-                } else {
-                    classify(e, self.limits.cpu_time)
-                }
-            })?;
+            let instance = version
+                .pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| {
+                    if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                        .is_some()
+                    {
+                        Failure::Capacity
+                    } else {
+                        classify(e, self.limits.cpu_time)
+                    }
+                })?;
             instance
                 .wasmhost_plugin_handler()
                 .call_handle(&mut store, &req)
@@ -214,7 +240,13 @@ fn classify(e: wasmtime::Error, cpu_time: Duration) -> Failure {
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => Failure::CpuTime(cpu_time),
         Some(trap) => Failure::Trap(trap.to_string()),
-        None => Failure::Internal(format!("{e:#}").lines().next().unwrap_or_default().to_string()),
+        None => Failure::Internal(
+            format!("{e:#}")
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        ),
     }
 }
 
@@ -244,7 +276,10 @@ mod tests {
     fn resp(status: u16, headers: &[(&str, &str)]) -> Response {
         Response {
             status,
-            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             body: vec![],
         }
     }
@@ -254,7 +289,9 @@ mod tests {
         assert!(validate(&resp(200, &[("content-type", "application/json")])).is_ok());
         assert!(validate(&resp(99, &[])).unwrap_err().contains("99"));
         assert!(validate(&resp(1000, &[])).is_err());
-        assert!(validate(&resp(200, &[("bad header", "x")])).unwrap_err().contains("bad header"));
+        assert!(validate(&resp(200, &[("bad header", "x")]))
+            .unwrap_err()
+            .contains("bad header"));
         assert!(validate(&resp(200, &[("x", "a\nb")])).is_err());
     }
 

@@ -11,7 +11,9 @@ use crate::config::Limits;
 use anyhow::{Context, Result};
 use std::path::Path;
 use std::time::Duration;
-use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{
+    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
+};
 
 /// How often the epoch advances; the granularity of CPU-time limits.
 pub const TICK: Duration = Duration::from_millis(10);
@@ -47,9 +49,14 @@ pub fn build(limits: &Limits, cache_dir: &Path) -> Result<Engine> {
 
     let mut cache = CacheConfig::new();
     cache.with_directory(cache_dir);
-    let cache = Cache::new(cache).map_err(anyhow::Error::from).with_context(|| {
-        format!("failed to set up the compiled-artifact cache in {}", cache_dir.display())
-    })?;
+    let cache = Cache::new(cache)
+        .map_err(anyhow::Error::from)
+        .with_context(|| {
+            format!(
+                "failed to set up the compiled-artifact cache in {}",
+                cache_dir.display()
+            )
+        })?;
 
     let mut config = Config::new();
     config
@@ -59,7 +66,9 @@ pub fn build(limits: &Limits, cache_dir: &Path) -> Result<Engine> {
         .epoch_interruption(true)
         .max_wasm_stack(MAX_WASM_STACK)
         .cache(Some(cache));
-    Engine::new(&config).map_err(anyhow::Error::from).context("failed to create the wasmtime engine")
+    Engine::new(&config)
+        .map_err(anyhow::Error::from)
+        .context("failed to create the wasmtime engine")
 }
 
 /// Starts the thread that advances the engine's epoch every [`TICK`]; it ends

@@ -23,7 +23,10 @@ pub fn app(dispatcher: Arc<Dispatcher>) -> axum::Router {
     axum::Router::new().fallback(handle).with_state(dispatcher)
 }
 
-async fn handle(State(dispatcher): State<Arc<Dispatcher>>, req: axum::extract::Request) -> axum::response::Response {
+async fn handle(
+    State(dispatcher): State<Arc<Dispatcher>>,
+    req: axum::extract::Request,
+) -> axum::response::Response {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let limit = dispatcher.limits().max_request_body;
@@ -43,7 +46,11 @@ async fn handle(State(dispatcher): State<Arc<Dispatcher>>, req: axum::extract::R
             if over_limit {
                 return too_large(limit);
             }
-            return error_response(StatusCode::BAD_REQUEST, "could not read the request body", None);
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "could not read the request body",
+                None,
+            );
         }
     };
     let request = Request {
@@ -53,7 +60,12 @@ async fn handle(State(dispatcher): State<Arc<Dispatcher>>, req: axum::extract::R
         headers: parts
             .headers
             .iter()
-            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect(),
         body: body.to_vec(),
     };
@@ -70,7 +82,11 @@ async fn handle(State(dispatcher): State<Arc<Dispatcher>>, req: axum::extract::R
         Err(e) => {
             let status = e.status();
             match &e {
-                DispatchError::Failed { service, version, failure } => {
+                DispatchError::Failed {
+                    service,
+                    version,
+                    failure,
+                } => {
                     tracing::warn!(%service, %version, %method, path, status = status.as_u16(), "request failed: {failure}");
                     let message = match failure {
                         Failure::Internal(_) => "the service could not be run".to_string(),
@@ -90,11 +106,15 @@ async fn handle(State(dispatcher): State<Arc<Dispatcher>>, req: axum::extract::R
 /// Builds the HTTP response from a validated guest response.
 fn to_http(resp: Response, service: &str, version: &str) -> axum::response::Response {
     let mut out = axum::response::Response::new(Body::from(resp.body));
-    *out.status_mut() = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *out.status_mut() =
+        StatusCode::from_u16(resp.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let headers = out.headers_mut();
     for (name, value) in resp.headers {
         // Validated by the dispatcher; anything else is skipped, not fatal.
-        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value)) {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
             headers.append(n, v);
         }
     }
@@ -120,7 +140,11 @@ fn too_large(limit: usize) -> axum::response::Response {
 }
 
 /// A JSON error: `{"error": …, "service": …, "version": …}`.
-pub fn error_response(status: StatusCode, message: &str, origin: Option<(&str, &str)>) -> axum::response::Response {
+pub fn error_response(
+    status: StatusCode,
+    message: &str,
+    origin: Option<(&str, &str)>,
+) -> axum::response::Response {
     let mut body = serde_json::json!({ "error": message });
     if let Some((service, version)) = origin {
         body["service"] = service.into();
@@ -128,7 +152,10 @@ pub fn error_response(status: StatusCode, message: &str, origin: Option<(&str, &
     }
     let mut out = axum::response::Response::new(Body::from(body.to_string()));
     *out.status_mut() = status;
-    out.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    out.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Some((service, version)) = origin {
         tag(out.headers_mut(), service, version);
     }

@@ -38,10 +38,17 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Loads the plugins directory and serves it until `shutdown` resolves, then
 /// finishes the requests in flight (for at most [`DRAIN_TIMEOUT`]).
-pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+pub async fn run(
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let started = Instant::now();
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("failed to create state directory {}", config.state_dir.display()))?;
+    std::fs::create_dir_all(&config.state_dir).with_context(|| {
+        format!(
+            "failed to create state directory {}",
+            config.state_dir.display()
+        )
+    })?;
     let kv = store::KvStore::open(&config.state_dir.join("kv.redb"))?;
     let engine = engine::build(&config.limits, &config.state_dir.join("cache"))?;
     engine::start_epoch_ticker(&engine)?;
@@ -57,7 +64,9 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("failed to listen on {}", config.listen))?;
-    let addr = listener.local_addr().context("failed to read the listening address")?;
+    let addr = listener
+        .local_addr()
+        .context("failed to read the listening address")?;
     tracing::info!(
         startup_ms = started.elapsed().as_millis() as u64,
         "listening on http://{addr}"
@@ -81,7 +90,9 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send 
     }
     let _ = stop_tx.send(());
     match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
-        Ok(result) => result.context("the server task failed")?.context("the server failed")?,
+        Ok(result) => result
+            .context("the server task failed")?
+            .context("the server failed")?,
         Err(_) => tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; stopping anyway"),
     }
     tracing::info!("stopped");

@@ -84,12 +84,18 @@ impl Loader {
                         }
                     }
                 }
-                let config = manifests.get(&name.service).map(|m| m.config.clone()).unwrap_or_default();
+                let config = manifests
+                    .get(&name.service)
+                    .map(|m| m.config.clone())
+                    .unwrap_or_default();
                 self.load_file(&canonical_dir, &path, name, Arc::new(config))
             });
             match result {
                 Ok(v) => versions.push(v),
-                Err(e) => errors.push(LoadError { file, error: format!("{e:#}") }),
+                Err(e) => errors.push(LoadError {
+                    file,
+                    error: format!("{e:#}"),
+                }),
             }
         }
         Ok(Registry::build(versions, &manifests, errors))
@@ -105,7 +111,10 @@ impl Loader {
     ) -> Result<Version> {
         let bytes = read_plugin(dir, path)?;
         let digest = hex::encode(Sha256::digest(&bytes));
-        let version = name.version.clone().unwrap_or_else(|| digest[..12].to_string());
+        let version = name
+            .version
+            .clone()
+            .unwrap_or_else(|| digest[..12].to_string());
         let pre = self.compile(&bytes)?;
         Ok(Version {
             service: name.service.into(),
@@ -153,7 +162,10 @@ fn read_plugin(dir: &Path, path: &Path) -> Result<Vec<u8>> {
         bail!("not a regular file");
     }
     if meta.len() > MAX_COMPONENT_SIZE {
-        bail!("file is {} bytes, over the {MAX_COMPONENT_SIZE}-byte limit", meta.len());
+        bail!(
+            "file is {} bytes, over the {MAX_COMPONENT_SIZE}-byte limit",
+            meta.len()
+        );
     }
     std::fs::read(path).context("cannot read file")
 }
@@ -183,7 +195,9 @@ fn first_line(s: &str) -> &str {
 }
 
 fn display_name(path: &Path) -> String {
-    path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
+    path.file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -44,13 +44,24 @@ enum Command {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Serve { plugins, listen, state } => {
-            let config = wasmhost::ServeConfig { plugins_dir: plugins, listen, state_dir: state, ..Default::default() };
+        Command::Serve {
+            plugins,
+            listen,
+            state,
+        } => {
+            let config = wasmhost::ServeConfig {
+                plugins_dir: plugins,
+                listen,
+                state_dir: state,
+                ..Default::default()
+            };
             wasmhost::run(config, wasmhost::shutdown::signal()).await
         }
     }

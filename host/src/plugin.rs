@@ -21,7 +21,10 @@ pub struct PluginName {
 impl PluginName {
     /// Parses the file name of `path` (which must end in `.wasm`).
     pub fn from_path(path: &Path) -> Result<Self> {
-        let file = path.file_name().and_then(|f| f.to_str()).unwrap_or_default();
+        let file = path
+            .file_name()
+            .and_then(|f| f.to_str())
+            .unwrap_or_default();
         Self::parse(file)
     }
 
@@ -40,7 +43,10 @@ impl PluginName {
             validate_version(v)
                 .map_err(|e| anyhow::anyhow!("invalid plugin file name `{file}`: {e}"))?;
         }
-        Ok(Self { service: service.to_string(), version: version.map(str::to_string) })
+        Ok(Self {
+            service: service.to_string(),
+            version: version.map(str::to_string),
+        })
     }
 }
 
@@ -48,7 +54,9 @@ impl PluginName {
 pub fn validate_service_name(name: &str) -> Result<()> {
     let valid = (1..=64).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if !valid {
         bail!(
             "service name `{name}` must be 1-64 lowercase letters, digits or `-`, starting with a letter"
@@ -60,7 +68,9 @@ pub fn validate_service_name(name: &str) -> Result<()> {
 /// Checks a version: 1–64 of letters, digits, `.`, `-`, `+`, `_`.
 pub fn validate_version(version: &str) -> Result<()> {
     let valid = (1..=64).contains(&version.len())
-        && version.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+' | '_'));
+        && version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+' | '_'));
     if !valid {
         bail!("version `{version}` must be 1-64 letters, digits, `.`, `-`, `+` or `_`");
     }
@@ -84,12 +94,26 @@ mod tests {
     #[test]
     fn bare_name_has_no_version() {
         let p = PluginName::parse("user.wasm").unwrap();
-        assert_eq!(p, PluginName { service: "user".into(), version: None });
+        assert_eq!(
+            p,
+            PluginName {
+                service: "user".into(),
+                version: None
+            }
+        );
     }
 
     #[test]
     fn rejects_bad_names() {
-        for bad in ["User.wasm", "@1.wasm", "user@.wasm", "us er.wasm", "1user.wasm", "user@1/2.wasm", "user.toml"] {
+        for bad in [
+            "User.wasm",
+            "@1.wasm",
+            "user@.wasm",
+            "us er.wasm",
+            "1user.wasm",
+            "user@1/2.wasm",
+            "user.toml",
+        ] {
             assert!(PluginName::parse(bad).is_err(), "{bad} should be refused");
         }
     }

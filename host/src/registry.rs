@@ -77,9 +77,18 @@ impl Registry {
     ) -> Self {
         let mut by_service: BTreeMap<String, Vec<Arc<Version>>> = BTreeMap::new();
         for v in versions {
-            by_service.entry(v.service.to_string()).or_default().push(Arc::new(v));
+            by_service
+                .entry(v.service.to_string())
+                .or_default()
+                .push(Arc::new(v));
         }
-        let routes_of = |name: &str| manifests.get(name).cloned().unwrap_or_default().routes_for(name);
+        let routes_of = |name: &str| {
+            manifests
+                .get(name)
+                .cloned()
+                .unwrap_or_default()
+                .routes_for(name)
+        };
 
         // Who claims each prefix.
         let mut claims: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -115,14 +124,27 @@ impl Registry {
                 // Cannot fail: conflicting services were refused above.
                 let _ = table.insert(prefix, &name);
             }
-            services.insert(name.clone(), ServiceEntry { name, routes, versions });
+            services.insert(
+                name.clone(),
+                ServiceEntry {
+                    name,
+                    routes,
+                    versions,
+                },
+            );
         }
-        Self { services, routes: table, errors }
+        Self {
+            services,
+            routes: table,
+            errors,
+        }
     }
 
     /// The service that owns `path`.
     pub fn route(&self, path: &str) -> Option<&ServiceEntry> {
-        self.routes.lookup(path).and_then(|name| self.services.get(name))
+        self.routes
+            .lookup(path)
+            .and_then(|name| self.services.get(name))
     }
 
     /// The service named `name`.

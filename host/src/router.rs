@@ -101,7 +101,10 @@ mod tests {
     fn conflict_names_both_services() {
         let mut t = table();
         let err = t.insert("/users", "probe").unwrap_err().to_string();
-        assert!(err.contains("`user`") && err.contains("`probe`") && err.contains("/users"), "{err}");
+        assert!(
+            err.contains("`user`") && err.contains("`probe`") && err.contains("/users"),
+            "{err}"
+        );
         // The same service claiming its own prefix twice is fine.
         t.insert("/users", "user").unwrap();
     }

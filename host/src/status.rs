@@ -11,7 +11,11 @@ pub fn log_registry(registry: &Registry, plugins_dir: &Path) {
         let live = service.live().map(|v| v.version.clone());
         for v in &service.versions {
             served += 1;
-            let state = if Some(&v.version) == live.as_ref() { "live" } else { "standby" };
+            let state = if Some(&v.version) == live.as_ref() {
+                "live"
+            } else {
+                "standby"
+            };
             tracing::info!(
                 service = %v.service,
                 version = %v.version,

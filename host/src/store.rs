@@ -43,7 +43,9 @@ impl Namespace {
         if bucket.len() > MAX_BUCKET_LEN || bucket.contains('\0') {
             bail!("bucket name must be at most {MAX_BUCKET_LEN} bytes without NUL");
         }
-        Ok(Self { prefix: format!("{service}\0{bucket}\0") })
+        Ok(Self {
+            prefix: format!("{service}\0{bucket}\0"),
+        })
     }
 
     fn key(&self, key: &str) -> Result<String> {
@@ -73,9 +75,13 @@ impl KvStore {
             other => anyhow::Error::new(other)
                 .context(format!("failed to open key-value database {}", path.display())),
         })?;
-        let txn = db.begin_write().context("failed to initialise key-value database")?;
-        txn.open_table(TABLE).context("failed to create key-value table")?;
-        txn.commit().context("failed to initialise key-value database")?;
+        let txn = db
+            .begin_write()
+            .context("failed to initialise key-value database")?;
+        txn.open_table(TABLE)
+            .context("failed to create key-value table")?;
+        txn.commit()
+            .context("failed to initialise key-value database")?;
         Ok(Self { db: Arc::new(db) })
     }
 
@@ -127,7 +133,9 @@ impl KvStore {
                     .with_context(|| format!("value of `{key}` is not a decimal u64"))?,
                 None => 0,
             };
-            let next = current.checked_add(delta).context("increment overflows u64")?;
+            let next = current
+                .checked_add(delta)
+                .context("increment overflows u64")?;
             table.insert(full.as_str(), next.to_string().as_bytes())?;
             next
         };
@@ -137,7 +145,11 @@ impl KvStore {
 
     /// One page of keys in key order, starting after `cursor` keys; the
     /// returned cursor is `None` on the last page.
-    pub fn list_keys(&self, ns: &Namespace, cursor: Option<u64>) -> Result<(Vec<String>, Option<u64>)> {
+    pub fn list_keys(
+        &self,
+        ns: &Namespace,
+        cursor: Option<u64>,
+    ) -> Result<(Vec<String>, Option<u64>)> {
         let skip = usize::try_from(cursor.unwrap_or(0)).unwrap_or(usize::MAX);
         let txn = self.db.begin_read()?;
         let table = txn.open_table(TABLE)?;

@@ -9,6 +9,11 @@ impl Host for HostState {
     }
 
     fn get_all(&mut self) -> wasmtime::Result<Result<Vec<(String, String)>, Error>> {
-        Ok(Ok(self.version.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect()))
+        Ok(Ok(self
+            .version
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()))
     }
 }

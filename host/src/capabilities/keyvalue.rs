@@ -49,9 +49,9 @@ impl HostState {
         let kv = self.dispatcher.kv().clone();
         async move {
             tokio::task::spawn_blocking(move || op(&kv))
-            .await
-            .map_err(|e| KvError::Other(format!("key-value task failed: {e}")))?
-            .map_err(KvError::from)
+                .await
+                .map_err(|e| KvError::Other(format!("key-value task failed: {e}")))?
+                .map_err(KvError::from)
         }
     }
 }
@@ -71,12 +71,21 @@ impl store::Host for HostState {
 }
 
 impl store::HostBucket for HostState {
-    async fn get(&mut self, bucket: Resource<Bucket>, key: String) -> Result<Option<Vec<u8>>, KvError> {
+    async fn get(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+    ) -> Result<Option<Vec<u8>>, KvError> {
         let ns = self.bucket_ns(&bucket)?;
         Ok(self.dispatcher.kv().get(&ns, &key)?)
     }
 
-    async fn set(&mut self, bucket: Resource<Bucket>, key: String, value: Vec<u8>) -> Result<(), KvError> {
+    async fn set(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+        value: Vec<u8>,
+    ) -> Result<(), KvError> {
         let ns = self.bucket_ns(&bucket)?;
         self.blocking(move |kv| kv.set(&ns, &key, &value)).await
     }
@@ -108,8 +117,14 @@ impl store::HostBucket for HostState {
 }
 
 impl atomics::Host for HostState {
-    async fn increment(&mut self, bucket: Resource<Bucket>, key: String, delta: u64) -> Result<u64, KvError> {
+    async fn increment(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+        delta: u64,
+    ) -> Result<u64, KvError> {
         let ns = self.bucket_ns(&bucket)?;
-        self.blocking(move |kv| kv.increment(&ns, &key, delta)).await
+        self.blocking(move |kv| kv.increment(&ns, &key, delta))
+            .await
     }
 }

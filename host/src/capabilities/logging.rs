@@ -14,12 +14,20 @@ impl Host for HostState {
         let message = truncate(&message, MAX_MESSAGE);
         let context = truncate(&context, 128);
         match level {
-            Level::Trace => tracing::trace!(target: "guest", service, version, context, "{message}"),
-            Level::Debug => tracing::debug!(target: "guest", service, version, context, "{message}"),
-            Level::Info => tracing::info!(target: "guest", service, version, context, "{message}"),
-            Level::Warn => tracing::warn!(target: "guest", service, version, context, "{message}"),
+            Level::Trace => {
+                tracing::trace!(target: "guest", service = %service, version = %version, context = %context, "{message}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: "guest", service = %service, version = %version, context = %context, "{message}")
+            }
+            Level::Info => {
+                tracing::info!(target: "guest", service = %service, version = %version, context = %context, "{message}")
+            }
+            Level::Warn => {
+                tracing::warn!(target: "guest", service = %service, version = %version, context = %context, "{message}")
+            }
             Level::Error | Level::Critical => {
-                tracing::error!(target: "guest", service, version, context, "{message}")
+                tracing::error!(target: "guest", service = %service, version = %version, context = %context, "{message}")
             }
         }
         Ok(())

@@ -42,7 +42,11 @@ pub struct HostState {
 impl HostState {
     /// State for one request to `version`, `depth` calls deep.
     pub fn new(version: Arc<Version>, dispatcher: Arc<Dispatcher>, depth: u32) -> Self {
-        let output = stdio::GuestOutput::new(version.service.clone(), version.version.clone(), MAX_GUEST_OUTPUT);
+        let output = stdio::GuestOutput::new(
+            version.service.clone(),
+            version.version.clone(),
+            MAX_GUEST_OUTPUT,
+        );
         let wasi = WasiCtx::builder()
             .stdout(output.stream(stdio::Stream::Stdout))
             .stderr(output.stream(stdio::Stream::Stderr))
@@ -55,13 +59,23 @@ impl HostState {
             .instances(64)
             .trap_on_grow_failure(false)
             .build();
-        Self { wasi, table: ResourceTable::new(), limits, version, dispatcher, depth }
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+            version,
+            dispatcher,
+            depth,
+        }
     }
 }
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 

@@ -11,7 +11,11 @@ use crate::bindings::{Request, Response};
 use crate::dispatch::DispatchError;
 
 impl Host for HostState {
-    async fn call(&mut self, name: String, req: Request) -> wasmtime::Result<Result<Response, Error>> {
+    async fn call(
+        &mut self,
+        name: String,
+        req: Request,
+    ) -> wasmtime::Result<Result<Response, Error>> {
         let depth = self.depth + 1;
         let max = self.dispatcher.limits().max_call_depth;
         if depth > max {
@@ -22,7 +26,9 @@ impl Host for HostState {
                 depth,
                 "service call refused: call depth limit reached"
             );
-            return Ok(Err(Error::Denied(format!("call depth limit of {max} reached"))));
+            return Ok(Err(Error::Denied(format!(
+                "call depth limit of {max} reached"
+            ))));
         }
         let dispatcher = self.dispatcher.clone();
         let result = dispatcher.call_service(name.clone(), req, depth).await;

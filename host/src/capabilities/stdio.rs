@@ -45,12 +45,17 @@ impl GuestOutput {
             remaining: AtomicUsize::new(budget),
             truncated: AtomicBool::new(false),
         };
-        Self { shared: Arc::new(shared) }
+        Self {
+            shared: Arc::new(shared),
+        }
     }
 
     /// The WASI stream for `stream`.
     pub fn stream(&self, stream: Stream) -> GuestStream {
-        GuestStream { shared: self.shared.clone(), stream }
+        GuestStream {
+            shared: self.shared.clone(),
+            stream,
+        }
     }
 }
 
@@ -78,7 +83,11 @@ impl StdoutStream for GuestStream {
 
 impl GuestStream {
     fn writer(&self) -> LineWriter {
-        LineWriter { shared: self.shared.clone(), stream: self.stream, line: Vec::new() }
+        LineWriter {
+            shared: self.shared.clone(),
+            stream: self.stream,
+            line: Vec::new(),
+        }
     }
 }
 
@@ -94,7 +103,9 @@ impl LineWriter {
         let allowed = self
             .shared
             .remaining
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| Some(r.saturating_sub(bytes.len())))
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                Some(r.saturating_sub(bytes.len()))
+            })
             .unwrap_or(0);
         if allowed < bytes.len() {
             bytes = &bytes[..allowed];
@@ -123,8 +134,12 @@ impl LineWriter {
         let text = text.trim_end_matches(['\n', '\r']);
         let (service, version) = (&*self.shared.service, &*self.shared.version);
         match self.stream {
-            Stream::Stdout => tracing::info!(target: "guest", service, version, stream = "stdout", "{text}"),
-            Stream::Stderr => tracing::warn!(target: "guest", service, version, stream = "stderr", "{text}"),
+            Stream::Stdout => {
+                tracing::info!(target: "guest", service = %service, version = %version, stream = %"stdout", "{text}")
+            }
+            Stream::Stderr => {
+                tracing::warn!(target: "guest", service = %service, version = %version, stream = %"stderr", "{text}")
+            }
         }
         self.line.clear();
     }
@@ -157,7 +172,11 @@ impl Pollable for LineWriter {
 }
 
 impl tokio::io::AsyncWrite for LineWriter {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.get_mut().accept(buf);
         Poll::Ready(Ok(buf.len()))
     }

@@ -1,0 +1,301 @@
+//! Test support for wasmhost: the guest components, built once per test
+//! build by `build.rs`, and [`Host`], a real `wasmhost serve` process on an
+//! ephemeral port with its own plugins and state directories.
+//!
+//! Every wait here is bounded; a timeout panics with what was expected and
+//! the host's log so far.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+include!(concat!(env!("OUT_DIR"), "/components.rs"));
+
+/// How long a host may take to start listening.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A directory laid out like a plugins directory.
+pub struct Plugins {
+    dir: tempfile::TempDir,
+}
+
+impl Default for Plugins {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Plugins {
+    /// An empty plugins directory.
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("create plugins dir"),
+        }
+    }
+
+    /// The example services with their manifests, as `make plugins` lays them out.
+    pub fn examples() -> Self {
+        let p = Self::new();
+        p.add(USER, "user@1.0.0.wasm")
+            .add(ORDER, "order@1.0.0.wasm");
+        p.copy_manifest("user.toml").copy_manifest("order.toml");
+        p
+    }
+
+    /// Copies a component in as `file`.
+    pub fn add(&self, component: &str, file: &str) -> &Self {
+        std::fs::copy(component, self.path().join(file)).expect("copy component");
+        self
+    }
+
+    /// Writes `file` with `contents`.
+    pub fn write(&self, file: &str, contents: impl AsRef<[u8]>) -> &Self {
+        std::fs::write(self.path().join(file), contents).expect("write plugin file");
+        self
+    }
+
+    /// Copies a manifest from the repository's `plugins/`.
+    pub fn copy_manifest(&self, file: &str) -> &Self {
+        std::fs::copy(Path::new(PLUGINS_DIR).join(file), self.path().join(file))
+            .expect("copy manifest");
+        self
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// A running `wasmhost serve`, killed on drop.
+pub struct Host {
+    child: Child,
+    addr: String,
+    log: Arc<Mutex<Vec<String>>>,
+    client: reqwest::blocking::Client,
+}
+
+impl Host {
+    /// Starts `bin serve` on 127.0.0.1:0 with `plugins` and `state`, and
+    /// waits until it listens.
+    pub fn start(bin: &str, plugins: &Path, state: &Path) -> Self {
+        let mut child = Command::new(bin)
+            .args(["serve", "--listen", "127.0.0.1:0", "--plugins"])
+            .arg(plugins)
+            .arg("--state")
+            .arg(state)
+            .env("RUST_LOG", "info,wasmhost=debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn wasmhost");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                    let _ = tx.send(addr);
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "wasmhost did not start listening within {START_TIMEOUT:?}; log:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+        };
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("client");
+        Self {
+            child,
+            addr,
+            log,
+            client,
+        }
+    }
+
+    /// `http://ADDR` of the host.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// A GET request.
+    pub fn get(&self, path: &str) -> Reply {
+        Reply::from(self.client.get(self.url(path)).send().expect("GET"))
+    }
+
+    /// A request with a body.
+    pub fn send(&self, method: &str, path: &str, body: impl Into<Vec<u8>>) -> Reply {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let resp = self
+            .client
+            .request(method, self.url(path))
+            .header("content-type", "application/json")
+            .body(body.into())
+            .send()
+            .expect("request");
+        Reply::from(resp)
+    }
+
+    /// A POST of a JSON value.
+    pub fn post_json(&self, path: &str, value: serde_json::Value) -> Reply {
+        self.send("POST", path, value.to_string())
+    }
+
+    /// Every log line so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Waits until a log line contains every one of `parts`.
+    pub fn wait_for_log(&self, parts: &[&str], timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| parts.iter().all(|p| l.contains(p)))
+            {
+                return line.clone();
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no log line with {parts:?} within {timeout:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for a clean exit; returns the log.
+    pub fn stop(mut self) -> String {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -TERM {pid} failed");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                assert!(
+                    status.success(),
+                    "wasmhost exited with {status}; log:\n{}",
+                    self.log()
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "wasmhost did not exit after SIGTERM; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        self.log()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lowercase.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+impl From<reqwest::blocking::Response> for Reply {
+    fn from(resp: reqwest::blocking::Response) -> Self {
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    v.to_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        let body = resp.bytes().expect("read body").to_vec();
+        Self {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
+impl Reply {
+    /// The body as JSON; panics with the body when it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// The first value of header `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Panics unless the status is `expected`, showing the body.
+    pub fn expect_status(&self, expected: u16) -> &Self {
+        assert_eq!(
+            self.status,
+            expected,
+            "expected status {expected}, got {} with body {}",
+            self.status,
+            String::from_utf8_lossy(&self.body)
+        );
+        self
+    }
+}
+
+/// A fresh state directory.
+pub fn state_dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("create state dir")
+}
+
+/// Path of a file in a directory, for readability in tests.
+pub fn join(dir: &Path, file: &str) -> PathBuf {
+    dir.join(file)
+}

@@ -79,8 +79,8 @@ fn route(req: &Request) -> Result<Response, Response> {
 }
 
 fn create(body: &[u8]) -> Result<Response, Response> {
-    let new: NewOrder = serde_json::from_slice(body)
-        .map_err(|e| error(400, &format!("invalid order: {e}")))?;
+    let new: NewOrder =
+        serde_json::from_slice(body).map_err(|e| error(400, &format!("invalid order: {e}")))?;
     if new.items.is_empty() {
         return Err(error(400, "invalid order: `items` must not be empty"));
     }
@@ -90,7 +90,13 @@ fn create(body: &[u8]) -> Result<Response, Response> {
             return Err(error(400, "invalid order: every item needs a `sku`"));
         }
         if item.quantity == 0 {
-            return Err(error(400, &format!("invalid order: quantity of `{}` must be at least 1", item.sku)));
+            return Err(error(
+                400,
+                &format!(
+                    "invalid order: quantity of `{}` must be at least 1",
+                    item.sku
+                ),
+            ));
         }
         total = u64::from(item.quantity)
             .checked_mul(item.unit_price_cents)
@@ -101,10 +107,22 @@ fn create(body: &[u8]) -> Result<Response, Response> {
 
     let bucket = bucket()?;
     let id = atomics::increment(&bucket, "next-id", 1).map_err(kv_error)?;
-    let order = Order { id, user_id: new.user_id, items: new.items, total_cents: total };
+    let order = Order {
+        id,
+        user_id: new.user_id,
+        items: new.items,
+        total_cents: total,
+    };
     let bytes = serde_json::to_vec(&order).map_err(|e| error(500, &e.to_string()))?;
     bucket.set(&order_key(id), &bytes).map_err(kv_error)?;
-    log(Level::Info, "order", &format!("order {id} placed for user {} ({total} cents)", order.user_id));
+    log(
+        Level::Info,
+        "order",
+        &format!(
+            "order {id} placed for user {} ({total} cents)",
+            order.user_id
+        ),
+    );
     Ok(json(201, &order))
 }
 
@@ -122,10 +140,15 @@ fn ensure_user_exists(user_id: u64) -> Result<(), Response> {
         Ok(resp) if resp.status == 404 => {
             Err(error(422, &format!("user {user_id} does not exist")))
         }
-        Ok(resp) => Err(error(502, &format!("user service answered {}", resp.status))),
+        Ok(resp) => Err(error(
+            502,
+            &format!("user service answered {}", resp.status),
+        )),
         Err(e) => {
             let detail = match e {
-                services::Error::NotFound(m) | services::Error::Denied(m) | services::Error::Failed(m) => m,
+                services::Error::NotFound(m)
+                | services::Error::Denied(m)
+                | services::Error::Failed(m) => m,
             };
             Err(error(502, &format!("user service unavailable: {detail}")))
         }
@@ -134,7 +157,11 @@ fn ensure_user_exists(user_id: u64) -> Result<(), Response> {
 
 fn get(id: u64) -> Result<Response, Response> {
     match bucket()?.get(&order_key(id)).map_err(kv_error)? {
-        Some(bytes) => Ok(Response { status: 200, headers: json_headers(), body: bytes }),
+        Some(bytes) => Ok(Response {
+            status: 200,
+            headers: json_headers(),
+            body: bytes,
+        }),
         None => Err(error(404, &format!("order {id} not found"))),
     }
 }
@@ -172,7 +199,8 @@ fn order_key(id: u64) -> String {
 }
 
 fn parse_id(raw: &str, what: &str) -> Result<u64, Response> {
-    raw.parse().map_err(|_| error(400, &format!("invalid {what} `{raw}`")))
+    raw.parse()
+        .map_err(|_| error(400, &format!("invalid {what} `{raw}`")))
 }
 
 /// The first value of `name` in a raw query string.
@@ -199,7 +227,11 @@ fn json_headers() -> Vec<(String, String)> {
 
 fn json<T: Serialize>(status: u16, value: &T) -> Response {
     let body = serde_json::to_vec(value).unwrap_or_default();
-    Response { status, headers: json_headers(), body }
+    Response {
+        status,
+        headers: json_headers(),
+        body,
+    }
 }
 
 fn error(status: u16, message: &str) -> Response {

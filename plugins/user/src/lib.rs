@@ -63,19 +63,26 @@ fn route(req: &Request) -> Result<Response, Response> {
 }
 
 fn create(body: &[u8]) -> Result<Response, Response> {
-    let new: NewUser = serde_json::from_slice(body)
-        .map_err(|e| error(400, &format!("invalid user: {e}")))?;
+    let new: NewUser =
+        serde_json::from_slice(body).map_err(|e| error(400, &format!("invalid user: {e}")))?;
     let name = new.name.trim();
     if name.is_empty() {
         return Err(error(400, "invalid user: `name` must not be empty"));
     }
     let email = new.email.trim();
     if !email.contains('@') || email.starts_with('@') || email.ends_with('@') {
-        return Err(error(400, "invalid user: `email` must look like name@domain"));
+        return Err(error(
+            400,
+            "invalid user: `email` must look like name@domain",
+        ));
     }
     let bucket = bucket()?;
     let id = atomics::increment(&bucket, "next-id", 1).map_err(kv_error)?;
-    let user = User { id, name: name.to_string(), email: email.to_string() };
+    let user = User {
+        id,
+        name: name.to_string(),
+        email: email.to_string(),
+    };
     let bytes = serde_json::to_vec(&user).map_err(|e| error(500, &e.to_string()))?;
     bucket.set(&user_key(id), &bytes).map_err(kv_error)?;
     Ok(json(201, &user))
@@ -83,7 +90,11 @@ fn create(body: &[u8]) -> Result<Response, Response> {
 
 fn get(id: u64) -> Result<Response, Response> {
     match bucket()?.get(&user_key(id)).map_err(kv_error)? {
-        Some(bytes) => Ok(Response { status: 200, headers: json_headers(), body: bytes }),
+        Some(bytes) => Ok(Response {
+            status: 200,
+            headers: json_headers(),
+            body: bytes,
+        }),
         None => Err(error(404, &format!("user {id} not found"))),
     }
 }
@@ -119,7 +130,8 @@ fn user_key(id: u64) -> String {
 }
 
 fn parse_id(raw: &str) -> Result<u64, Response> {
-    raw.parse().map_err(|_| error(400, &format!("invalid user id `{raw}`")))
+    raw.parse()
+        .map_err(|_| error(400, &format!("invalid user id `{raw}`")))
 }
 
 /// The first value of `name` in a raw query string.
@@ -146,7 +158,11 @@ fn json_headers() -> Vec<(String, String)> {
 
 fn json<T: Serialize>(status: u16, value: &T) -> Response {
     let body = serde_json::to_vec(value).unwrap_or_default();
-    Response { status, headers: json_headers(), body }
+    Response {
+        status,
+        headers: json_headers(),
+        body,
+    }
 }
 
 fn error(status: u16, message: &str) -> Response {

@@ -1,0 +1,68 @@
+# wasmhost — `make run` serves the example services, `make test` runs every test.
+# Both install what a fresh machine lacks (the wasm32-wasip2 Rust target).
+
+CARGO        ?= cargo
+LISTEN       ?= 127.0.0.1:8080
+STATE        ?= .wasmhost
+PLUGIN_DIR   := plugins
+GUEST_TARGET := $(CURDIR)/target/plugins
+GUEST_OUT    := $(GUEST_TARGET)/wasm32-wasip2/release
+SERVICES     := user order
+crate_version = $(shell sed -n 's/^version = "\(.*\)"/\1/p' $(PLUGIN_DIR)/$(1)/Cargo.toml | head -n1)
+
+.PHONY: help run test plugins host setup lint fmt component-check clean
+
+help:
+	@echo "make run              build the example plugins and the host, serve on http://$(LISTEN)"
+	@echo "make test             build everything and run every test"
+	@echo "make plugins          build the example services into $(PLUGIN_DIR)/NAME@VERSION.wasm"
+	@echo "make lint             rustfmt and clippy (host and guests), warnings are errors"
+	@echo "make component-check  build the example plugins with cargo-component too"
+
+## Install what a fresh machine lacks.
+setup:
+	@rustup target list --installed | grep -qx wasm32-wasip2 || { \
+		echo "==> installing the wasm32-wasip2 Rust target"; rustup target add wasm32-wasip2; }
+
+## Build the example services and drop them into plugins/ (copy, then rename: never half-written).
+plugins: setup
+	@echo "==> building the example services ($(SERVICES)) for wasm32-wasip2"
+	cd $(PLUGIN_DIR) && CARGO_TARGET_DIR=$(GUEST_TARGET) $(CARGO) build --release --target wasm32-wasip2 $(addprefix -p ,$(SERVICES))
+	@for s in $(SERVICES); do \
+		v=$$(sed -n 's/^version = "\(.*\)"/\1/p' $(PLUGIN_DIR)/$$s/Cargo.toml | head -n1); \
+		cp $(GUEST_OUT)/$$s.wasm $(PLUGIN_DIR)/.$$s.wasm.tmp && mv $(PLUGIN_DIR)/.$$s.wasm.tmp $(PLUGIN_DIR)/$$s@$$v.wasm; \
+		echo "    $(PLUGIN_DIR)/$$s@$$v.wasm ($$(wc -c < $(PLUGIN_DIR)/$$s@$$v.wasm) bytes)"; \
+	done
+
+host:
+	@echo "==> building wasmhost (release; the first build compiles wasmtime and takes several minutes)"
+	$(CARGO) build --release -p wasmhost
+
+run: plugins host
+	./target/release/wasmhost serve --plugins $(PLUGIN_DIR) --listen $(LISTEN) --state $(STATE)
+
+test: plugins
+	@echo "==> running every test (the first build compiles wasmtime and takes several minutes)"
+	$(CARGO) test --workspace
+
+fmt:
+	$(CARGO) fmt --all
+	cd $(PLUGIN_DIR) && $(CARGO) fmt --all
+
+lint: setup
+	$(CARGO) fmt --all -- --check
+	cd $(PLUGIN_DIR) && $(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	cd $(PLUGIN_DIR) && CARGO_TARGET_DIR=$(GUEST_TARGET) $(CARGO) clippy --workspace --target wasm32-wasip2 -- -D warnings
+
+## The workflow plugin authors know: cargo-component must build the examples too.
+component-check: setup
+	@command -v cargo-component >/dev/null || { \
+		echo "==> installing cargo-component (about 9 minutes)"; $(CARGO) install cargo-component --locked; }
+	cd $(PLUGIN_DIR) && for s in $(SERVICES); do \
+		(cd $$s && CARGO_TARGET_DIR=$(GUEST_TARGET)/component $(CARGO) component build --release) || exit 1; \
+	done
+
+clean:
+	$(CARGO) clean
+	rm -f $(PLUGIN_DIR)/*.wasm

@@ -1,0 +1,190 @@
+//! Isolation: key-value namespaces, traps, malformed responses, the WASI
+//! sandbox, and what a guest sees of its request.
+
+use serde_json::json;
+use std::time::Duration;
+use wasmhost_test_support::{state_dir, Host, Plugins, PROBE};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wasmhost");
+const WAIT: Duration = Duration::from_secs(5);
+
+fn host_with_probe(manifest: &str) -> (Plugins, tempfile::TempDir, Host) {
+    let plugins = Plugins::examples();
+    plugins
+        .add(PROBE, "probe@0.1.0.wasm")
+        .write("probe.toml", manifest);
+    let state = state_dir();
+    let host = Host::start(BIN, plugins.path(), state.path());
+    (plugins, state, host)
+}
+
+#[test]
+fn a_service_cannot_see_or_touch_another_services_keys() {
+    let (_p, _s, host) = host_with_probe("");
+    host.post_json("/users", json!({"name": "Ada", "email": "ada@example.com"}))
+        .expect_status(201);
+    // The user service keeps `user:1` in its bucket `users`; the probe opens
+    // a bucket of the same name and sees only its own (empty) namespace.
+    assert_eq!(
+        host.get("/probe/kv/users").expect_status(200).json(),
+        json!({"keys": []})
+    );
+    host.get("/probe/kv/users/user:1").expect_status(404);
+    host.send(
+        "PUT",
+        "/probe/kv/users/user:1",
+        r#"{"id":1,"name":"Mallory","email":"m@evil"}"#,
+    )
+    .expect_status(204);
+    assert_eq!(
+        host.get("/probe/kv/users/user:1").expect_status(200).json()["name"],
+        "Mallory"
+    );
+    assert_eq!(
+        host.get("/users/1").expect_status(200).json()["name"],
+        "Ada"
+    );
+    assert_eq!(host.get("/users").json().as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn a_trap_fails_only_its_own_request() {
+    let (_p, _s, host) = host_with_probe("");
+    host.post_json("/users", json!({"name": "Ada", "email": "ada@example.com"}))
+        .expect_status(201);
+    std::thread::scope(|s| {
+        let background = s.spawn(|| {
+            for _ in 0..40 {
+                host.get("/users/1").expect_status(200);
+            }
+        });
+        for _ in 0..10 {
+            let r = host.get("/probe/trap");
+            r.expect_status(500);
+            let body = r.json();
+            assert_eq!(body["service"], "probe");
+            assert_eq!(body["version"], "0.1.0");
+            assert!(
+                body["error"].as_str().unwrap().contains("trapped"),
+                "{body}"
+            );
+            assert!(
+                !body["error"].as_str().unwrap().contains('/'),
+                "error leaks a path: {body}"
+            );
+        }
+        background.join().unwrap();
+    });
+    host.get("/probe/echo").expect_status(200);
+    host.wait_for_log(
+        &["probe asked to trap", "service=probe", "version=0.1.0"],
+        WAIT,
+    );
+}
+
+#[test]
+fn a_malformed_response_is_a_500_naming_the_service() {
+    let (_p, _s, host) = host_with_probe("");
+    let r = host.get("/probe/bad-status");
+    r.expect_status(500);
+    let body = r.json();
+    assert_eq!(body["service"], "probe");
+    assert!(
+        body["error"].as_str().unwrap().contains("status 1000"),
+        "{body}"
+    );
+}
+
+#[test]
+fn the_guest_gets_the_full_original_request() {
+    let (_p, _s, host) = host_with_probe("");
+    let r = host
+        .send("POST", "/probe/echo?a=1&b=two%20words", "hello")
+        .json();
+    assert_eq!(r["method"], "POST");
+    assert_eq!(r["path"], "/probe/echo");
+    assert_eq!(r["query"], "a=1&b=two%20words");
+    assert_eq!(r["body_len"], 5);
+    assert!(
+        r["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h[0] == "content-type" && h[1] == "application/json"),
+        "{r}"
+    );
+}
+
+#[test]
+fn the_sandbox_grants_no_files_and_no_environment() {
+    let (_p, _s, host) = host_with_probe("");
+    let r = host.get("/probe/sandbox").expect_status(200).json();
+    assert!(
+        r["file"]["Err"].is_string(),
+        "reading a host file should fail: {r}"
+    );
+    assert_eq!(r["env"], 0);
+}
+
+#[test]
+fn guest_output_and_config_are_scoped_to_the_service() {
+    let (_p, _s, host) = host_with_probe("[config]\ngreeting = \"hello\"\n");
+    assert_eq!(
+        host.get("/probe/config/greeting").expect_status(200).json()["value"],
+        "hello"
+    );
+    assert_eq!(
+        host.get("/probe/config/missing").expect_status(200).json()["value"],
+        serde_json::Value::Null
+    );
+    host.get("/probe/stdout").expect_status(200);
+    host.wait_for_log(
+        &[
+            "probe says hello on stdout",
+            "service=probe",
+            "stream=stdout",
+        ],
+        WAIT,
+    );
+    host.wait_for_log(
+        &[
+            "probe says hello on stderr",
+            "service=probe",
+            "stream=stderr",
+        ],
+        WAIT,
+    );
+}
+
+#[test]
+fn services_call_each_other_through_the_host() {
+    let (_p, _s, host) = host_with_probe("");
+    host.post_json("/users", json!({"name": "Ada", "email": "ada@example.com"}))
+        .expect_status(201);
+    let r = host
+        .get("/probe/call/user/users/1")
+        .expect_status(200)
+        .json();
+    assert_eq!(r["status"], 200);
+    assert!(r["body"].as_str().unwrap().contains("Ada"), "{r}");
+    let r = host.get("/probe/call/nobody/x").expect_status(502).json();
+    assert!(r["error"].as_str().unwrap().contains("NotFound"), "{r}");
+    // A call loop (probe → probe → …) is cut by the depth limit, not the host.
+    let r = host.get("/probe/call/probe/probe/call/probe/probe/call/probe/probe/call/probe/probe/call/probe/probe/call/probe/probe/call/probe/probe/call/probe/probe/call/probe/probe/echo");
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("call depth limit"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+}
+
+#[test]
+fn an_oversized_body_is_refused_with_413() {
+    let (_p, _s, host) = host_with_probe("");
+    let big = vec![b'x'; 1024 * 1024 + 1];
+    let r = host.send("POST", "/probe/echo", big);
+    r.expect_status(413);
+    assert!(r.json()["error"].as_str().unwrap().contains("limit"));
+    host.send("POST", "/probe/echo", vec![b'x'; 1024])
+        .expect_status(200);
+}

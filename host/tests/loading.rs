@@ -1,0 +1,125 @@
+//! Loading the plugins directory: bad files and bad manifests are refused
+//! with a clear log line while every good service still loads and serves.
+
+use std::time::Duration;
+use wasmhost_test_support::{state_dir, Host, Plugins, PROBE, USER, WRONG_WORLD};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wasmhost");
+const WAIT: Duration = Duration::from_secs(5);
+
+#[test]
+fn bad_components_are_refused_and_the_good_ones_serve() {
+    let plugins = Plugins::examples();
+    let user = std::fs::read(USER).unwrap();
+    plugins
+        .write("empty@1.0.0.wasm", b"")
+        .write(
+            "random@1.0.0.wasm",
+            b"this is not webassembly at all, just text",
+        )
+        .write("elf@1.0.0.wasm", b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0")
+        .write("core@1.0.0.wasm", b"\0asm\x01\0\0\0")
+        .write("half@1.0.0.wasm", &user[..user.len() / 2])
+        .add(WRONG_WORLD, "wrong@1.0.0.wasm")
+        .write("Bad_Name.wasm", b"\0asm\x01\0\0\0");
+    std::fs::create_dir(plugins.path().join("dir@1.0.0.wasm")).unwrap();
+    let state = state_dir();
+    let host = Host::start(BIN, plugins.path(), state.path());
+
+    host.wait_for_log(&["empty@1.0.0.wasm", "file is empty"], WAIT);
+    host.wait_for_log(&["random@1.0.0.wasm", "not a WebAssembly file"], WAIT);
+    host.wait_for_log(&["elf@1.0.0.wasm", "not a WebAssembly file"], WAIT);
+    host.wait_for_log(
+        &[
+            "core@1.0.0.wasm",
+            "core WebAssembly module, not a component",
+        ],
+        WAIT,
+    );
+    host.wait_for_log(&["half@1.0.0.wasm", "invalid component"], WAIT);
+    host.wait_for_log(&["wrong@1.0.0.wasm", "wasmhost:plugin/handler@0.1.0"], WAIT);
+    host.wait_for_log(&["Bad_Name.wasm", "invalid plugin file name"], WAIT);
+    host.wait_for_log(&["dir@1.0.0.wasm", "not a regular file"], WAIT);
+
+    host.post_json(
+        "/users",
+        serde_json::json!({"name": "Ada", "email": "ada@example.com"}),
+    )
+    .expect_status(201);
+    host.get("/orders").expect_status(200);
+    host.get("/wrong").expect_status(404);
+}
+
+#[test]
+fn two_services_claiming_one_route_are_refused_and_the_rest_serve() {
+    let plugins = Plugins::examples();
+    plugins
+        .add(PROBE, "probe@0.1.0.wasm")
+        .write("probe.toml", "routes = [\"/probe\", \"/users\"]\n");
+    let state = state_dir();
+    let host = Host::start(BIN, plugins.path(), state.path());
+    let line = host.wait_for_log(&["route `/users` is claimed by `probe` and `user`"], WAIT);
+    assert!(
+        line.contains("ERROR"),
+        "conflict should be an error line: {line}"
+    );
+    host.get("/users").expect_status(404);
+    host.get("/probe/echo").expect_status(404);
+    host.get("/orders").expect_status(200);
+}
+
+#[test]
+fn a_bad_manifest_is_refused_with_its_reason() {
+    let plugins = Plugins::examples();
+    plugins
+        .add(PROBE, "probe@0.1.0.wasm")
+        .write("probe.toml", "routes = \"/probe\"\n");
+    let state = state_dir();
+    let host = Host::start(BIN, plugins.path(), state.path());
+    host.wait_for_log(&["probe.toml", "invalid manifest"], WAIT);
+    host.wait_for_log(
+        &["probe@0.1.0.wasm", "manifest probe.toml is invalid"],
+        WAIT,
+    );
+    host.get("/probe/echo").expect_status(404);
+    host.get("/users").expect_status(200);
+}
+
+#[test]
+fn the_highest_version_serves_and_a_bare_name_is_versioned_by_hash() {
+    let plugins = Plugins::new();
+    plugins
+        .add(PROBE, "probe@1.2.0.wasm")
+        .add(PROBE, "probe@1.10.0.wasm")
+        .add(USER, "user.wasm");
+    plugins.copy_manifest("user.toml");
+    let state = state_dir();
+    let host = Host::start(BIN, plugins.path(), state.path());
+    assert_eq!(
+        host.get("/probe/echo")
+            .expect_status(200)
+            .header("x-wasmhost-version"),
+        Some("1.10.0")
+    );
+    let version = host
+        .get("/users")
+        .expect_status(200)
+        .header("x-wasmhost-version")
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        version.len(),
+        12,
+        "bare file should be versioned by a 12-digit hash, got {version}"
+    );
+    assert!(version.chars().all(|c| c.is_ascii_hexdigit()), "{version}");
+}
+
+#[test]
+fn an_empty_directory_starts_and_says_so() {
+    let plugins = Plugins::new();
+    let state = state_dir();
+    let host = Host::start(BIN, plugins.path(), state.path());
+    host.wait_for_log(&["no services loaded"], WAIT);
+    host.get("/users").expect_status(404);
+}

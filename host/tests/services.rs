@@ -1,0 +1,189 @@
+//! The example services end to end: the real `wasmhost` binary, the real
+//! `user` and `order` components, real HTTP.
+
+use serde_json::json;
+use wasmhost_test_support::{state_dir, Host, Plugins};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wasmhost");
+
+#[test]
+fn users_are_created_listed_and_read() {
+    let plugins = Plugins::examples();
+    let state = state_dir();
+    let host = Host::start(BIN, plugins.path(), state.path());
+
+    let ada = host.post_json("/users", json!({"name": "Ada", "email": "ada@example.com"}));
+    ada.expect_status(201);
+    assert_eq!(
+        ada.json(),
+        json!({"id": 1, "name": "Ada", "email": "ada@example.com"})
+    );
+    assert_eq!(ada.header("content-type"), Some("application/json"));
+    assert_eq!(ada.header("x-wasmhost-service"), Some("user"));
+    assert_eq!(ada.header("x-wasmhost-version"), Some("1.0.0"));
+    host.post_json(
+        "/users",
+        json!({"name": "Grace", "email": "grace@example.com"}),
+    )
+    .expect_status(201);
+
+    assert_eq!(
+        host.get("/users/2").expect_status(200).json()["name"],
+        "Grace"
+    );
+    assert_eq!(
+        host.get("/user?id=1").expect_status(200).json()["email"],
+        "ada@example.com"
+    );
+    let list = host.get("/users").expect_status(200).json();
+    let names: Vec<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["Ada", "Grace"]);
+
+    let missing = host.get("/users/99");
+    missing.expect_status(404);
+    assert_eq!(missing.json()["error"], "user 99 not found");
+}
+
+#[test]
+fn bad_input_gets_a_json_400() {
+    let plugins = Plugins::examples();
+    let state = state_dir();
+    let host = Host::start(BIN, plugins.path(), state.path());
+
+    for (body, needle) in [
+        ("{not json", "invalid user"),
+        (r#"{"name": "Ada"}"#, "missing field `email`"),
+        (
+            r#"{"name": "", "email": "a@b.c"}"#,
+            "`name` must not be empty",
+        ),
+        (r#"{"name": "Ada", "email": "nope"}"#, "`email`"),
+    ] {
+        let r = host.send("POST", "/users", body);
+        r.expect_status(400);
+        let error = r.json()["error"].as_str().unwrap_or_default().to_string();
+        assert!(
+            error.contains(needle),
+            "body {body}: expected an error containing {needle:?}, got {error:?}"
+        );
+    }
+    host.get("/users/abc").expect_status(400);
+    host.get("/user").expect_status(400);
+    let bad_order = host.send("POST", "/orders", r#"{"user_id": 1}"#);
+    bad_order.expect_status(400);
+    assert!(bad_order.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("missing field `items`"));
+    host.post_json("/orders", json!({"user_id": 1, "items": []}))
+        .expect_status(400);
+    host.send("DELETE", "/users/1", "").expect_status(405);
+}
+
+#[test]
+fn orders_compute_totals_and_check_the_user_through_the_host() {
+    let plugins = Plugins::examples();
+    let state = state_dir();
+    let host = Host::start(BIN, plugins.path(), state.path());
+    host.post_json("/users", json!({"name": "Ada", "email": "ada@example.com"}))
+        .expect_status(201);
+    host.post_json(
+        "/users",
+        json!({"name": "Grace", "email": "grace@example.com"}),
+    )
+    .expect_status(201);
+
+    let order = host.post_json(
+        "/orders",
+        json!({"user_id": 1, "items": [
+            {"sku": "KB-1", "quantity": 2, "unit_price_cents": 4999},
+            {"sku": "MS-7", "quantity": 1, "unit_price_cents": 2500}
+        ]}),
+    );
+    order.expect_status(201);
+    let order = order.json();
+    assert_eq!(order["id"], 1);
+    assert_eq!(order["total_cents"], 2 * 4999 + 2500);
+    host.post_json(
+        "/orders",
+        json!({"user_id": 2, "items": [{"sku": "X", "quantity": 3, "unit_price_cents": 100}]}),
+    )
+    .expect_status(201);
+
+    assert_eq!(host.get("/orders/1").expect_status(200).json(), order);
+    assert_eq!(host.get("/order?id=1").expect_status(200).json(), order);
+    let for_grace = host.get("/orders?user_id=2").expect_status(200).json();
+    assert_eq!(for_grace.as_array().unwrap().len(), 1);
+    assert_eq!(for_grace[0]["total_cents"], 300);
+    assert_eq!(host.get("/orders").json().as_array().unwrap().len(), 2);
+    host.get("/orders/42").expect_status(404);
+
+    let unknown = host.post_json(
+        "/orders",
+        json!({"user_id": 7, "items": [{"sku": "X", "quantity": 1, "unit_price_cents": 1}]}),
+    );
+    unknown.expect_status(422);
+    assert_eq!(unknown.json()["error"], "user 7 does not exist");
+    // The refused order was not stored.
+    assert_eq!(host.get("/orders").json().as_array().unwrap().len(), 2);
+    host.wait_for_log(
+        &[
+            "order 1 placed for user 1",
+            "service=order",
+            "version=1.0.0",
+        ],
+        std::time::Duration::from_secs(5),
+    );
+}
+
+#[test]
+fn data_survives_a_restart() {
+    let plugins = Plugins::examples();
+    let state = state_dir();
+    let host = Host::start(BIN, plugins.path(), state.path());
+    host.post_json("/users", json!({"name": "Ada", "email": "ada@example.com"}))
+        .expect_status(201);
+    host.post_json(
+        "/orders",
+        json!({"user_id": 1, "items": [{"sku": "A", "quantity": 1, "unit_price_cents": 5}]}),
+    )
+    .expect_status(201);
+    let log = host.stop();
+    assert!(
+        log.contains("shutting down"),
+        "no shutdown line in log:\n{log}"
+    );
+
+    let host = Host::start(BIN, plugins.path(), state.path());
+    assert_eq!(
+        host.get("/users/1").expect_status(200).json()["name"],
+        "Ada"
+    );
+    assert_eq!(
+        host.get("/orders/1").expect_status(200).json()["total_cents"],
+        5
+    );
+    // Ids continue where they stopped.
+    let next = host.post_json(
+        "/users",
+        json!({"name": "Grace", "email": "grace@example.com"}),
+    );
+    assert_eq!(next.expect_status(201).json()["id"], 2);
+}
+
+#[test]
+fn unknown_routes_get_a_json_404() {
+    let plugins = Plugins::examples();
+    let state = state_dir();
+    let host = Host::start(BIN, plugins.path(), state.path());
+    for path in ["/", "/nothing", "/usersx", "/users-and-more/1"] {
+        let r = host.get(path);
+        r.expect_status(404);
+        assert_eq!(r.json()["error"], format!("no service serves `{path}`"));
+    }
+}
