@@ -1,5 +1,6 @@
 //! Isolation: key-value namespaces, traps, malformed responses, the WASI
 //! sandbox, and what a guest sees of its request.
+#![allow(clippy::unwrap_used)]
 
 use serde_json::json;
 use std::time::Duration;

@@ -1,5 +1,6 @@
 //! Loading the plugins directory: bad files and bad manifests are refused
 //! with a clear log line while every good service still loads and serves.
+#![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 use wasmhost_test_support::{state_dir, Host, Plugins, PROBE, USER, WRONG_WORLD};

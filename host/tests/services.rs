@@ -1,5 +1,6 @@
 //! The example services end to end: the real `wasmhost` binary, the real
 //! `user` and `order` components, real HTTP.
+#![allow(clippy::unwrap_used)]
 
 use serde_json::json;
 use wasmhost_test_support::{state_dir, Host, Plugins};
