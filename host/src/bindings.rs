@@ -21,4 +21,4 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use wasmhost::plugin::types::{Request, Response};
+pub use self::wasmhost::plugin::types::{Request, Response};
