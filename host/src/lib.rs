@@ -49,8 +49,22 @@ pub async fn run(
             config.state_dir.display()
         )
     })?;
-    let kv = store::KvStore::open(&config.state_dir.join("kv.redb"))?;
-    let engine = engine::build(&config.limits, &config.state_dir.join("cache"))?;
+    // wasmtime's cache wants an absolute path.
+    let state_dir = config.state_dir.canonicalize().with_context(|| {
+        format!(
+            "failed to resolve state directory {}",
+            config.state_dir.display()
+        )
+    })?;
+    let kv = store::KvStore::open(&state_dir.join("kv.redb"))?;
+    // Bind before loading, so a taken port fails at once, not after compiling.
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", config.listen))?;
+    let addr = listener
+        .local_addr()
+        .context("failed to read the listening address")?;
+    let engine = engine::build(&config.limits, &state_dir.join("cache"))?;
     engine::start_epoch_ticker(&engine)?;
 
     let loader = loader::Loader::new(engine.clone())?;
@@ -61,12 +75,6 @@ pub async fn run(
     status::log_registry(&registry, &config.plugins_dir);
     let dispatcher = dispatch::Dispatcher::new(engine, registry, kv, config.limits.clone());
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("failed to listen on {}", config.listen))?;
-    let addr = listener
-        .local_addr()
-        .context("failed to read the listening address")?;
     tracing::info!(
         startup_ms = started.elapsed().as_millis() as u64,
         "listening on http://{addr}"

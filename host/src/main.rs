@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 use wasmhost::config::{DEFAULT_LISTEN, DEFAULT_PLUGINS_DIR, DEFAULT_STATE_DIR};
 
@@ -41,7 +42,18 @@ enum Command {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> ExitCode {
+    match real_main().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One readable chain of causes, never a backtrace.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn real_main() -> Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
