@@ -25,16 +25,39 @@ pub mod router;
 pub mod shutdown;
 pub mod status;
 pub mod store;
+pub mod watcher;
 
 pub use config::{Manifest, ServeConfig};
 
 use anyhow::{Context, Result};
 use axum::serve::ListenerExt;
 use std::future::{Future, IntoFuture};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Scans the plugins directory at start, waiting (bounded) for files that
+/// are still being written.
+async fn initial_scan(
+    loader: &Arc<loader::Loader>,
+    dir: &std::path::Path,
+) -> Result<registry::Registry> {
+    let mut registry = registry::Registry::default();
+    for _ in 0..20 {
+        let (l, d, prev) = (loader.clone(), dir.to_path_buf(), registry);
+        let scan = tokio::task::spawn_blocking(move || l.load_dir(&d, &prev))
+            .await
+            .context("the loader thread failed")??;
+        registry = scan.registry;
+        if scan.pending.is_empty() {
+            break;
+        }
+        tokio::time::sleep(loader::STABLE_AGE).await;
+    }
+    Ok(registry)
+}
 
 /// Loads the plugins directory and serves it until `shutdown` resolves, then
 /// finishes the requests in flight (for at most [`DRAIN_TIMEOUT`]).
@@ -67,13 +90,11 @@ pub async fn run(
     let engine = engine::build(&config.limits, &state_dir.join("cache"))?;
     engine::start_epoch_ticker(&engine)?;
 
-    let loader = loader::Loader::new(engine.clone())?;
-    let plugins_dir = config.plugins_dir.clone();
-    let registry = tokio::task::spawn_blocking(move || loader.load_dir(&plugins_dir))
-        .await
-        .context("the loader thread failed")??;
+    let loader = Arc::new(loader::Loader::new(engine.clone())?);
+    let registry = initial_scan(&loader, &config.plugins_dir).await?;
     status::log_registry(&registry, &config.plugins_dir);
     let dispatcher = dispatch::Dispatcher::new(engine, registry, kv, config.limits.clone());
+    let _watcher = watcher::spawn(config.plugins_dir.clone(), loader, dispatcher.clone())?;
 
     tracing::info!(
         startup_ms = started.elapsed().as_millis() as u64,

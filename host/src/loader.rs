@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use wasmtime::component::{Component, Linker};
 use wasmtime::Engine;
 
@@ -30,6 +31,27 @@ const MAGIC: &[u8; 4] = b"\0asm";
 const CORE_MODULE: [u8; 4] = [1, 0, 0, 0];
 /// Layer field of a component (bytes 6–7 are `01 00`).
 const COMPONENT_LAYER: [u8; 2] = [1, 0];
+
+/// A file modified more recently than this is still being written and is
+/// loaded on a later scan.
+pub const STABLE_AGE: Duration = Duration::from_millis(300);
+
+/// The result of scanning the plugins directory.
+pub struct Scan {
+    /// The new snapshot.
+    pub registry: Registry,
+    /// Files deferred because they are still being written.
+    pub pending: Vec<String>,
+}
+
+/// Whether `path` has not been modified for [`STABLE_AGE`].
+fn is_stable(path: &Path) -> bool {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_none_or(|age| age >= STABLE_AGE)
+}
 
 /// Compiles and pre-links components.
 pub struct Loader {
@@ -47,7 +69,13 @@ impl Loader {
     /// Loads every `*.wasm` at the top of `dir` and the manifests of their
     /// services. Only an unreadable directory is an error; a bad file is
     /// recorded in the registry's errors and skipped.
-    pub fn load_dir(&self, dir: &Path) -> Result<Registry> {
+    ///
+    /// `previous` is the snapshot being replaced: a file whose content and
+    /// config did not change keeps its compiled version; a file that is still
+    /// being written (modified less than [`STABLE_AGE`] ago) is deferred and
+    /// listed in [`Scan::pending`]; a file that no longer loads keeps its last
+    /// good build, and so does a service whose manifest became invalid.
+    pub fn load_dir(&self, dir: &Path, previous: &Registry) -> Result<Scan> {
         let canonical_dir = dir
             .canonicalize()
             .with_context(|| format!("plugins directory {} is not readable", dir.display()))?;
@@ -60,63 +88,102 @@ impl Loader {
 
         let mut versions = Vec::new();
         let mut errors = Vec::new();
+        let mut pending = Vec::new();
         let mut manifests: BTreeMap<String, Manifest> = BTreeMap::new();
         let mut bad_manifests = BTreeMap::new();
         for path in files {
             let file = display_name(&path);
-            let result = PluginName::from_path(&path).and_then(|name| {
-                if bad_manifests.contains_key(&name.service) {
-                    bail!("not loaded: the manifest {}.toml is invalid", name.service);
+            let last_good = previous.version_from(&path);
+            let name = match PluginName::from_path(&path) {
+                Ok(name) => name,
+                Err(e) => {
+                    errors.push(LoadError {
+                        file,
+                        error: format!("{e:#}"),
+                    });
+                    continue;
                 }
-                if !manifests.contains_key(&name.service) {
-                    match Manifest::load(dir, &name.service) {
-                        Ok(m) => {
-                            manifests.insert(name.service.clone(), m);
-                        }
-                        Err(e) => {
-                            let reason = format!("{e:#}");
-                            errors.push(LoadError {
-                                file: format!("{}.toml", name.service),
-                                error: reason.clone(),
-                            });
-                            bad_manifests.insert(name.service.clone(), reason);
-                            bail!("not loaded: the manifest {}.toml is invalid", name.service);
+            };
+            if !manifests.contains_key(&name.service) && !bad_manifests.contains_key(&name.service)
+            {
+                match Manifest::load(dir, &name.service) {
+                    Ok(m) => {
+                        manifests.insert(name.service.clone(), m);
+                    }
+                    Err(e) => {
+                        errors.push(LoadError {
+                            file: format!("{}.toml", name.service),
+                            error: format!("{e:#}"),
+                        });
+                        match previous.manifest(&name.service) {
+                            Some(m) => {
+                                manifests.insert(name.service.clone(), m.clone());
+                            }
+                            None => {
+                                bad_manifests.insert(name.service.clone(), ());
+                            }
                         }
                     }
                 }
-                let config = manifests
-                    .get(&name.service)
-                    .map(|m| m.config.clone())
-                    .unwrap_or_default();
-                self.load_file(&canonical_dir, &path, name, Arc::new(config))
-            });
-            match result {
-                Ok(v) => versions.push(v),
-                Err(e) => errors.push(LoadError {
+            }
+            let Some(manifest) = manifests.get(&name.service) else {
+                errors.push(LoadError {
                     file,
-                    error: format!("{e:#}"),
-                }),
+                    error: format!("not loaded: the manifest {}.toml is invalid", name.service),
+                });
+                continue;
+            };
+            if !is_stable(&path) {
+                pending.push(file);
+                versions.extend(last_good);
+                continue;
+            }
+            let config = Arc::new(manifest.config.clone());
+            match self.load_file(&canonical_dir, &path, name, config, last_good.as_deref()) {
+                Ok(v) => versions.push(v),
+                Err(e) => {
+                    let mut error = format!("{e:#}");
+                    if let Some(good) = last_good {
+                        error.push_str(&format!(
+                            "; version {} keeps its last good build",
+                            good.version
+                        ));
+                        versions.push(good);
+                    }
+                    errors.push(LoadError { file, error });
+                }
             }
         }
-        Ok(Registry::build(versions, &manifests, errors))
+        let registry = Registry::build(versions, manifests, errors, Some(previous));
+        Ok(Scan { registry, pending })
     }
 
-    /// Loads one component file as `name`.
+    /// Loads one component file as `name`; `last` is the version this file
+    /// held before, reused when neither its content nor its config changed.
     pub fn load_file(
         &self,
         dir: &Path,
         path: &Path,
         name: PluginName,
         config: Arc<BTreeMap<String, String>>,
-    ) -> Result<Version> {
+        last: Option<&Version>,
+    ) -> Result<Arc<Version>> {
         let bytes = read_plugin(dir, path)?;
         let digest = hex::encode(Sha256::digest(&bytes));
         let version = name
             .version
             .clone()
             .unwrap_or_else(|| digest[..12].to_string());
-        let pre = self.compile(&bytes)?;
-        Ok(Version {
+        let pre = match last {
+            Some(v) if v.digest == digest && *v.version == *version => {
+                if v.config == config {
+                    return Ok(Arc::new(v.clone()));
+                }
+                v.pre.clone()
+            }
+            _ => self.compile(&bytes)?,
+        };
+        Ok(Arc::new(Version {
             service: name.service.into(),
             version: version.into(),
             digest,
@@ -124,7 +191,7 @@ impl Loader {
             size: bytes.len() as u64,
             pre,
             config,
-        })
+        }))
     }
 
     /// Compiles component bytes and checks them against the world.

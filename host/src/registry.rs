@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 /// One loaded, compiled and pre-linked version of a service.
+#[derive(Clone)]
 pub struct Version {
     /// Service name.
     pub service: Arc<str>,
@@ -62,25 +63,28 @@ pub struct LoadError {
 #[derive(Default)]
 pub struct Registry {
     services: BTreeMap<String, ServiceEntry>,
+    manifests: BTreeMap<String, Manifest>,
     routes: RouteTable,
     errors: Vec<LoadError>,
 }
 
 impl Registry {
-    /// Builds a snapshot from loaded versions and their manifests. Services
-    /// whose routes collide are all refused, each with an error naming the
-    /// prefix and the other claimants, since no rule could pick one fairly.
+    /// Builds a snapshot from loaded versions and their manifests.
+    ///
+    /// When services' routes collide, a service that already owned the
+    /// prefix in `previous` keeps it and the newcomers are refused; with no
+    /// such owner (e.g. at start) every claimant is refused, since no rule
+    /// could pick one fairly. Each refusal is an error naming the prefix and
+    /// the claimants.
     pub fn build(
-        versions: Vec<Version>,
-        manifests: &BTreeMap<String, Manifest>,
+        versions: Vec<Arc<Version>>,
+        manifests: BTreeMap<String, Manifest>,
         mut errors: Vec<LoadError>,
+        previous: Option<&Registry>,
     ) -> Self {
         let mut by_service: BTreeMap<String, Vec<Arc<Version>>> = BTreeMap::new();
         for v in versions {
-            by_service
-                .entry(v.service.to_string())
-                .or_default()
-                .push(Arc::new(v));
+            by_service.entry(v.service.to_string()).or_default().push(v);
         }
         let routes_of = |name: &str| {
             manifests
@@ -100,12 +104,23 @@ impl Registry {
         let mut refused = BTreeSet::new();
         for (prefix, owners) in claims.iter().filter(|(_, o)| o.len() > 1) {
             let list: Vec<_> = owners.iter().map(|o| format!("`{o}`")).collect();
+            let incumbent = previous
+                .and_then(|p| p.routes.lookup_exact(prefix))
+                .filter(|owner| owners.contains(*owner))
+                .map(str::to_string);
             for owner in owners {
+                if Some(owner) == incumbent.as_ref() {
+                    continue;
+                }
                 refused.insert(owner.clone());
+                let outcome = match &incumbent {
+                    Some(i) => format!("`{i}` keeps it and `{owner}` is not served"),
+                    None => format!("service `{owner}` is not served until only one claims it"),
+                };
                 errors.push(LoadError {
                     file: format!("{owner}.toml"),
                     error: format!(
-                        "route `{prefix}` is claimed by {}; service `{owner}` is not served until only one claims it",
+                        "route `{prefix}` is claimed by {}; {outcome}",
                         list.join(" and ")
                     ),
                 });
@@ -119,6 +134,7 @@ impl Registry {
                 continue;
             }
             versions.sort_by(|a, b| compare_versions(&a.version, &b.version));
+            versions.dedup_by(|a, b| a.version == b.version);
             let routes = routes_of(&name);
             for prefix in &routes {
                 // Cannot fail: conflicting services were refused above.
@@ -135,9 +151,24 @@ impl Registry {
         }
         Self {
             services,
+            manifests,
             routes: table,
             errors,
         }
+    }
+
+    /// The version loaded from `file`, if any.
+    pub fn version_from(&self, file: &std::path::Path) -> Option<Arc<Version>> {
+        self.services
+            .values()
+            .flat_map(|s| s.versions.iter())
+            .find(|v| v.file == file)
+            .cloned()
+    }
+
+    /// The manifest in effect for `service`.
+    pub fn manifest(&self, service: &str) -> Option<&Manifest> {
+        self.manifests.get(service)
     }
 
     /// The service that owns `path`.

@@ -50,6 +50,11 @@ impl RouteTable {
         self.routes.get("/").map(String::as_str)
     }
 
+    /// The service that claimed exactly `prefix`.
+    pub fn lookup_exact(&self, prefix: &str) -> Option<&str> {
+        self.routes.get(prefix).map(String::as_str)
+    }
+
     /// Every (prefix, service) pair, sorted by prefix.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.routes.iter().map(|(p, s)| (p.as_str(), s.as_str()))

@@ -1,0 +1,187 @@
+//! Hot reload: the plugins directory changes while the host serves, and
+//! every change is applied without a restart and without a failed request.
+#![allow(clippy::unwrap_used)]
+
+use serde_json::json;
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use wasmhost_test_support::{state_dir, Host, Plugins, PROBE, USER};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wasmhost");
+const WAIT: Duration = Duration::from_secs(15);
+
+/// Copies a component in the documented way: to a temp name, then rename.
+fn deploy(component: &str, dir: &Path, file: &str) {
+    let tmp = dir.join(format!(".{file}.tmp"));
+    std::fs::copy(component, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join(file)).unwrap();
+}
+
+/// Polls `path` until its `x-wasmhost-version` is `want` (None: a 404).
+fn wait_for_version(host: &Host, path: &str, want: Option<&str>) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = host.get(path);
+        let got = if r.status == 404 {
+            None
+        } else {
+            r.header("x-wasmhost-version").map(str::to_string)
+        };
+        if got.as_deref() == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{path}: expected version {want:?} within {WAIT:?}, still {got:?} (status {}); log:\n{}", r.status, host.log());
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+#[test]
+fn a_dropped_component_is_served_and_a_removed_one_retired() {
+    let plugins = Plugins::examples();
+    let state = state_dir();
+    let host = Host::start(BIN, plugins.path(), state.path());
+    host.get("/probe/echo").expect_status(404);
+
+    deploy(PROBE, plugins.path(), "probe@0.1.0.wasm");
+    wait_for_version(&host, "/probe/echo", Some("0.1.0"));
+    host.wait_for_log(&["version loaded", "service=probe", "version=0.1.0"], WAIT);
+
+    deploy(USER, plugins.path(), "user@1.1.0.wasm");
+    wait_for_version(&host, "/users", Some("1.1.0"));
+    std::fs::remove_file(plugins.path().join("user@1.1.0.wasm")).unwrap();
+    wait_for_version(&host, "/users", Some("1.0.0"));
+    host.wait_for_log(&["version retired", "service=user", "version=1.1.0"], WAIT);
+}
+
+#[test]
+fn a_changed_manifest_updates_routes_and_config() {
+    let plugins = Plugins::examples();
+    plugins.add(PROBE, "probe@0.1.0.wasm");
+    let state = state_dir();
+    let host = Host::start(BIN, plugins.path(), state.path());
+    host.get("/probe/echo").expect_status(200);
+
+    plugins.write(
+        "probe.toml",
+        "routes = [\"/p2\"]\n[config]\ngreeting = \"hi\"\n",
+    );
+    wait_for_version(&host, "/p2/echo", Some("0.1.0"));
+    host.get("/probe/echo").expect_status(404);
+    assert_eq!(host.get("/p2/config/greeting").json()["value"], "hi");
+
+    // A broken manifest keeps the last good one.
+    plugins.write("probe.toml", "routes = 42\n");
+    host.wait_for_log(&["probe.toml", "invalid manifest"], WAIT);
+    host.get("/p2/echo").expect_status(200);
+}
+
+#[test]
+fn a_bad_drop_never_replaces_what_serves() {
+    let plugins = Plugins::examples();
+    let state = state_dir();
+    let host = Host::start(BIN, plugins.path(), state.path());
+    host.post_json("/users", json!({"name": "Ada", "email": "ada@example.com"}))
+        .expect_status(201);
+
+    plugins.write("user@2.0.0.wasm", b"definitely not a component");
+    host.wait_for_log(&["user@2.0.0.wasm", "not a WebAssembly file"], WAIT);
+    assert_eq!(
+        host.get("/users/1")
+            .expect_status(200)
+            .header("x-wasmhost-version"),
+        Some("1.0.0")
+    );
+
+    // Overwriting the live file with garbage keeps its last good build.
+    plugins.write("user@1.0.0.wasm", b"\0asm\x0d\0\x01\0garbage");
+    host.wait_for_log(&["user@1.0.0.wasm", "keeps its last good build"], WAIT);
+    assert_eq!(
+        host.get("/users/1").expect_status(200).json()["name"],
+        "Ada"
+    );
+}
+
+#[test]
+fn a_slow_plain_copy_is_never_served_half_written() {
+    let plugins = Plugins::examples();
+    let state = state_dir();
+    let host = Host::start(BIN, plugins.path(), state.path());
+    let bytes = std::fs::read(PROBE).unwrap();
+    let mut file = std::fs::File::create(plugins.path().join("probe@0.2.0.wasm")).unwrap();
+    for chunk in bytes.chunks(bytes.len() / 20 + 1) {
+        file.write_all(chunk).unwrap();
+        file.flush().unwrap();
+        let r = host.get("/probe/echo");
+        assert!(
+            r.status == 404 || r.status == 200,
+            "unexpected status {} during the copy",
+            r.status
+        );
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    drop(file);
+    wait_for_version(&host, "/probe/echo", Some("0.2.0"));
+    assert!(
+        !host.log().contains("invalid component"),
+        "a half-written file was compiled; log:\n{}",
+        host.log()
+    );
+}
+
+#[test]
+fn a_swap_storm_under_load_fails_no_request() {
+    let plugins = Plugins::examples();
+    let state = state_dir();
+    let host = Host::start(BIN, plugins.path(), state.path());
+    host.post_json("/users", json!({"name": "Ada", "email": "ada@example.com"}))
+        .expect_status(201);
+    let stop = AtomicBool::new(false);
+    let (served, failed) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let r = host.get("/users/1");
+                    let version = r
+                        .header("x-wasmhost-version")
+                        .unwrap_or_default()
+                        .to_string();
+                    if r.status == 200
+                        && (version == "1.0.0" || version == "1.1.0")
+                        && r.json()["name"] == "Ada"
+                    {
+                        served.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        eprintln!(
+                            "failed: {} {version} {}",
+                            r.status,
+                            String::from_utf8_lossy(&r.body)
+                        );
+                    }
+                }
+            });
+        }
+        for _ in 0..10 {
+            deploy(USER, plugins.path(), "user@1.1.0.wasm");
+            wait_for_version(&host, "/users/1", Some("1.1.0"));
+            std::fs::remove_file(plugins.path().join("user@1.1.0.wasm")).unwrap();
+            wait_for_version(&host, "/users/1", Some("1.0.0"));
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    let (served, failed) = (served.into_inner(), failed.into_inner());
+    eprintln!("swap storm: {served} requests served, {failed} failed");
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed during the swaps",
+        served + failed
+    );
+    assert!(
+        served > 100,
+        "too few requests ({served}) to prove anything"
+    );
+}
