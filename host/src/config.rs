@@ -104,6 +104,14 @@ pub struct Manifest {
     /// Values the service reads through `wasi:config/store`.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+    /// Traffic split between loaded versions in percent, summing to 100,
+    /// e.g. `{ "1.0.0" = 90, "1.1.0" = 10 }`. Default: the highest version
+    /// takes everything.
+    #[serde(default)]
+    pub weights: Option<BTreeMap<String, u32>>,
+    /// Keeps one client on one version: `header:NAME` or `cookie:NAME`.
+    #[serde(default)]
+    pub sticky: Option<String>,
 }
 
 impl Manifest {
@@ -118,6 +126,14 @@ impl Manifest {
             for route in routes {
                 validate_route(route).with_context(|| format!("invalid manifest {origin}"))?;
             }
+        }
+        if let Some(weights) = &manifest.weights {
+            crate::release::validate_weights(weights)
+                .with_context(|| format!("invalid manifest {origin}"))?;
+        }
+        if let Some(sticky) = &manifest.sticky {
+            crate::release::Sticky::parse(sticky)
+                .with_context(|| format!("invalid manifest {origin}"))?;
         }
         Ok(manifest)
     }
@@ -195,6 +211,9 @@ mod tests {
         );
         assert!(Manifest::parse("routes = []", "x.toml").is_err());
         assert!(Manifest::parse("routes = [\"/a/../b\"]", "x.toml").is_err());
+        let err = Manifest::parse("weights = { \"1.0.0\" = 60 }", "x.toml").unwrap_err();
+        assert!(format!("{err:#}").contains("sum to 100"), "{err:#}");
+        assert!(Manifest::parse("sticky = \"ip\"", "x.toml").is_err());
     }
 
     #[test]

@@ -142,7 +142,7 @@ impl Dispatcher {
                     path: req.path.clone(),
                 })?;
             service
-                .live()
+                .pick(&req.headers, fastrand::u64(..))
                 .cloned()
                 .ok_or_else(|| DispatchError::UnknownService(service.name.clone()))?
         };
@@ -163,7 +163,7 @@ impl Dispatcher {
                 let registry = self.registry.load();
                 registry
                     .service(&name)
-                    .and_then(|s| s.live().cloned())
+                    .and_then(|s| s.pick(&req.headers, fastrand::u64(..)).cloned())
                     .ok_or_else(|| DispatchError::UnknownService(name.clone()))?
             };
             self.run(version, req, depth).await

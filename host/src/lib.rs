@@ -21,6 +21,7 @@ pub mod http;
 pub mod loader;
 pub mod plugin;
 pub mod registry;
+pub mod release;
 pub mod router;
 pub mod shutdown;
 pub mod status;

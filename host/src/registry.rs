@@ -8,6 +8,7 @@
 use crate::bindings::ServicePre;
 use crate::capabilities::HostState;
 use crate::config::Manifest;
+use crate::release::{Policy, Sticky};
 use crate::router::RouteTable;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
@@ -39,14 +40,36 @@ pub struct ServiceEntry {
     pub name: String,
     /// Route prefixes it owns.
     pub routes: Vec<String>,
-    /// Loaded versions, oldest first; the last one serves.
+    /// Loaded versions, oldest first.
     pub versions: Vec<Arc<Version>>,
+    /// Their names, in the same order.
+    pub names: Vec<Arc<str>>,
+    /// How traffic is split between them.
+    pub policy: Policy,
 }
 
 impl ServiceEntry {
-    /// The version that serves requests: the highest version.
+    /// The version that takes new traffic without a pin: the one with the
+    /// largest weight (the highest version by default).
     pub fn live(&self) -> Option<&Arc<Version>> {
-        self.versions.last()
+        let name = self
+            .policy
+            .weights
+            .iter()
+            .max_by_key(|(_, w)| *w)
+            .map(|(v, _)| v)?;
+        self.version(name)
+    }
+
+    /// The loaded version named `name`.
+    pub fn version(&self, name: &str) -> Option<&Arc<Version>> {
+        self.versions.iter().find(|v| *v.version == *name)
+    }
+
+    /// The version for a request with `headers` (see [`Policy::pick`]).
+    pub fn pick(&self, headers: &[(String, String)], roll: u64) -> Option<&Arc<Version>> {
+        let name = self.policy.pick(&self.names, headers, roll)?;
+        self.version(name)
     }
 }
 
@@ -140,12 +163,30 @@ impl Registry {
                 // Cannot fail: conflicting services were refused above.
                 let _ = table.insert(prefix, &name);
             }
+            let names: Vec<Arc<str>> = versions.iter().map(|v| v.version.clone()).collect();
+            let manifest = manifests.get(&name).cloned().unwrap_or_default();
+            let sticky = manifest
+                .sticky
+                .as_deref()
+                .and_then(|s| Sticky::parse(s).ok());
+            let policy = match Policy::resolve(&names, manifest.weights.as_ref(), sticky.clone()) {
+                Ok(p) => p,
+                Err(e) => {
+                    errors.push(LoadError {
+                        file: format!("{name}.toml"),
+                        error: format!("{e:#}; the highest version takes all traffic"),
+                    });
+                    Policy::resolve(&names, None, sticky).unwrap_or_default()
+                }
+            };
             services.insert(
                 name.clone(),
                 ServiceEntry {
                     name,
                     routes,
                     versions,
+                    names,
+                    policy,
                 },
             );
         }

@@ -1,0 +1,252 @@
+//! Release policy: which live version of a service answers a request.
+//!
+//! Precedence: a pin (header `x-wasmhost-version` or cookie
+//! `wasmhost-version` naming a loaded version), then stickiness (a hash of a
+//! header or cookie value), then a weighted random pick. Weights are integer
+//! percentages summing to 100; without weights the highest version takes
+//! everything (blue-green: the previous version stays loaded for an instant
+//! switch back).
+//!
+//! Invariant: the 100 buckets are laid out newest version first, so when a
+//! newer version's weight rises, sticky keys only move from older versions to
+//! it, never back.
+
+use anyhow::{bail, Result};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Header that pins a request to a version.
+pub const PIN_HEADER: &str = "x-wasmhost-version";
+/// Cookie that pins a request to a version.
+pub const PIN_COOKIE: &str = "wasmhost-version";
+
+/// Where the sticky key of a request comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sticky {
+    /// A request header (lowercase name).
+    Header(String),
+    /// A cookie.
+    Cookie(String),
+}
+
+impl Sticky {
+    /// Parses `header:NAME` or `cookie:NAME`.
+    pub fn parse(spec: &str) -> Result<Self> {
+        match spec.split_once(':') {
+            Some(("header", name)) if !name.is_empty() => {
+                Ok(Sticky::Header(name.to_ascii_lowercase()))
+            }
+            Some(("cookie", name)) if !name.is_empty() => Ok(Sticky::Cookie(name.to_string())),
+            _ => bail!("sticky must be `header:NAME` or `cookie:NAME`, not `{spec}`"),
+        }
+    }
+
+    fn key<'a>(&self, headers: &'a [(String, String)]) -> Option<&'a str> {
+        match self {
+            Sticky::Header(name) => header(headers, name),
+            Sticky::Cookie(name) => cookie(headers, name),
+        }
+    }
+}
+
+/// The resolved policy of one service: (version, weight) newest first.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// Versions with their weight in percent, newest first, summing to 100.
+    pub weights: Vec<(Arc<str>, u32)>,
+    /// Optional stickiness.
+    pub sticky: Option<Sticky>,
+}
+
+impl Policy {
+    /// Resolves configured weights against the loaded versions (oldest
+    /// first). Without weights the newest version gets 100.
+    pub fn resolve(
+        loaded: &[Arc<str>],
+        weights: Option<&BTreeMap<String, u32>>,
+        sticky: Option<Sticky>,
+    ) -> Result<Self> {
+        let mut out = Vec::new();
+        match weights {
+            None => {
+                if let Some(newest) = loaded.last() {
+                    out.push((newest.clone(), 100));
+                }
+            }
+            Some(weights) => {
+                validate_weights(weights)?;
+                for (version, _) in weights.iter().filter(|(_, w)| **w > 0) {
+                    if !loaded.iter().any(|v| **v == **version) {
+                        bail!("weights name version `{version}`, which is not loaded");
+                    }
+                }
+                for v in loaded.iter().rev() {
+                    out.push((v.clone(), weights.get(&**v).copied().unwrap_or(0)));
+                }
+            }
+        }
+        Ok(Self {
+            weights: out,
+            sticky,
+        })
+    }
+
+    /// Picks the version for a request with `headers`; `roll` is a random
+    /// number used when neither a pin nor a sticky key decides.
+    pub fn pick<'a>(
+        &'a self,
+        loaded: &'a [Arc<str>],
+        headers: &[(String, String)],
+        roll: u64,
+    ) -> Option<&'a Arc<str>> {
+        let pinned = header(headers, PIN_HEADER).or_else(|| cookie(headers, PIN_COOKIE));
+        if let Some(pin) = pinned {
+            if let Some(v) = loaded.iter().find(|v| ***v == *pin) {
+                return Some(v);
+            }
+        }
+        let bucket = match self.sticky.as_ref().and_then(|s| s.key(headers)) {
+            Some(key) => fnv1a(key.as_bytes()) % 100,
+            None => roll % 100,
+        };
+        let mut upper = 0u64;
+        for (version, weight) in &self.weights {
+            upper += u64::from(*weight);
+            if bucket < upper {
+                return Some(version);
+            }
+        }
+        self.weights.first().map(|(v, _)| v)
+    }
+}
+
+/// Weights must be percentages summing to exactly 100.
+pub fn validate_weights(weights: &BTreeMap<String, u32>) -> Result<()> {
+    let sum: u32 = weights.values().sum();
+    if weights.is_empty() || sum != 100 {
+        bail!("weights must sum to 100, not {sum}");
+    }
+    Ok(())
+}
+
+/// FNV-1a, 64-bit: a stable hash, the same in every run and release.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+fn cookie<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("cookie"))
+        .flat_map(|(_, v)| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn versions(v: &[&str]) -> Vec<Arc<str>> {
+        v.iter().map(|s| Arc::from(*s)).collect()
+    }
+
+    fn weights(w: &[(&str, u32)]) -> BTreeMap<String, u32> {
+        w.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn newest_takes_all_without_weights() {
+        let loaded = versions(&["1.0.0", "1.1.0"]);
+        let p = Policy::resolve(&loaded, None, None).unwrap();
+        for roll in 0..100 {
+            assert_eq!(p.pick(&loaded, &[], roll).map(|v| &**v), Some("1.1.0"));
+        }
+    }
+
+    #[test]
+    fn weights_split_the_buckets() {
+        let loaded = versions(&["1.0.0", "1.1.0"]);
+        let p = Policy::resolve(
+            &loaded,
+            Some(&weights(&[("1.0.0", 90), ("1.1.0", 10)])),
+            None,
+        )
+        .unwrap();
+        let new = (0..100)
+            .filter(|r| p.pick(&loaded, &[], *r).map(|v| &**v) == Some("1.1.0"))
+            .count();
+        assert_eq!(new, 10);
+    }
+
+    #[test]
+    fn pins_win_and_unknown_pins_fall_through() {
+        let loaded = versions(&["1.0.0", "1.1.0"]);
+        let p = Policy::resolve(&loaded, None, None).unwrap();
+        let h = vec![("x-wasmhost-version".to_string(), "1.0.0".to_string())];
+        assert_eq!(p.pick(&loaded, &h, 0).map(|v| &**v), Some("1.0.0"));
+        let c = vec![(
+            "cookie".to_string(),
+            "a=b; wasmhost-version=1.0.0".to_string(),
+        )];
+        assert_eq!(p.pick(&loaded, &c, 0).map(|v| &**v), Some("1.0.0"));
+        let bad = vec![("x-wasmhost-version".to_string(), "9.9.9".to_string())];
+        assert_eq!(p.pick(&loaded, &bad, 0).map(|v| &**v), Some("1.1.0"));
+    }
+
+    #[test]
+    fn sticky_keys_only_move_towards_the_newer_version() {
+        let loaded = versions(&["1.0.0", "1.1.0"]);
+        let sticky = Some(Sticky::parse("header:x-user-id").unwrap());
+        let at = |w: u32| {
+            Policy::resolve(
+                &loaded,
+                Some(&weights(&[("1.0.0", 100 - w), ("1.1.0", w)])),
+                sticky.clone(),
+            )
+            .unwrap()
+        };
+        let (p10, p50) = (at(10), at(50));
+        for user in 0..1000 {
+            let h = vec![("x-user-id".to_string(), format!("user-{user}"))];
+            let before = p10.pick(&loaded, &h, user).map(|v| v.to_string());
+            // The same key always lands on the same version, whatever the roll.
+            assert_eq!(
+                before,
+                p10.pick(&loaded, &h, user + 17).map(|v| v.to_string())
+            );
+            let after = p50.pick(&loaded, &h, user).map(|v| v.to_string());
+            if before.as_deref() == Some("1.1.0") {
+                assert_eq!(after.as_deref(), Some("1.1.0"), "user-{user} moved back");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_weights_and_sticky_specs_are_refused() {
+        let loaded = versions(&["1.0.0"]);
+        assert!(Policy::resolve(&loaded, Some(&weights(&[("1.0.0", 90)])), None).is_err());
+        let err = Policy::resolve(
+            &loaded,
+            Some(&weights(&[("1.0.0", 50), ("2.0.0", 50)])),
+            None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("`2.0.0`"), "{err}");
+        assert!(Sticky::parse("query:x").is_err());
+        assert_eq!(
+            Sticky::parse("cookie:uid").unwrap(),
+            Sticky::Cookie("uid".into())
+        );
+    }
+}

@@ -1,0 +1,153 @@
+//! Gray releases from the manifest: weighted splits, pins, stickiness.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use wasmhost_test_support::{state_dir, Host, Plugins, USER};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wasmhost");
+
+fn two_versions(manifest: &str) -> Plugins {
+    let plugins = Plugins::new();
+    plugins
+        .add(USER, "user@1.0.0.wasm")
+        .add(USER, "user@1.1.0.wasm");
+    plugins.write(
+        "user.toml",
+        format!("routes = [\"/users\", \"/user\"]\n{manifest}"),
+    );
+    plugins
+}
+
+fn version_of(host: &Host, headers: &[(&str, &str)]) -> String {
+    let client = reqwest::blocking::Client::new();
+    let mut req = client.get(host.url("/users"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.headers()["x-wasmhost-version"]
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn weights_split_traffic_within_two_points() {
+    let plugins = two_versions("weights = { \"1.0.0\" = 90, \"1.1.0\" = 10 }\n");
+    let state = state_dir();
+    let host = Host::start(BIN, plugins.path(), state.path());
+    let (old, new) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..2500 {
+                    match host
+                        .get("/users")
+                        .expect_status(200)
+                        .header("x-wasmhost-version")
+                    {
+                        Some("1.0.0") => old.fetch_add(1, Ordering::Relaxed),
+                        Some("1.1.0") => new.fetch_add(1, Ordering::Relaxed),
+                        other => panic!("unexpected version {other:?}"),
+                    };
+                }
+            });
+        }
+    });
+    let (old, new) = (old.into_inner(), new.into_inner());
+    let share = new as f64 * 100.0 / (old + new) as f64;
+    eprintln!("1.1.0 got {new} of {} requests ({share:.2}%)", old + new);
+    assert!(
+        (8.0..=12.0).contains(&share),
+        "expected 10% ± 2 for 1.1.0, got {share:.2}% ({new} of {})",
+        old + new
+    );
+}
+
+#[test]
+fn a_pin_by_header_or_cookie_selects_any_loaded_version() {
+    let plugins = two_versions("");
+    let state = state_dir();
+    let host = Host::start(BIN, plugins.path(), state.path());
+    assert_eq!(version_of(&host, &[]), "1.1.0");
+    for _ in 0..20 {
+        assert_eq!(
+            version_of(&host, &[("x-wasmhost-version", "1.0.0")]),
+            "1.0.0"
+        );
+        assert_eq!(
+            version_of(&host, &[("cookie", "theme=dark; wasmhost-version=1.0.0")]),
+            "1.0.0"
+        );
+    }
+    // A pin to a version that is not loaded falls back to the policy.
+    assert_eq!(
+        version_of(&host, &[("x-wasmhost-version", "7.0.0")]),
+        "1.1.0"
+    );
+}
+
+#[test]
+fn sticky_keys_stay_put_and_only_move_towards_the_candidate() {
+    let plugins = two_versions(
+        "sticky = \"header:x-user-id\"\nweights = { \"1.0.0\" = 80, \"1.1.0\" = 20 }\n",
+    );
+    let state = state_dir();
+    let host = Host::start(BIN, plugins.path(), state.path());
+    let ids: Vec<String> = (0..1000).map(|i| format!("user-{i}")).collect();
+    let placement = |host: &Host| -> HashMap<String, String> {
+        ids.iter()
+            .map(|id| (id.clone(), version_of(host, &[("x-user-id", id)])))
+            .collect()
+    };
+    let first = placement(&host);
+    assert_eq!(
+        placement(&host),
+        first,
+        "a sticky key changed version while the weights did not"
+    );
+    let on_new = first.values().filter(|v| *v == "1.1.0").count();
+    assert!(
+        (120..=280).contains(&on_new),
+        "expected about 200 of 1000 keys on 1.1.0, got {on_new}"
+    );
+
+    plugins.write("user.toml", "routes = [\"/users\", \"/user\"]\nsticky = \"header:x-user-id\"\nweights = { \"1.0.0\" = 50, \"1.1.0\" = 50 }\n");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let second = loop {
+        let p = placement(&host);
+        if p.values().filter(|v| *v == "1.1.0").count() > on_new {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new weights were not applied"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for id in &ids {
+        if first[id] == "1.1.0" {
+            assert_eq!(second[id], "1.1.0", "{id} moved back from the candidate");
+        }
+    }
+    let moved = ids
+        .iter()
+        .filter(|id| first[*id] == "1.0.0" && second[*id] == "1.1.0")
+        .count();
+    assert!(moved > 0, "raising the weight moved no key");
+}
+
+#[test]
+fn weights_naming_a_missing_version_are_refused_and_the_highest_serves() {
+    let plugins = two_versions("weights = { \"1.0.0\" = 50, \"3.0.0\" = 50 }\n");
+    let state = state_dir();
+    let host = Host::start(BIN, plugins.path(), state.path());
+    host.wait_for_log(
+        &["user.toml", "`3.0.0`, which is not loaded"],
+        Duration::from_secs(5),
+    );
+    assert_eq!(version_of(&host, &[]), "1.1.0");
+}
