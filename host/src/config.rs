@@ -15,6 +15,8 @@ use std::time::Duration;
 pub const DEFAULT_PLUGINS_DIR: &str = "plugins";
 /// Default address of the HTTP listener.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default address of the admin API listener.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 /// Default state directory (key-value database, compiled-artifact cache).
 pub const DEFAULT_STATE_DIR: &str = ".wasmhost";
 /// Default cap on a request body.
@@ -37,6 +39,8 @@ pub struct ServeConfig {
     pub plugins_dir: PathBuf,
     /// Address of the HTTP listener; port 0 picks a free port.
     pub listen: SocketAddr,
+    /// Address of the admin API listener.
+    pub admin_listen: SocketAddr,
     /// Directory for durable state: the key-value database and the cache of
     /// compiled artifacts.
     pub state_dir: PathBuf,
@@ -51,6 +55,9 @@ impl Default for ServeConfig {
             listen: DEFAULT_LISTEN
                 .parse()
                 .unwrap_or_else(|_| ([127, 0, 0, 1], 8080).into()),
+            admin_listen: DEFAULT_ADMIN_LISTEN
+                .parse()
+                .unwrap_or_else(|_| ([127, 0, 0, 1], 9090).into()),
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             limits: Limits::default(),
         }

@@ -12,10 +12,12 @@ use crate::capabilities::HostState;
 use crate::config::Limits;
 use crate::engine::TICK;
 use crate::registry::{Registry, Version};
+use crate::rollout::ReleaseState;
 use crate::store::KvStore;
 use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
 use http::StatusCode;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
@@ -96,17 +98,53 @@ pub struct Dispatcher {
     registry: ArcSwap<Registry>,
     kv: KvStore,
     limits: Limits,
+    /// The release state; its lock also makes every registry change a
+    /// single writer (watcher rescans and admin changes take turns).
+    release: tokio::sync::Mutex<ReleaseState>,
+    state_dir: PathBuf,
 }
 
 impl Dispatcher {
     /// A dispatcher serving `registry`.
-    pub fn new(engine: Engine, registry: Registry, kv: KvStore, limits: Limits) -> Arc<Self> {
+    pub fn new(
+        engine: Engine,
+        registry: Registry,
+        kv: KvStore,
+        limits: Limits,
+        release: ReleaseState,
+        state_dir: PathBuf,
+    ) -> Arc<Self> {
         Arc::new(Self {
             engine,
             registry: ArcSwap::from_pointee(registry),
             kv,
             limits,
+            release: tokio::sync::Mutex::new(release),
+            state_dir,
         })
+    }
+
+    /// Takes the writer lock: the release state, for building the next
+    /// registry. Hold it until the new registry is swapped in.
+    pub async fn writer(&self) -> tokio::sync::MutexGuard<'_, ReleaseState> {
+        self.release.lock().await
+    }
+
+    /// Applies `change` to the release state: on success persists it and
+    /// swaps in a registry with the new policies; on error changes nothing.
+    pub async fn change_release<R>(
+        &self,
+        change: impl FnOnce(&Registry, &mut ReleaseState) -> Result<R, String>,
+    ) -> Result<R, String> {
+        let mut guard = self.release.lock().await;
+        let registry = self.registry.load_full();
+        let mut next = guard.clone();
+        let out = change(&registry, &mut next)?;
+        next.save(&self.state_dir)
+            .map_err(|e| format!("could not persist the release state: {e:#}"))?;
+        self.registry.store(Arc::new(registry.with_release(&next)));
+        *guard = next;
+        Ok(out)
     }
 
     /// The current registry snapshot.
@@ -222,13 +260,28 @@ impl Dispatcher {
                 .await
                 .map_err(|e| classify(e, self.limits.cpu_time))
         };
-        let resp = match tokio::time::timeout(self.limits.timeout, call).await {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(failure)) => return Err(fail(failure)),
-            Err(_) => return Err(fail(Failure::Timeout(self.limits.timeout))),
+        let started = std::time::Instant::now();
+        let in_flight = version.metrics.start();
+        let result = match tokio::time::timeout(self.limits.timeout, call).await {
+            Ok(Ok(resp)) => validate(&resp)
+                .map(|()| resp)
+                .map_err(|m| fail(Failure::Malformed(m))),
+            Ok(Err(failure)) => Err(fail(failure)),
+            Err(_) => Err(fail(Failure::Timeout(self.limits.timeout))),
         };
-        validate(&resp).map_err(|m| fail(Failure::Malformed(m)))?;
-        Ok(resp)
+        let (status, trapped) = match &result {
+            Ok(resp) => (resp.status, false),
+            Err(e @ DispatchError::Failed { failure, .. }) => (
+                e.status().as_u16(),
+                matches!(
+                    failure,
+                    Failure::Trap(_) | Failure::CpuTime(_) | Failure::Timeout(_)
+                ),
+            ),
+            Err(e) => (e.status().as_u16(), false),
+        };
+        in_flight.finish(status, trapped, started.elapsed());
+        result
     }
 }
 

@@ -12,6 +12,7 @@
 //! # }
 //! ```
 
+pub mod admin;
 mod bindings;
 mod capabilities;
 pub mod config;
@@ -19,9 +20,11 @@ pub mod dispatch;
 pub mod engine;
 pub mod http;
 pub mod loader;
+pub mod metrics;
 pub mod plugin;
 pub mod registry;
 pub mod release;
+pub mod rollout;
 pub mod router;
 pub mod shutdown;
 pub mod status;
@@ -44,11 +47,12 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 async fn initial_scan(
     loader: &Arc<loader::Loader>,
     dir: &std::path::Path,
+    release: &rollout::ReleaseState,
 ) -> Result<registry::Registry> {
     let mut registry = registry::Registry::default();
     for _ in 0..20 {
-        let (l, d, prev) = (loader.clone(), dir.to_path_buf(), registry);
-        let scan = tokio::task::spawn_blocking(move || l.load_dir(&d, &prev))
+        let (l, d, prev, rel) = (loader.clone(), dir.to_path_buf(), registry, release.clone());
+        let scan = tokio::task::spawn_blocking(move || l.load_dir(&d, &prev, &rel))
             .await
             .context("the loader thread failed")??;
         registry = scan.registry;
@@ -88,15 +92,38 @@ pub async fn run(
     let addr = listener
         .local_addr()
         .context("failed to read the listening address")?;
+    let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("failed to listen on {} (admin API)", config.admin_listen))?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .context("failed to read the admin listening address")?;
+    let token = admin::token(&state_dir)?;
     let engine = engine::build(&config.limits, &state_dir.join("cache"))?;
     engine::start_epoch_ticker(&engine)?;
 
     let loader = Arc::new(loader::Loader::new(engine.clone())?);
-    let registry = initial_scan(&loader, &config.plugins_dir).await?;
+    let release = rollout::ReleaseState::load(&state_dir)?;
+    let registry = initial_scan(&loader, &config.plugins_dir, &release).await?;
     status::log_registry(&registry, &config.plugins_dir);
-    let dispatcher = dispatch::Dispatcher::new(engine, registry, kv, config.limits.clone());
+    let dispatcher = dispatch::Dispatcher::new(
+        engine,
+        registry,
+        kv,
+        config.limits.clone(),
+        release,
+        state_dir.clone(),
+    );
     let _watcher = watcher::spawn(config.plugins_dir.clone(), loader, dispatcher.clone())?;
 
+    let token_hint = if std::env::var_os("WASMHOST_ADMIN_TOKEN").is_some() {
+        "from WASMHOST_ADMIN_TOKEN".to_string()
+    } else {
+        format!("in {}", state_dir.join("admin-token").display())
+    };
+    tracing::info!("admin API on http://{admin_addr} (bearer token {token_hint})");
+    let admin_server = axum::serve(admin_listener, admin::app(dispatcher.clone(), &token));
+    let admin_task = tokio::spawn(admin_server.into_future());
     tracing::info!(
         startup_ms = started.elapsed().as_millis() as u64,
         "listening on http://{addr}"
@@ -125,6 +152,7 @@ pub async fn run(
             .context("the server failed")?,
         Err(_) => tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; stopping anyway"),
     }
+    admin_task.abort();
     tracing::info!("stopped");
     Ok(())
 }

@@ -13,6 +13,7 @@ use crate::capabilities::{self, HostState};
 use crate::config::Manifest;
 use crate::plugin::PluginName;
 use crate::registry::{LoadError, Registry, Version};
+use crate::rollout::ReleaseState;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -75,7 +76,12 @@ impl Loader {
     /// being written (modified less than [`STABLE_AGE`] ago) is deferred and
     /// listed in [`Scan::pending`]; a file that no longer loads keeps its last
     /// good build, and so does a service whose manifest became invalid.
-    pub fn load_dir(&self, dir: &Path, previous: &Registry) -> Result<Scan> {
+    pub fn load_dir(
+        &self,
+        dir: &Path,
+        previous: &Registry,
+        release: &ReleaseState,
+    ) -> Result<Scan> {
         let canonical_dir = dir
             .canonicalize()
             .with_context(|| format!("plugins directory {} is not readable", dir.display()))?;
@@ -154,7 +160,7 @@ impl Loader {
                 }
             }
         }
-        let registry = Registry::build(versions, manifests, errors, Some(previous));
+        let registry = Registry::build(versions, manifests, errors, Some(previous), release);
         Ok(Scan { registry, pending })
     }
 
@@ -174,6 +180,10 @@ impl Loader {
             .version
             .clone()
             .unwrap_or_else(|| digest[..12].to_string());
+        let metrics = match last {
+            Some(v) if *v.version == *version => v.metrics.clone(),
+            _ => Arc::default(),
+        };
         let pre = match last {
             Some(v) if v.digest == digest && *v.version == *version => {
                 if v.config == config {
@@ -191,6 +201,7 @@ impl Loader {
             size: bytes.len() as u64,
             pre,
             config,
+            metrics,
         }))
     }
 

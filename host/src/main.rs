@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
-use wasmhost::config::{DEFAULT_LISTEN, DEFAULT_PLUGINS_DIR, DEFAULT_STATE_DIR};
+use wasmhost::config::{
+    DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, DEFAULT_PLUGINS_DIR, DEFAULT_STATE_DIR,
+};
 
 /// A WebAssembly component host for HTTP microservices.
 ///
@@ -35,6 +37,11 @@ enum Command {
         /// Address to listen on (port 0 picks a free port).
         #[arg(long, default_value = DEFAULT_LISTEN)]
         listen: SocketAddr,
+        /// Address of the admin API (status, weights, promote, rollback, /metrics).
+        /// Every call needs `Authorization: Bearer TOKEN`: the token comes from
+        /// WASMHOST_ADMIN_TOKEN, else it is generated into STATE/admin-token.
+        #[arg(long, default_value = DEFAULT_ADMIN_LISTEN)]
+        admin_listen: SocketAddr,
         /// Directory for the key-value database and compiled-artifact cache.
         #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state: PathBuf,
@@ -66,11 +73,13 @@ async fn real_main() -> Result<()> {
         Command::Serve {
             plugins,
             listen,
+            admin_listen,
             state,
         } => {
             let config = wasmhost::ServeConfig {
                 plugins_dir: plugins,
                 listen,
+                admin_listen,
                 state_dir: state,
                 ..Default::default()
             };

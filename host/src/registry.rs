@@ -8,7 +8,9 @@
 use crate::bindings::ServicePre;
 use crate::capabilities::HostState;
 use crate::config::Manifest;
+use crate::metrics::VersionMetrics;
 use crate::release::{Policy, Sticky};
+use crate::rollout::ReleaseState;
 use crate::router::RouteTable;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,9 +34,12 @@ pub struct Version {
     pub pre: ServicePre<HostState>,
     /// Configuration values from the service's manifest.
     pub config: Arc<BTreeMap<String, String>>,
+    /// Request metrics; kept across reloads of the same version.
+    pub metrics: Arc<VersionMetrics>,
 }
 
 /// A service and its live versions.
+#[derive(Clone)]
 pub struct ServiceEntry {
     /// Service name.
     pub name: String,
@@ -104,6 +109,7 @@ impl Registry {
         manifests: BTreeMap<String, Manifest>,
         mut errors: Vec<LoadError>,
         previous: Option<&Registry>,
+        release: &ReleaseState,
     ) -> Self {
         let mut by_service: BTreeMap<String, Vec<Arc<Version>>> = BTreeMap::new();
         for v in versions {
@@ -164,21 +170,7 @@ impl Registry {
                 let _ = table.insert(prefix, &name);
             }
             let names: Vec<Arc<str>> = versions.iter().map(|v| v.version.clone()).collect();
-            let manifest = manifests.get(&name).cloned().unwrap_or_default();
-            let sticky = manifest
-                .sticky
-                .as_deref()
-                .and_then(|s| Sticky::parse(s).ok());
-            let policy = match Policy::resolve(&names, manifest.weights.as_ref(), sticky.clone()) {
-                Ok(p) => p,
-                Err(e) => {
-                    errors.push(LoadError {
-                        file: format!("{name}.toml"),
-                        error: format!("{e:#}; the highest version takes all traffic"),
-                    });
-                    Policy::resolve(&names, None, sticky).unwrap_or_default()
-                }
-            };
+            let policy = policy_for(&name, &names, manifests.get(&name), release, &mut errors);
             services.insert(
                 name.clone(),
                 ServiceEntry {
@@ -194,6 +186,42 @@ impl Registry {
             services,
             manifests,
             routes: table,
+            errors,
+        }
+    }
+
+    /// The same services with their policies recomputed from `release`.
+    pub fn with_release(&self, release: &ReleaseState) -> Self {
+        let mut errors: Vec<LoadError> = self
+            .errors
+            .iter()
+            .filter(|e| !e.error.contains("takes all traffic"))
+            .cloned()
+            .collect();
+        let services = self
+            .services
+            .iter()
+            .map(|(name, s)| {
+                let policy = policy_for(
+                    name,
+                    &s.names,
+                    self.manifests.get(name),
+                    release,
+                    &mut errors,
+                );
+                (
+                    name.clone(),
+                    ServiceEntry {
+                        policy,
+                        ..s.clone()
+                    },
+                )
+            })
+            .collect();
+        Self {
+            services,
+            manifests: self.manifests.clone(),
+            routes: self.routes.clone(),
             errors,
         }
     }
@@ -232,6 +260,39 @@ impl Registry {
     /// Files and manifests that failed to load.
     pub fn errors(&self) -> &[LoadError] {
         &self.errors
+    }
+}
+
+/// The policy of `name`: an operator's weights and stickiness win over the
+/// manifest's; weights that cannot apply are reported and the highest version
+/// takes all traffic.
+fn policy_for(
+    name: &str,
+    names: &[Arc<str>],
+    manifest: Option<&Manifest>,
+    release: &ReleaseState,
+    errors: &mut Vec<LoadError>,
+) -> Policy {
+    let operator = release.services.get(name);
+    let sticky_spec = operator
+        .and_then(|r| r.sticky.clone())
+        .or_else(|| manifest.and_then(|m| m.sticky.clone()));
+    let sticky = sticky_spec.as_deref().and_then(|s| Sticky::parse(s).ok());
+    let (weights, origin) = match operator.and_then(|r| r.weights.as_ref()) {
+        Some(w) => (Some(w), "the release state"),
+        None => (manifest.and_then(|m| m.weights.as_ref()), "the manifest"),
+    };
+    match Policy::resolve(names, weights, sticky.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            errors.push(LoadError {
+                file: format!("{name}.toml"),
+                error: format!(
+                    "weights from {origin}: {e:#}; the highest version takes all traffic"
+                ),
+            });
+            Policy::resolve(names, None, sticky).unwrap_or_default()
+        }
     }
 }
 

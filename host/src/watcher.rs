@@ -88,28 +88,32 @@ async fn run(
             }
         }
         let started = Instant::now();
+        let writer = dispatcher.writer().await;
         let previous = dispatcher.registry();
         let (scan_loader, scan_dir, scan_prev) = (loader.clone(), dir.clone(), previous.clone());
-        let scan =
-            match tokio::task::spawn_blocking(move || scan_loader.load_dir(&scan_dir, &scan_prev))
-                .await
-            {
-                Ok(Ok(scan)) => scan,
-                Ok(Err(e)) => {
-                    tracing::error!("rescan failed, keeping what is live: {e:#}");
-                    continue;
-                }
-                Err(e) => {
-                    tracing::error!("rescan task failed, keeping what is live: {e}");
-                    continue;
-                }
-            };
+        let release = writer.clone();
+        let scan = match tokio::task::spawn_blocking(move || {
+            scan_loader.load_dir(&scan_dir, &scan_prev, &release)
+        })
+        .await
+        {
+            Ok(Ok(scan)) => scan,
+            Ok(Err(e)) => {
+                tracing::error!("rescan failed, keeping what is live: {e:#}");
+                continue;
+            }
+            Err(e) => {
+                tracing::error!("rescan task failed, keeping what is live: {e}");
+                continue;
+            }
+        };
         log_changes(&previous, &scan.registry, started);
         retry = !scan.pending.is_empty();
         if retry {
             tracing::debug!(files = ?scan.pending, "waiting for files still being written");
         }
         dispatcher.swap_registry(scan.registry);
+        drop(writer);
     }
 }
 

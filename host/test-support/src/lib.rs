@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 include!(concat!(env!("OUT_DIR"), "/components.rs"));
 
+/// The admin token every test host uses.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
 /// How long a host may take to start listening.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -75,6 +78,7 @@ impl Plugins {
 pub struct Host {
     child: Child,
     addr: String,
+    admin_addr: String,
     log: Arc<Mutex<Vec<String>>>,
     client: reqwest::blocking::Client,
 }
@@ -84,11 +88,19 @@ impl Host {
     /// waits until it listens.
     pub fn start(bin: &str, plugins: &Path, state: &Path) -> Self {
         let mut child = Command::new(bin)
-            .args(["serve", "--listen", "127.0.0.1:0", "--plugins"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--plugins",
+            ])
             .arg(plugins)
             .arg("--state")
             .arg(state)
             .env("RUST_LOG", "info,wasmhost=debug")
+            .env("WASMHOST_ADMIN_TOKEN", ADMIN_TOKEN)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -97,8 +109,17 @@ impl Host {
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
         let sink = log.clone();
+        let admin = Arc::new(Mutex::new(String::new()));
+        let admin_sink = admin.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("admin API on http://").nth(1) {
+                    *admin_sink.lock().unwrap() = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                }
                 if let Some(rest) = line.split("listening on http://").nth(1) {
                     let addr = rest
                         .split_whitespace()
@@ -124,12 +145,39 @@ impl Host {
             .timeout(Duration::from_secs(60))
             .build()
             .expect("client");
+        let admin_addr = admin.lock().unwrap().clone();
         Self {
             child,
             addr,
+            admin_addr,
             log,
             client,
         }
+    }
+
+    /// A call to the admin API with the test token (or `token`, when given;
+    /// an empty one sends none).
+    pub fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+        token: Option<&str>,
+    ) -> Reply {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self
+            .client
+            .request(method, format!("http://{}{path}", self.admin_addr));
+        let token = token.unwrap_or(ADMIN_TOKEN);
+        if !token.is_empty() {
+            req = req.bearer_auth(token);
+        }
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        Reply::from(req.send().expect("admin request"))
     }
 
     /// `http://ADDR` of the host.
