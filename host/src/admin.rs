@@ -189,7 +189,12 @@ async fn promote(
                     body.version
                 ));
             }
+            let live = service.live().map(|v| v.version.to_string());
             let entry = state.services.entry(name.clone()).or_default();
+            let before = entry.stable.clone().or(live);
+            if before.as_deref() != Some(body.version.as_str()) {
+                entry.previous = before;
+            }
             entry.weights = Some([(body.version.clone(), 100)].into());
             entry.stable = Some(body.version.clone());
             entry.record("promote", body.version.clone());
@@ -204,22 +209,32 @@ async fn rollback(State(admin): State<Admin>, Path(name): Path<String>) -> Respo
         .dispatcher
         .change_release(|registry, state| {
             let service = service_of(registry, &name)?;
+            let live = service.live().map(|v| v.version.to_string());
             let entry = state.services.entry(name.clone()).or_default();
-            // The stable version is the last promoted one; without a promotion,
-            // the highest version below the one taking the most traffic now.
-            let stable = entry
-                .stable
-                .clone()
-                .filter(|v| service.version(v).is_some())
-                .or_else(|| {
-                    let live = service.live()?.version.clone();
-                    service
-                        .names
-                        .iter()
-                        .rev()
-                        .find(|v| crate::registry::compare_versions(v, &live).is_lt())
-                        .map(|v| v.to_string())
-                });
+            let loaded = |v: &String| service.version(v).is_some();
+            // During a gray release, back to the stable version; right after a
+            // promotion (the stable one is live), back to the one before it;
+            // with no history, the highest version below the live one.
+            let just_promoted = entry.stable.as_ref().is_some_and(|st| {
+                entry
+                    .weights
+                    .as_ref()
+                    .is_some_and(|w| w.len() == 1 && w.get(st) == Some(&100))
+            });
+            let stable = if just_promoted {
+                entry.previous.clone().filter(loaded)
+            } else {
+                entry.stable.clone().filter(loaded)
+            }
+            .or_else(|| {
+                let live = live.clone()?;
+                service
+                    .names
+                    .iter()
+                    .rev()
+                    .find(|v| crate::registry::compare_versions(v, &live).is_lt())
+                    .map(|v| v.to_string())
+            });
             let Some(stable) = stable else {
                 return Err(format!(
                     "service `{name}` has no stable version to roll back to"
@@ -227,6 +242,7 @@ async fn rollback(State(admin): State<Admin>, Path(name): Path<String>) -> Respo
             };
             entry.weights = Some([(stable.clone(), 100)].into());
             entry.stable = Some(stable.clone());
+            entry.previous = None;
             entry.record("rollback", stable.clone());
             Ok(stable)
         })

@@ -15,6 +15,7 @@
 pub mod admin;
 mod bindings;
 mod capabilities;
+pub mod client;
 pub mod config;
 pub mod dispatch;
 pub mod engine;

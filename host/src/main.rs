@@ -46,6 +46,62 @@ enum Command {
         #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state: PathBuf,
     },
+    /// Show every service: versions, weights, live metrics, load errors.
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Split a service's traffic between versions (a gray release).
+    ///
+    /// Example: wasmhost release user --weights 1.0.0=90,1.1.0=10 --sticky header:x-user-id
+    Release {
+        /// The service.
+        service: String,
+        /// VERSION=PERCENT pairs summing to 100.
+        #[arg(long)]
+        weights: String,
+        /// Keep each client on one version: header:NAME or cookie:NAME.
+        #[arg(long)]
+        sticky: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Give one version all of a service's traffic and make it the stable one.
+    Promote {
+        /// The service.
+        service: String,
+        /// The version to promote.
+        version: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Give the stable (last promoted, else previous) version all the traffic.
+    Rollback {
+        /// The service.
+        service: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// How the CLI reaches the admin API.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// Address of the admin API.
+    #[arg(long, default_value = DEFAULT_ADMIN_LISTEN)]
+    admin: String,
+    /// Admin token (default: $WASMHOST_ADMIN_TOKEN, else STATE/admin-token).
+    #[arg(long)]
+    token: Option<String>,
+    /// The host's state directory (where admin-token is).
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    state: PathBuf,
+}
+
+impl AdminArgs {
+    fn client(self) -> Result<wasmhost::client::AdminClient> {
+        wasmhost::client::AdminClient::new(&self.admin, self.token, &self.state)
+    }
 }
 
 #[tokio::main]
@@ -85,5 +141,18 @@ async fn real_main() -> Result<()> {
             };
             wasmhost::run(config, wasmhost::shutdown::signal()).await
         }
+        Command::Status { admin } => admin.client()?.status().await,
+        Command::Release {
+            service,
+            weights,
+            sticky,
+            admin,
+        } => admin.client()?.release(&service, &weights, sticky).await,
+        Command::Promote {
+            service,
+            version,
+            admin,
+        } => admin.client()?.promote(&service, &version).await,
+        Command::Rollback { service, admin } => admin.client()?.rollback(&service).await,
     }
 }

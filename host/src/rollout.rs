@@ -34,9 +34,13 @@ pub struct ServiceRelease {
     /// Stickiness set by an operator (`header:NAME` / `cookie:NAME`).
     #[serde(default)]
     pub sticky: Option<String>,
-    /// The last promoted version: where a rollback goes.
+    /// The last promoted version: where a rollback during a gray release goes.
     #[serde(default)]
     pub stable: Option<String>,
+    /// The stable version before the last promotion: where a rollback right
+    /// after a promotion goes.
+    #[serde(default)]
+    pub previous: Option<String>,
     /// What changed, oldest first.
     #[serde(default)]
     pub history: Vec<HistoryEntry>,

@@ -199,3 +199,44 @@ fn metrics_count_requests_errors_and_traps_per_version() {
         "{svc}"
     );
 }
+
+#[test]
+fn the_cli_shows_status_and_changes_the_release() {
+    let plugins = two_versions();
+    let state = state_dir();
+    let host = Host::start(BIN, plugins.path(), state.path());
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .args(args)
+            .args([
+                "--admin",
+                host.admin_addr(),
+                "--token",
+                wasmhost_test_support::ADMIN_TOKEN,
+            ])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = cli(&["release", "user", "--weights", "1.0.0=90,1.1.0=10"]);
+    assert!(ok, "release failed: {err}");
+    assert!(
+        out.contains("user     1.1.0    10%") && out.contains("user     1.0.0    90%"),
+        "{out}"
+    );
+    let (ok, out, _) = cli(&["status"]);
+    assert!(
+        ok && out.starts_with("SERVICE") && out.contains("order"),
+        "{out}"
+    );
+    let (ok, _, err) = cli(&["promote", "user", "7.0.0"]);
+    assert!(!ok && err.contains("no loaded version `7.0.0`"), "{err}");
+    let (ok, out, _) = cli(&["promote", "user", "1.1.0"]);
+    assert!(ok && out.contains("1.1.0    100%"), "{out}");
+    let (ok, out, _) = cli(&["rollback", "user"]);
+    assert!(ok && out.contains("1.0.0    100%"), "{out}");
+}

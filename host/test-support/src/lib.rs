@@ -180,6 +180,11 @@ impl Host {
         Reply::from(req.send().expect("admin request"))
     }
 
+    /// `ADDR` of the admin API.
+    pub fn admin_addr(&self) -> &str {
+        &self.admin_addr
+    }
+
     /// `http://ADDR` of the host.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)

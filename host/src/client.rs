@@ -1,0 +1,241 @@
+//! The admin client behind `wasmhost status | release | promote | rollback`:
+//! calls the admin API and prints readable tables.
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Where the admin API is and how to authenticate.
+pub struct AdminClient {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl AdminClient {
+    /// A client for `base` (e.g. `http://127.0.0.1:9090`); the token is
+    /// `token`, else `WASMHOST_ADMIN_TOKEN`, else `STATE/admin-token`.
+    pub fn new(base: &str, token: Option<String>, state_dir: &Path) -> Result<Self> {
+        let token = match token.or_else(|| {
+            std::env::var("WASMHOST_ADMIN_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+        }) {
+            Some(t) => t,
+            None => {
+                let path = state_dir.join("admin-token");
+                std::fs::read_to_string(&path)
+                    .with_context(|| format!("no admin token: pass --token, set WASMHOST_ADMIN_TOKEN, or run where {} exists", path.display()))?
+                    .trim()
+                    .to_string()
+            }
+        };
+        let base = if base.starts_with("http") {
+            base.to_string()
+        } else {
+            format!("http://{base}")
+        };
+        Ok(Self {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.with_context(|| {
+            format!(
+                "cannot reach the admin API at {} (is wasmhost serve running?)",
+                self.base
+            )
+        })?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!(
+                "{} ({status})",
+                body["error"].as_str().unwrap_or("request failed")
+            );
+        }
+        Ok(body)
+    }
+
+    /// Prints every service.
+    pub async fn status(&self) -> Result<()> {
+        let all = self
+            .call(reqwest::Method::GET, "/admin/services", None)
+            .await?;
+        let services = all["services"].as_array().cloned().unwrap_or_default();
+        print!("{}", table(&services));
+        for e in all["load_errors"].as_array().into_iter().flatten() {
+            println!(
+                "not loaded: {}: {}",
+                e["file"].as_str().unwrap_or("?"),
+                e["error"].as_str().unwrap_or("?")
+            );
+        }
+        Ok(())
+    }
+
+    /// Sets the weights (and optionally stickiness) of `service`.
+    pub async fn release(
+        &self,
+        service: &str,
+        weights: &str,
+        sticky: Option<String>,
+    ) -> Result<()> {
+        let weights = parse_weights(weights)?;
+        let mut body = json!({ "weights": weights });
+        if let Some(s) = sticky {
+            body["sticky"] = s.into();
+        }
+        let svc = self
+            .call(
+                reqwest::Method::PUT,
+                &format!("/admin/services/{service}/release"),
+                Some(body),
+            )
+            .await?;
+        print!("{}", table(&[svc]));
+        Ok(())
+    }
+
+    /// Gives `version` all of `service`'s traffic.
+    pub async fn promote(&self, service: &str, version: &str) -> Result<()> {
+        let body = json!({ "version": version });
+        let svc = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/admin/services/{service}/promote"),
+                Some(body),
+            )
+            .await?;
+        print!("{}", table(&[svc]));
+        Ok(())
+    }
+
+    /// Gives the stable version all of `service`'s traffic.
+    pub async fn rollback(&self, service: &str) -> Result<()> {
+        let svc = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/admin/services/{service}/rollback"),
+                None,
+            )
+            .await?;
+        print!("{}", table(&[svc]));
+        Ok(())
+    }
+}
+
+/// Parses `1.0.0=90,1.1.0=10`.
+pub fn parse_weights(spec: &str) -> Result<BTreeMap<String, u32>> {
+    spec.split(',')
+        .map(|pair| {
+            let (v, w) = pair
+                .split_once('=')
+                .with_context(|| format!("`{pair}` is not VERSION=PERCENT"))?;
+            let w: u32 = w
+                .trim()
+                .parse()
+                .with_context(|| format!("`{w}` is not a whole percentage"))?;
+            Ok((v.trim().to_string(), w))
+        })
+        .collect()
+}
+
+/// Renders services as an aligned table.
+pub fn table(services: &[Value]) -> String {
+    let mut rows = vec![[
+        "SERVICE",
+        "VERSION",
+        "WEIGHT",
+        "REQUESTS",
+        "5XX",
+        "TRAPS",
+        "IN-FLIGHT",
+        "P50 MS",
+        "P99 MS",
+        "ROUTES",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for s in services {
+        let routes = s["routes"]
+            .as_array()
+            .map(|r| {
+                r.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        for v in s["versions"].as_array().into_iter().flatten() {
+            let m = &v["metrics"];
+            let num = |k: &str| m[k].as_u64().unwrap_or(0).to_string();
+            rows.push(vec![
+                s["name"].as_str().unwrap_or("?").to_string(),
+                v["version"].as_str().unwrap_or("?").to_string(),
+                format!("{}%", v["weight"].as_u64().unwrap_or(0)),
+                num("requests"),
+                num("errors"),
+                num("traps"),
+                num("in_flight"),
+                format!("{}", m["p50_ms"].as_f64().unwrap_or(0.0)),
+                format!("{}", m["p99_ms"].as_f64().unwrap_or(0.0)),
+                routes.clone(),
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_weight_specs() {
+        let w = parse_weights("1.0.0=90, 1.1.0=10").unwrap();
+        assert_eq!(w.get("1.0.0"), Some(&90));
+        assert_eq!(w.get("1.1.0"), Some(&10));
+        assert!(parse_weights("1.0.0").is_err());
+        assert!(parse_weights("1.0.0=ten").is_err());
+    }
+
+    #[test]
+    fn renders_an_aligned_table() {
+        let svc = json!({"name": "user", "routes": ["/users"], "versions": [
+            {"version": "1.1.0", "weight": 10, "metrics": {"requests": 5, "errors": 0, "traps": 0, "in_flight": 0, "p50_ms": 0.5, "p99_ms": 1.0}}
+        ]});
+        let t = table(&[svc]);
+        assert!(t.starts_with("SERVICE  VERSION  WEIGHT"), "{t}");
+        assert!(t.contains("user     1.1.0    10%"), "{t}");
+    }
+}
