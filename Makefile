@@ -33,6 +33,10 @@ plugins: setup
 		cp $(GUEST_OUT)/$$s.wasm $(PLUGIN_DIR)/.$$s.wasm.tmp && mv $(PLUGIN_DIR)/.$$s.wasm.tmp $(PLUGIN_DIR)/$$s@$$v.wasm; \
 		echo "    $(PLUGIN_DIR)/$$s@$$v.wasm ($$(wc -c < $(PLUGIN_DIR)/$$s@$$v.wasm) bytes)"; \
 	done
+	@echo "==> building user 1.1.0 (feature v2) for the gray-release example"
+	cd $(PLUGIN_DIR) && CARGO_TARGET_DIR=$(GUEST_TARGET)/v2 $(CARGO) build --release --target wasm32-wasip2 -p user --features v2
+	@cp $(GUEST_TARGET)/v2/wasm32-wasip2/release/user.wasm examples/user@1.1.0.wasm
+	@echo "    examples/user@1.1.0.wasm (not live: copy it into $(PLUGIN_DIR)/ to start a gray release)"
 
 host:
 	@echo "==> building wasmhost (release; the first build compiles wasmtime and takes several minutes)"

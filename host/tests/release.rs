@@ -151,3 +151,34 @@ fn weights_naming_a_missing_version_are_refused_and_the_highest_serves() {
     );
     assert_eq!(version_of(&host, &[]), "1.1.0");
 }
+
+#[test]
+fn the_example_second_version_adds_a_field_and_shares_the_data() {
+    let plugins = Plugins::new();
+    plugins
+        .add(USER, "user@1.0.0.wasm")
+        .add(wasmhost_test_support::USER_V2, "user@1.1.0.wasm");
+    plugins.write(
+        "user.toml",
+        "routes = [\"/users\", \"/user\"]\nweights = { \"1.0.0\" = 100, \"1.1.0\" = 0 }\n",
+    );
+    let state = state_dir();
+    let host = Host::start(BIN, plugins.path(), state.path());
+    host.post_json(
+        "/users",
+        serde_json::json!({"name": "Ada", "email": "ada@example.com"}),
+    )
+    .expect_status(201);
+    let v1 = host.get("/users/1").expect_status(200).json();
+    assert_eq!(v1.get("display_name"), None);
+    let client = reqwest::blocking::Client::new();
+    let v2: serde_json::Value = client
+        .get(host.url("/users/1"))
+        .header("x-wasmhost-version", "1.1.0")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(v2["display_name"], "Ada <ada@example.com>");
+    assert_eq!(v2["name"], v1["name"]);
+}

@@ -5,6 +5,10 @@
 //! - `GET /users/{id}` → the user, or 404
 //! - `GET /user?id=N` → the same as `GET /users/N` (the original query-style API)
 //!
+//! Built with the feature `v2` it is version 1.1.0 of the service, which adds
+//! a `display_name` to every user it returns (`make plugins` builds it as
+//! `examples/user@1.1.0.wasm`, ready for a gray release).
+//!
 //! Users live in the bucket `users` under their decimal id; ids come from an
 //! atomic counter, so concurrent creations never share one.
 
@@ -85,16 +89,16 @@ fn create(body: &[u8]) -> Result<Response, Response> {
     };
     let bytes = serde_json::to_vec(&user).map_err(|e| error(500, &e.to_string()))?;
     bucket.set(&user_key(id), &bytes).map_err(kv_error)?;
-    Ok(json(201, &user))
+    Ok(json(201, &present(&user)))
 }
 
 fn get(id: u64) -> Result<Response, Response> {
     match bucket()?.get(&user_key(id)).map_err(kv_error)? {
-        Some(bytes) => Ok(Response {
-            status: 200,
-            headers: json_headers(),
-            body: bytes,
-        }),
+        Some(bytes) => {
+            let user: User =
+                serde_json::from_slice(&bytes).map_err(|e| error(500, &e.to_string()))?;
+            Ok(json(200, &present(&user)))
+        }
         None => Err(error(404, &format!("user {id} not found"))),
     }
 }
@@ -118,7 +122,21 @@ fn list() -> Result<Response, Response> {
         }
     }
     users.sort_by_key(|u| u.id);
+    let users: Vec<serde_json::Value> = users.iter().map(present).collect();
     Ok(json(200, &users))
+}
+
+/// A user as the API shows it. Version 1.1.0 (feature `v2`) adds a
+/// `display_name` field; the stored data is the same in both versions, so
+/// either can serve any user during a gray release.
+fn present(user: &User) -> serde_json::Value {
+    #[allow(unused_mut)]
+    let mut value = serde_json::json!({ "id": user.id, "name": user.name, "email": user.email });
+    #[cfg(feature = "v2")]
+    {
+        value["display_name"] = format!("{} <{}>", user.name, user.email).into();
+    }
+    value
 }
 
 fn bucket() -> Result<store::Bucket, Response> {
