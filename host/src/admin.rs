@@ -47,6 +47,8 @@ pub fn app(dispatcher: Arc<Dispatcher>, token: &str) -> axum::Router {
         .route("/admin/services/{name}/release", put(release))
         .route("/admin/services/{name}/promote", post(promote))
         .route("/admin/services/{name}/rollback", post(rollback))
+        .route("/admin/services/{name}/pause", post(pause))
+        .route("/admin/services/{name}/resume", post(resume))
         .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -92,15 +94,16 @@ async fn show(State(admin): State<Admin>, Path(name): Path<String>) -> Response 
         return not_found(&name);
     };
     let mut body = describe(service);
-    let history = admin
+    let release = admin
         .dispatcher
         .writer()
         .await
         .services
         .get(&name)
-        .map(|s| s.history.clone())
+        .cloned()
         .unwrap_or_default();
-    body["history"] = json!(history);
+    body["canary"] = json!(release.canary);
+    body["history"] = json!(release.history);
     body["load_errors"] = json!(registry
         .errors()
         .iter()
@@ -160,6 +163,7 @@ async fn release(
                 .collect::<Vec<_>>()
                 .join(",");
             entry.weights = Some(body.weights);
+            entry.canary = None;
             if body.sticky.is_some() {
                 entry.sticky = body.sticky;
             }
@@ -196,6 +200,7 @@ async fn promote(
                 entry.previous = before;
             }
             entry.weights = Some([(body.version.clone(), 100)].into());
+            entry.canary = None;
             entry.stable = Some(body.version.clone());
             entry.record("promote", body.version.clone());
             Ok(body.version.clone())
@@ -243,11 +248,39 @@ async fn rollback(State(admin): State<Admin>, Path(name): Path<String>) -> Respo
             entry.weights = Some([(stable.clone(), 100)].into());
             entry.stable = Some(stable.clone());
             entry.previous = None;
+            entry.canary = None;
             entry.record("rollback", stable.clone());
             Ok(stable)
         })
         .await;
     respond(&admin, &name, "rollback", result)
+}
+
+async fn pause(State(admin): State<Admin>, Path(name): Path<String>) -> Response {
+    set_paused(admin, name, true).await
+}
+
+async fn resume(State(admin): State<Admin>, Path(name): Path<String>) -> Response {
+    set_paused(admin, name, false).await
+}
+
+async fn set_paused(admin: Admin, name: String, paused: bool) -> Response {
+    let action = if paused { "pause" } else { "resume" };
+    let result = admin
+        .dispatcher
+        .change_release(|registry, state| {
+            service_of(registry, &name)?;
+            let entry = state.services.entry(name.clone()).or_default();
+            let Some(canary) = entry.canary.as_mut() else {
+                return Err(format!("service `{name}` has no canary in progress"));
+            };
+            canary.paused = paused;
+            let detail = canary.candidate.clone();
+            entry.record(action, detail.clone());
+            Ok(detail)
+        })
+        .await;
+    respond(&admin, &name, action, result)
 }
 
 fn service_of<'a>(registry: &'a Registry, name: &str) -> Result<&'a ServiceEntry, String> {

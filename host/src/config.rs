@@ -102,7 +102,7 @@ impl Default for Limits {
 /// [config]
 /// greeting = "hello"
 /// ```
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Manifest {
     /// Path prefixes the service owns. Default: `["/NAME"]`.
@@ -119,6 +119,71 @@ pub struct Manifest {
     /// Keeps one client on one version: `header:NAME` or `cookie:NAME`.
     #[serde(default)]
     pub sticky: Option<String>,
+    /// What a newly dropped version gets: `immediate` (all traffic at once,
+    /// blue-green; the default) or `canary` (stepwise, with analysis).
+    #[serde(default)]
+    pub rollout: Rollout,
+    /// Canary steps in percent, ascending, ending at 100.
+    #[serde(default = "default_steps")]
+    pub steps: Vec<u32>,
+    /// Seconds between canary steps (the analysis window).
+    #[serde(default = "default_step_interval")]
+    pub step_interval_secs: u64,
+    /// How far the candidate's error rate (5xx and traps) may exceed the
+    /// stable version's, as a fraction (0.05 = 5 points).
+    #[serde(default = "default_max_error_rate")]
+    pub max_error_rate: f64,
+    /// How many times the stable version's p99 latency the candidate's may be.
+    #[serde(default = "default_max_p99_ratio")]
+    pub max_p99_ratio: f64,
+    /// Requests the candidate must have served in a window before a step.
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u64,
+}
+
+/// How a newly arrived version is released.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Rollout {
+    /// It takes all traffic at once; the previous version stays warm.
+    #[default]
+    Immediate,
+    /// It takes traffic in steps, each after an analysis against the stable version.
+    Canary,
+}
+
+/// Default canary steps.
+pub const DEFAULT_STEPS: [u32; 4] = [5, 25, 50, 100];
+/// Default seconds between canary steps.
+pub const DEFAULT_STEP_INTERVAL_SECS: u64 = 60;
+/// Default allowed excess error rate of a candidate.
+pub const DEFAULT_MAX_ERROR_RATE: f64 = 0.05;
+/// Default allowed p99 latency ratio of a candidate.
+pub const DEFAULT_MAX_P99_RATIO: f64 = 2.0;
+/// Default minimum requests per analysis window.
+pub const DEFAULT_MIN_REQUESTS: u64 = 20;
+
+fn default_steps() -> Vec<u32> {
+    DEFAULT_STEPS.to_vec()
+}
+fn default_step_interval() -> u64 {
+    DEFAULT_STEP_INTERVAL_SECS
+}
+fn default_max_error_rate() -> f64 {
+    DEFAULT_MAX_ERROR_RATE
+}
+fn default_max_p99_ratio() -> f64 {
+    DEFAULT_MAX_P99_RATIO
+}
+fn default_min_requests() -> u64 {
+    DEFAULT_MIN_REQUESTS
+}
+
+impl Default for Manifest {
+    fn default() -> Self {
+        // The same defaults as an empty file.
+        toml::from_str("").unwrap_or_else(|_| unreachable!("an empty manifest always parses"))
+    }
 }
 
 impl Manifest {
@@ -137,6 +202,24 @@ impl Manifest {
         if let Some(weights) = &manifest.weights {
             crate::release::validate_weights(weights)
                 .with_context(|| format!("invalid manifest {origin}"))?;
+        }
+        let steps = &manifest.steps;
+        if steps.is_empty()
+            || steps.last() != Some(&100)
+            || steps.windows(2).any(|w| w[0] >= w[1])
+            || steps.iter().any(|s| *s == 0 || *s > 100)
+        {
+            bail!(
+                "invalid manifest {origin}: `steps` must rise from 1 to 100, e.g. [5, 25, 50, 100]"
+            );
+        }
+        if manifest.step_interval_secs == 0
+            || manifest.max_error_rate.is_nan()
+            || manifest.max_error_rate < 0.0
+            || manifest.max_p99_ratio.is_nan()
+            || manifest.max_p99_ratio < 1.0
+        {
+            bail!("invalid manifest {origin}: `step-interval-secs` must be > 0, `max-error-rate` >= 0 and `max-p99-ratio` >= 1");
         }
         if let Some(sticky) = &manifest.sticky {
             crate::release::Sticky::parse(sticky)

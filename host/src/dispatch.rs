@@ -130,6 +130,31 @@ impl Dispatcher {
         self.release.lock().await
     }
 
+    /// The state directory (where the release state is persisted).
+    pub fn state_dir(&self) -> &std::path::Path {
+        &self.state_dir
+    }
+
+    /// Like [`Self::change_release`] for changes that may turn out to be
+    /// none: `change` returns whether it changed anything, and only then is
+    /// the state persisted and a new registry swapped in.
+    pub async fn maybe_change_release(
+        &self,
+        change: impl FnOnce(&Registry, &mut ReleaseState) -> bool,
+    ) -> Result<(), String> {
+        let mut guard = self.release.lock().await;
+        let registry = self.registry.load_full();
+        let mut next = guard.clone();
+        if !change(&registry, &mut next) {
+            return Ok(());
+        }
+        next.save(&self.state_dir)
+            .map_err(|e| format!("could not persist the release state: {e:#}"))?;
+        self.registry.store(Arc::new(registry.with_release(&next)));
+        *guard = next;
+        Ok(())
+    }
+
     /// Applies `change` to the release state: on success persists it and
     /// swaps in a registry with the new policies; on error changes nothing.
     pub async fn change_release<R>(

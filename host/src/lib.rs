@@ -14,6 +14,7 @@
 
 pub mod admin;
 mod bindings;
+pub mod canary;
 mod capabilities;
 pub mod client;
 pub mod config;
@@ -115,6 +116,7 @@ pub async fn run(
         release,
         state_dir.clone(),
     );
+    let analyst = tokio::spawn(canary::analyst(dispatcher.clone()));
     let _watcher = watcher::spawn(config.plugins_dir.clone(), loader, dispatcher.clone())?;
 
     let token_hint = if std::env::var_os("WASMHOST_ADMIN_TOKEN").is_some() {
@@ -154,6 +156,7 @@ pub async fn run(
         Err(_) => tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; stopping anyway"),
     }
     admin_task.abort();
+    analyst.abort();
     tracing::info!("stopped");
     Ok(())
 }

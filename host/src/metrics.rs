@@ -113,6 +113,37 @@ impl VersionMetrics {
     }
 }
 
+impl Snapshot {
+    /// Requests and errors between `earlier` and `self`.
+    pub fn delta(&self, earlier: &Snapshot) -> (u64, u64) {
+        (
+            self.requests.saturating_sub(earlier.requests),
+            self.errors.saturating_sub(earlier.errors),
+        )
+    }
+
+    /// The `q` latency percentile (ms) of the requests between `earlier` and
+    /// `self`; 0 when there were none.
+    pub fn percentile_since(&self, earlier: &Snapshot, q: f64) -> f64 {
+        let counts: Vec<u64> = self
+            .cumulative
+            .iter()
+            .enumerate()
+            .map(|(i, c)| c.saturating_sub(earlier.cumulative.get(i).copied().unwrap_or(0)))
+            .collect();
+        let total = counts.last().copied().unwrap_or(0);
+        if total == 0 {
+            return 0.0;
+        }
+        let rank = (q * total as f64).ceil() as u64;
+        let i = counts
+            .iter()
+            .position(|c| *c >= rank)
+            .unwrap_or(BUCKETS_US.len() - 1);
+        BUCKETS_US[i.min(BUCKETS_US.len() - 2)] as f64 / 1000.0
+    }
+}
+
 impl InFlight<'_> {
     /// Records the outcome: `status` sent, whether the guest failed, and the latency.
     pub fn finish(self, status: u16, trapped: bool, elapsed: Duration) {

@@ -41,9 +41,26 @@ pub struct ServiceRelease {
     /// after a promotion goes.
     #[serde(default)]
     pub previous: Option<String>,
+    /// A canary in progress, if any.
+    #[serde(default)]
+    pub canary: Option<Canary>,
     /// What changed, oldest first.
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
+}
+
+/// A canary release in progress.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Canary {
+    /// The new version.
+    pub candidate: String,
+    /// The version it is compared with.
+    pub stable: String,
+    /// Index into the manifest's steps of the current weight.
+    pub step: usize,
+    /// Paused by an operator: no step is taken, no analysis done.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// One change of a service's release.

@@ -112,7 +112,21 @@ async fn run(
         if retry {
             tracing::debug!(files = ?scan.pending, "waiting for files still being written");
         }
-        dispatcher.swap_registry(scan.registry);
+        let mut registry = scan.registry;
+        let mut writer = writer;
+        let mut next = writer.clone();
+        if crate::canary::on_new_versions(&previous, &registry, &mut next) {
+            match next.save(dispatcher.state_dir()) {
+                Ok(()) => {
+                    registry = registry.with_release(&next);
+                    *writer = next;
+                }
+                Err(e) => {
+                    tracing::error!("could not persist the canary start, serving without it: {e:#}")
+                }
+            }
+        }
+        dispatcher.swap_registry(registry);
         drop(writer);
     }
 }

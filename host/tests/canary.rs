@@ -1,0 +1,129 @@
+//! Canary releases: a dropped version takes traffic in steps and is promoted
+//! or rolled back by the host itself after comparing it with the stable one.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+use wasmhost_test_support::{state_dir, Host, Plugins, PROBE, USER, USER_V2};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wasmhost");
+const MANIFEST: &str = "routes = [\"/users\", \"/user\"]\nrollout = \"canary\"\nsteps = [50, 100]\nstep-interval-secs = 1\nmin-requests = 5\n";
+
+fn deploy(component: &str, dir: &std::path::Path, file: &str) {
+    let tmp = dir.join(format!(".{file}.tmp"));
+    std::fs::copy(component, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join(file)).unwrap();
+}
+
+/// Sends traffic to `path` until the admin view of `user` satisfies `done`.
+fn drive_until(
+    host: &Host,
+    path: &str,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for _ in 0..20 {
+            host.get(path);
+        }
+        let svc = host
+            .admin("GET", "/admin/services/user", None, None)
+            .expect_status(200)
+            .json();
+        if done(&svc) {
+            return svc;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within 30s; service: {svc}\nlog:\n{}",
+            host.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn weight(svc: &serde_json::Value, version: &str) -> u64 {
+    svc["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["version"] == version)
+        .map(|v| v["weight"].as_u64().unwrap())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_healthy_canary_is_promoted_step_by_step() {
+    let plugins = Plugins::new();
+    plugins
+        .add(USER, "user@1.0.0.wasm")
+        .write("user.toml", MANIFEST);
+    let state = state_dir();
+    let host = Host::start(BIN, plugins.path(), state.path());
+    host.post_json(
+        "/users",
+        serde_json::json!({"name": "Ada", "email": "ada@example.com"}),
+    )
+    .expect_status(201);
+
+    deploy(USER_V2, plugins.path(), "user@1.1.0.wasm");
+    let svc = drive_until(&host, "/users/1", "the canary start", |s| {
+        weight(s, "1.1.0") == 50
+    });
+    assert_eq!(weight(&svc, "1.0.0"), 50);
+    let svc = drive_until(&host, "/users/1", "the promotion", |s| {
+        weight(s, "1.1.0") == 100
+    });
+    let actions: Vec<_> = svc["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["action"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(actions, ["canary", "promote"], "{svc}");
+    assert_eq!(
+        host.get("/users/1").header("x-wasmhost-version"),
+        Some("1.1.0")
+    );
+}
+
+#[test]
+fn a_failing_canary_is_rolled_back_with_its_reason() {
+    let plugins = Plugins::new();
+    plugins
+        .add(USER, "user@1.0.0.wasm")
+        .write("user.toml", MANIFEST);
+    let state = state_dir();
+    let host = Host::start(BIN, plugins.path(), state.path());
+
+    // The probe fixture, dropped as user 1.1.0, traps on GET /users/trap,
+    // where the stable user service answers 400: a 5xx rate of 100% vs 0%.
+    deploy(PROBE, plugins.path(), "user@1.1.0.wasm");
+    drive_until(&host, "/users/trap", "the canary start", |s| {
+        weight(s, "1.1.0") == 50
+    });
+    let svc = drive_until(&host, "/users/trap", "the rollback", |s| {
+        weight(s, "1.0.0") == 100
+    });
+    let last = svc["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["action"], "rollback", "{svc}");
+    assert!(
+        last["detail"]
+            .as_str()
+            .unwrap()
+            .contains("error rate 100.0%"),
+        "{last}"
+    );
+    // The rolled-back version stays loaded and pinnable.
+    let client = reqwest::blocking::Client::new();
+    let pinned = client
+        .get(host.url("/users/echo"))
+        .header("x-wasmhost-version", "1.1.0")
+        .send()
+        .unwrap();
+    assert_eq!(pinned.headers()["x-wasmhost-version"], "1.1.0");
+    host.wait_for_log(
+        &["canary rolled back", "service=user", "version=1.1.0"],
+        Duration::from_secs(5),
+    );
+}
