@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use wasmhost_test_support::{state_dir, Host, Plugins, PROBE, USER};
+use wasmhost_test_support::{state_dir, Host, Plugins, PROBE, USER, USER_V2};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wasmhost");
 const WAIT: Duration = Duration::from_secs(15);
@@ -139,6 +139,16 @@ fn a_swap_storm_under_load_fails_no_request() {
         .expect_status(201);
     let stop = AtomicBool::new(false);
     let (served, failed) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let promote = |v: &str| {
+        host.admin(
+            "POST",
+            "/admin/services/user/promote",
+            Some(json!({"version": v})),
+            None,
+        )
+        .expect_status(200);
+    };
+    let mut operations = 0;
     std::thread::scope(|s| {
         for _ in 0..4 {
             s.spawn(|| {
@@ -148,10 +158,19 @@ fn a_swap_storm_under_load_fails_no_request() {
                         .header("x-wasmhost-version")
                         .unwrap_or_default()
                         .to_string();
-                    if r.status == 200
-                        && (version == "1.0.0" || version == "1.1.0")
-                        && r.json()["name"] == "Ada"
-                    {
+                    // 1.1.0 (feature v2) adds `display_name`; 1.0.0 never does:
+                    // a response must be wholly one version or the other.
+                    let body = if r.status == 200 {
+                        r.json()
+                    } else {
+                        json!(null)
+                    };
+                    let consistent = match version.as_str() {
+                        "1.0.0" => body.get("display_name").is_none(),
+                        "1.1.0" => body["display_name"] == "Ada <ada@example.com>",
+                        _ => false,
+                    };
+                    if r.status == 200 && consistent && body["name"] == "Ada" {
                         served.fetch_add(1, Ordering::Relaxed);
                     } else {
                         failed.fetch_add(1, Ordering::Relaxed);
@@ -165,15 +184,22 @@ fn a_swap_storm_under_load_fails_no_request() {
             });
         }
         for _ in 0..10 {
-            deploy(USER, plugins.path(), "user@1.1.0.wasm");
+            deploy(USER_V2, plugins.path(), "user@1.1.0.wasm");
             wait_for_version(&host, "/users/1", Some("1.1.0"));
+            promote("1.0.0");
+            promote("1.1.0");
+            host.admin("POST", "/admin/services/user/rollback", None, None)
+                .expect_status(200);
+            wait_for_version(&host, "/users/1", Some("1.0.0"));
+            promote("1.1.0");
             std::fs::remove_file(plugins.path().join("user@1.1.0.wasm")).unwrap();
             wait_for_version(&host, "/users/1", Some("1.0.0"));
+            operations += 6;
         }
         stop.store(true, Ordering::Relaxed);
     });
     let (served, failed) = (served.into_inner(), failed.into_inner());
-    eprintln!("swap storm: {served} requests served, {failed} failed");
+    eprintln!("swap storm: {operations} swaps, promotes and rollbacks; {served} requests served, {failed} failed");
     assert_eq!(
         failed,
         0,
