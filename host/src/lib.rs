@@ -54,9 +54,10 @@ async fn initial_scan(
     let mut registry = registry::Registry::default();
     for _ in 0..20 {
         let (l, d, prev, rel) = (loader.clone(), dir.to_path_buf(), registry, release.clone());
-        let scan = tokio::task::spawn_blocking(move || l.load_dir(&d, &prev, &rel))
-            .await
-            .context("the loader thread failed")??;
+        let scan =
+            tokio::task::spawn_blocking(move || l.load_dir(&d, &prev, &rel, &Default::default()))
+                .await
+                .context("the loader thread failed")??;
         registry = scan.registry;
         if scan.pending.is_empty() {
             break;

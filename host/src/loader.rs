@@ -76,11 +76,13 @@ impl Loader {
     /// being written (modified less than [`STABLE_AGE`] ago) is deferred and
     /// listed in [`Scan::pending`]; a file that no longer loads keeps its last
     /// good build, and so does a service whose manifest became invalid.
+    /// Files in `renamed` were just renamed into place and are loaded at once.
     pub fn load_dir(
         &self,
         dir: &Path,
         previous: &Registry,
         release: &ReleaseState,
+        renamed: &std::collections::HashSet<PathBuf>,
     ) -> Result<Scan> {
         let canonical_dir = dir
             .canonicalize()
@@ -139,7 +141,9 @@ impl Loader {
                 });
                 continue;
             };
-            if !is_stable(&path) {
+            // A file renamed into place is complete (the documented way to
+            // deploy); any other file must first stop changing.
+            if !renamed.contains(&path) && !is_stable(&path) {
                 pending.push(file);
                 versions.extend(last_good);
                 continue;

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Quiet time after the last event before the directory is rescanned.
-pub const DEBOUNCE: Duration = Duration::from_millis(100);
+pub const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// Keeps the directory watched; dropping it stops the watcher task.
 pub struct Watcher {
@@ -39,8 +39,14 @@ pub fn spawn(dir: PathBuf, loader: Arc<Loader>, dispatcher: Arc<Dispatcher>) -> 
     let (tx, rx) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
-            if event.paths.iter().any(|p| is_relevant(p)) {
-                let _ = tx.send(());
+            let renamed = matches!(
+                event.kind,
+                notify::EventKind::Modify(notify::event::ModifyKind::Name(
+                    notify::event::RenameMode::To | notify::event::RenameMode::Both
+                ))
+            );
+            if let Some(path) = event.paths.iter().rev().find(|p| is_relevant(p)) {
+                let _ = tx.send(renamed.then(|| path.clone()));
             }
         }
     })
@@ -68,21 +74,28 @@ async fn run(
     dir: PathBuf,
     loader: Arc<Loader>,
     dispatcher: Arc<Dispatcher>,
-    mut rx: mpsc::UnboundedReceiver<()>,
+    mut rx: mpsc::UnboundedReceiver<Option<PathBuf>>,
 ) {
     let mut retry = false;
     loop {
+        let mut renamed = std::collections::HashSet::new();
         // Wait for a change, or for files still being written to settle.
-        if retry {
-            if let Ok(None) = tokio::time::timeout(STABLE_AGE, rx.recv()).await {
-                return;
+        let first = if retry {
+            match tokio::time::timeout(STABLE_AGE, rx.recv()).await {
+                Ok(None) => return,
+                Ok(Some(event)) => event,
+                Err(_) => None,
             }
-        } else if rx.recv().await.is_none() {
-            return;
-        }
+        } else {
+            match rx.recv().await {
+                None => return,
+                Some(event) => event,
+            }
+        };
+        renamed.extend(first);
         loop {
             match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
-                Ok(Some(())) => continue,
+                Ok(Some(event)) => renamed.extend(event),
                 Ok(None) => return,
                 Err(_) => break,
             }
@@ -93,7 +106,7 @@ async fn run(
         let (scan_loader, scan_dir, scan_prev) = (loader.clone(), dir.clone(), previous.clone());
         let release = writer.clone();
         let scan = match tokio::task::spawn_blocking(move || {
-            scan_loader.load_dir(&scan_dir, &scan_prev, &release)
+            scan_loader.load_dir(&scan_dir, &scan_prev, &release, &renamed)
         })
         .await
         {
