@@ -80,25 +80,13 @@ impl VersionMetrics {
             .iter()
             .map(|b| b.load(Ordering::Relaxed))
             .collect();
-        let total: u64 = counts.iter().sum();
         let mut cumulative = Vec::with_capacity(counts.len());
         let mut acc = 0;
         for c in &counts {
             acc += c;
             cumulative.push(acc);
         }
-        let pct = |q: f64| -> f64 {
-            if total == 0 {
-                return 0.0;
-            }
-            let rank = (q * total as f64).ceil() as u64;
-            let i = cumulative
-                .iter()
-                .position(|c| *c >= rank)
-                .unwrap_or(BUCKETS_US.len() - 1);
-            let bound = BUCKETS_US[i.min(BUCKETS_US.len() - 2)];
-            bound as f64 / 1000.0
-        };
+        let pct = |q: f64| percentile(&cumulative, q);
         Snapshot {
             requests: self.requests.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
@@ -131,17 +119,24 @@ impl Snapshot {
             .enumerate()
             .map(|(i, c)| c.saturating_sub(earlier.cumulative.get(i).copied().unwrap_or(0)))
             .collect();
-        let total = counts.last().copied().unwrap_or(0);
-        if total == 0 {
-            return 0.0;
-        }
-        let rank = (q * total as f64).ceil() as u64;
-        let i = counts
-            .iter()
-            .position(|c| *c >= rank)
-            .unwrap_or(BUCKETS_US.len() - 1);
-        BUCKETS_US[i.min(BUCKETS_US.len() - 2)] as f64 / 1000.0
+        percentile(&counts, q)
     }
+}
+
+/// The `q` percentile, in ms, of cumulative bucket counts: the upper bound
+/// of the bucket holding that rank (the last finite bound for the overflow
+/// bucket); 0 with no requests.
+fn percentile(cumulative: &[u64], q: f64) -> f64 {
+    let total = cumulative.last().copied().unwrap_or(0);
+    if total == 0 {
+        return 0.0;
+    }
+    let rank = (q * total as f64).ceil() as u64;
+    let i = cumulative
+        .iter()
+        .position(|c| *c >= rank)
+        .unwrap_or(BUCKETS_US.len() - 1);
+    BUCKETS_US[i.min(BUCKETS_US.len() - 2)] as f64 / 1000.0
 }
 
 impl InFlight<'_> {

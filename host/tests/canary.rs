@@ -8,12 +8,6 @@ use wasmhost_test_support::{state_dir, Host, Plugins, PROBE, USER, USER_V2};
 const BIN: &str = env!("CARGO_BIN_EXE_wasmhost");
 const MANIFEST: &str = "routes = [\"/users\", \"/user\"]\nrollout = \"canary\"\nsteps = [50, 100]\nstep-interval-secs = 1\nmin-requests = 5\n";
 
-fn deploy(component: &str, dir: &std::path::Path, file: &str) {
-    let tmp = dir.join(format!(".{file}.tmp"));
-    std::fs::copy(component, &tmp).unwrap();
-    std::fs::rename(&tmp, dir.join(file)).unwrap();
-}
-
 /// Sends traffic to `path` until the admin view of `user` satisfies `done`.
 fn drive_until(
     host: &Host,
@@ -66,7 +60,7 @@ fn a_healthy_canary_is_promoted_step_by_step() {
     )
     .expect_status(201);
 
-    deploy(USER_V2, plugins.path(), "user@1.1.0.wasm");
+    plugins.deploy(USER_V2, "user@1.1.0.wasm");
     let svc = drive_until(&host, "/users/1", "the canary start", |s| {
         weight(s, "1.1.0") == 50
     });
@@ -98,7 +92,7 @@ fn a_failing_canary_is_rolled_back_with_its_reason() {
 
     // The probe fixture, dropped as user 1.1.0, traps on GET /users/trap,
     // where the stable user service answers 400: a 5xx rate of 100% vs 0%.
-    deploy(PROBE, plugins.path(), "user@1.1.0.wasm");
+    plugins.deploy(PROBE, "user@1.1.0.wasm");
     drive_until(&host, "/users/trap", "the canary start", |s| {
         weight(s, "1.1.0") == 50
     });

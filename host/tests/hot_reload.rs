@@ -4,20 +4,12 @@
 
 use serde_json::json;
 use std::io::Write;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use wasmhost_test_support::{state_dir, Host, Plugins, PROBE, USER, USER_V2};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wasmhost");
 const WAIT: Duration = Duration::from_secs(15);
-
-/// Copies a component in the documented way: to a temp name, then rename.
-fn deploy(component: &str, dir: &Path, file: &str) {
-    let tmp = dir.join(format!(".{file}.tmp"));
-    std::fs::copy(component, &tmp).unwrap();
-    std::fs::rename(&tmp, dir.join(file)).unwrap();
-}
 
 /// Polls `path` until its `x-wasmhost-version` is `want` (None: a 404).
 fn wait_for_version(host: &Host, path: &str, want: Option<&str>) {
@@ -44,11 +36,11 @@ fn a_dropped_component_is_served_and_a_removed_one_retired() {
     let host = Host::start(BIN, plugins.path(), state.path());
     host.get("/probe/echo").expect_status(404);
 
-    deploy(PROBE, plugins.path(), "probe@0.1.0.wasm");
+    plugins.deploy(PROBE, "probe@0.1.0.wasm");
     wait_for_version(&host, "/probe/echo", Some("0.1.0"));
     host.wait_for_log(&["version loaded", "service=probe", "version=0.1.0"], WAIT);
 
-    deploy(USER, plugins.path(), "user@1.1.0.wasm");
+    plugins.deploy(USER, "user@1.1.0.wasm");
     wait_for_version(&host, "/users", Some("1.1.0"));
     std::fs::remove_file(plugins.path().join("user@1.1.0.wasm")).unwrap();
     wait_for_version(&host, "/users", Some("1.0.0"));
@@ -184,7 +176,7 @@ fn a_swap_storm_under_load_fails_no_request() {
             });
         }
         for _ in 0..10 {
-            deploy(USER_V2, plugins.path(), "user@1.1.0.wasm");
+            plugins.deploy(USER_V2, "user@1.1.0.wasm");
             wait_for_version(&host, "/users/1", Some("1.1.0"));
             promote("1.0.0");
             promote("1.1.0");

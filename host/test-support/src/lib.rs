@@ -55,6 +55,15 @@ impl Plugins {
         self
     }
 
+    /// Deploys a component the documented way: copy to a temp name, then
+    /// rename to `file`.
+    pub fn deploy(&self, component: &str, file: &str) -> &Self {
+        let tmp = self.path().join(format!(".{file}.tmp"));
+        std::fs::copy(component, &tmp).expect("copy component");
+        std::fs::rename(&tmp, self.path().join(file)).expect("rename component");
+        self
+    }
+
     /// Writes `file` with `contents`.
     pub fn write(&self, file: &str, contents: impl AsRef<[u8]>) -> &Self {
         std::fs::write(self.path().join(file), contents).expect("write plugin file");
