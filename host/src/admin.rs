@@ -16,6 +16,7 @@ use crate::dispatch::Dispatcher;
 use crate::http::error_response;
 use crate::registry::{Registry, ServiceEntry};
 use crate::release::{validate_weights, Sticky};
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
@@ -134,11 +135,11 @@ struct PromoteBody {
 async fn release(
     State(admin): State<Admin>,
     Path(name): Path<String>,
-    body: Result<Json<ReleaseBody>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<ReleaseBody>, JsonRejection>,
 ) -> Response {
-    let Json(body) = match body {
+    let body = match json_body(body) {
         Ok(b) => b,
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, &e.body_text(), None),
+        Err(resp) => return *resp,
     };
     let result = admin
         .dispatcher
@@ -177,11 +178,11 @@ async fn release(
 async fn promote(
     State(admin): State<Admin>,
     Path(name): Path<String>,
-    body: Result<Json<PromoteBody>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<PromoteBody>, JsonRejection>,
 ) -> Response {
-    let Json(body) = match body {
+    let body = match json_body(body) {
         Ok(b) => b,
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, &e.body_text(), None),
+        Err(resp) => return *resp,
     };
     let result = admin
         .dispatcher
@@ -281,6 +282,17 @@ async fn set_paused(admin: Admin, name: String, paused: bool) -> Response {
         })
         .await;
     respond(&admin, &name, action, result)
+}
+
+/// The parsed body, or a 400 saying what is wrong with it.
+fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Box<Response>> {
+    body.map(|Json(b)| b).map_err(|e| {
+        Box::new(error_response(
+            StatusCode::BAD_REQUEST,
+            &e.body_text(),
+            None,
+        ))
+    })
 }
 
 fn service_of<'a>(registry: &'a Registry, name: &str) -> Result<&'a ServiceEntry, String> {

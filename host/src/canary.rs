@@ -92,8 +92,19 @@ pub async fn analyst(dispatcher: Arc<Dispatcher>) {
     let mut windows: HashMap<String, Window> = HashMap::new();
     loop {
         tokio::time::sleep(TICK).await;
+        // Most of the time no canary runs: do not copy the release state then.
+        if !dispatcher
+            .writer()
+            .await
+            .services
+            .values()
+            .any(|s| s.canary.is_some())
+        {
+            windows.clear();
+            continue;
+        }
         let result = dispatcher
-            .maybe_change_release(|registry, state| analyse(registry, state, &mut windows))
+            .maybe_change_release(|registry, state| Ok(analyse(registry, state, &mut windows)))
             .await;
         if let Err(e) = result {
             tracing::error!("canary analysis could not be applied: {e}");

@@ -135,17 +135,17 @@ impl Dispatcher {
         &self.state_dir
     }
 
-    /// Like [`Self::change_release`] for changes that may turn out to be
-    /// none: `change` returns whether it changed anything, and only then is
-    /// the state persisted and a new registry swapped in.
+    /// Applies `change` to a copy of the release state. When it returns
+    /// `Ok(true)` the copy is persisted, then a registry with the new
+    /// policies is swapped in; on `Ok(false)` or an error nothing changes.
     pub async fn maybe_change_release(
         &self,
-        change: impl FnOnce(&Registry, &mut ReleaseState) -> bool,
+        change: impl FnOnce(&Registry, &mut ReleaseState) -> Result<bool, String>,
     ) -> Result<(), String> {
         let mut guard = self.release.lock().await;
         let registry = self.registry.load_full();
         let mut next = guard.clone();
-        if !change(&registry, &mut next) {
+        if !change(&registry, &mut next)? {
             return Ok(());
         }
         next.save(&self.state_dir)
@@ -161,15 +161,13 @@ impl Dispatcher {
         &self,
         change: impl FnOnce(&Registry, &mut ReleaseState) -> Result<R, String>,
     ) -> Result<R, String> {
-        let mut guard = self.release.lock().await;
-        let registry = self.registry.load_full();
-        let mut next = guard.clone();
-        let out = change(&registry, &mut next)?;
-        next.save(&self.state_dir)
-            .map_err(|e| format!("could not persist the release state: {e:#}"))?;
-        self.registry.store(Arc::new(registry.with_release(&next)));
-        *guard = next;
-        Ok(out)
+        let mut out = None;
+        self.maybe_change_release(|registry, state| {
+            out = Some(change(registry, state)?);
+            Ok(true)
+        })
+        .await?;
+        out.ok_or_else(|| "the release change did not run".to_string())
     }
 
     /// The current registry snapshot.

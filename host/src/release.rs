@@ -122,7 +122,11 @@ impl Policy {
 
 /// Weights must be percentages summing to exactly 100.
 pub fn validate_weights(weights: &BTreeMap<String, u32>) -> Result<()> {
-    let sum: u32 = weights.values().sum();
+    if let Some((version, weight)) = weights.iter().find(|(_, w)| **w > 100) {
+        bail!("weight {weight} of `{version}` is over 100");
+    }
+    // Summed in u64: at most 100 each, so no overflow for any map size.
+    let sum: u64 = weights.values().map(|w| u64::from(*w)).sum();
     if weights.is_empty() || sum != 100 {
         bail!("weights must sum to 100, not {sum}");
     }
@@ -244,6 +248,9 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("`2.0.0`"), "{err}");
         assert!(Sticky::parse("query:x").is_err());
+        // Values that would wrap a u32 sum to 100 are refused, not wrapped.
+        let err = validate_weights(&weights(&[("1.0.0", u32::MAX), ("1.1.0", 101)])).unwrap_err();
+        assert!(err.to_string().contains("over 100"), "{err}");
         assert_eq!(
             Sticky::parse("cookie:uid").unwrap(),
             Sticky::Cookie("uid".into())

@@ -32,58 +32,10 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
 
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let output = Command::new(cargo)
-        .current_dir(&plugins)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "--workspace",
-        ])
-        .env("CARGO_TARGET_DIR", &target_dir)
-        // Flags meant for the host build must not leak into the guest build.
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_BUILD_TARGET")
-        .env_remove("CARGO_PROFILE_RELEASE_DEBUG")
-        .output()
-        .unwrap_or_else(|e| panic!("failed to run cargo for the guest components: {e}"));
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let hint = if stderr.contains("wasm32-wasip2")
-            && stderr.contains("target may not be installed")
-        {
-            "\n\nThe wasm32-wasip2 target is missing: run `rustup target add wasm32-wasip2` (or `make test`, which does it)."
-        } else {
-            ""
-        };
-        panic!("building the guest components failed:\n{stderr}{hint}");
-    }
-
+    build_guests(&plugins, &target_dir, &["--workspace"]);
     // Version 1.1.0 of the user service: the same crate with the feature `v2`.
     let v2_dir = target_dir.join("v2");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(&plugins)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "-p",
-            "user",
-            "--features",
-            "v2",
-        ])
-        .env("CARGO_TARGET_DIR", &v2_dir)
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_BUILD_TARGET")
-        .status()
-        .unwrap_or_else(|e| panic!("failed to run cargo for user v2: {e}"));
-    assert!(status.success(), "building user with feature v2 failed");
+    build_guests(&plugins, &v2_dir, &["-p", "user", "--features", "v2"]);
 
     let out_dir = wasm_dir(&target_dir);
     let mut code =
@@ -110,6 +62,39 @@ fn main() {
     ));
     let dest = PathBuf::from(std::env::var("OUT_DIR").unwrap_or_default()).join("components.rs");
     std::fs::write(&dest, code).unwrap_or_else(|e| panic!("write {}: {e}", dest.display()));
+}
+
+/// Runs `cargo build --release --target wasm32-wasip2 ARGS` in the guest
+/// workspace into `target_dir`; panics with cargo's output (and a hint when
+/// the target is missing) on failure.
+fn build_guests(plugins: &Path, target_dir: &Path, args: &[&str]) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = Command::new(cargo)
+        .current_dir(plugins)
+        .args(["build", "--release", "--target", "wasm32-wasip2"])
+        .args(args)
+        .env("CARGO_TARGET_DIR", target_dir)
+        // Flags meant for the host build must not leak into the guest build.
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("CARGO_PROFILE_RELEASE_DEBUG")
+        .output()
+        .unwrap_or_else(|e| panic!("failed to run cargo for the guest components: {e}"));
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let hint = if stderr.contains("wasm32-wasip2")
+            && stderr.contains("target may not be installed")
+        {
+            "\n\nThe wasm32-wasip2 target is missing: run `rustup target add wasm32-wasip2` (or `make test`, which does it)."
+        } else {
+            ""
+        };
+        panic!(
+            "building the guest components ({}) failed:\n{stderr}{hint}",
+            args.join(" ")
+        );
+    }
 }
 
 fn wasm_dir(target_dir: &Path) -> PathBuf {
