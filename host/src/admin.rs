@@ -83,7 +83,6 @@ async fn list(State(admin): State<Admin>) -> Json<Value> {
     let services: Vec<Value> = registry.services().map(describe).collect();
     let errors: Vec<Value> = registry
         .errors()
-        .iter()
         .map(|e| json!({"file": e.file, "error": e.error}))
         .collect();
     Json(json!({ "services": services, "load_errors": errors }))
@@ -107,7 +106,6 @@ async fn show(State(admin): State<Admin>, Path(name): Path<String>) -> Response 
     body["history"] = json!(release.history);
     body["load_errors"] = json!(registry
         .errors()
-        .iter()
         .filter(|e| e.file.starts_with(&format!("{name}@"))
             || e.file == format!("{name}.toml")
             || e.file == format!("{name}.wasm"))

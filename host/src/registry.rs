@@ -93,7 +93,10 @@ pub struct Registry {
     services: BTreeMap<String, ServiceEntry>,
     manifests: BTreeMap<String, Manifest>,
     routes: RouteTable,
+    /// Files and manifests that did not load.
     errors: Vec<LoadError>,
+    /// Weights that could not apply; recomputed with the policies.
+    policy_errors: Vec<LoadError>,
 }
 
 impl Registry {
@@ -158,6 +161,7 @@ impl Registry {
 
         let mut services = BTreeMap::new();
         let mut table = RouteTable::new();
+        let mut policy_errors = Vec::new();
         for (name, mut versions) in by_service {
             if refused.contains(&name) {
                 continue;
@@ -170,7 +174,13 @@ impl Registry {
                 let _ = table.insert(prefix, &name);
             }
             let names: Vec<Arc<str>> = versions.iter().map(|v| v.version.clone()).collect();
-            let policy = policy_for(&name, &names, manifests.get(&name), release, &mut errors);
+            let policy = policy_for(
+                &name,
+                &names,
+                manifests.get(&name),
+                release,
+                &mut policy_errors,
+            );
             services.insert(
                 name.clone(),
                 ServiceEntry {
@@ -187,17 +197,13 @@ impl Registry {
             manifests,
             routes: table,
             errors,
+            policy_errors,
         }
     }
 
     /// The same services with their policies recomputed from `release`.
     pub fn with_release(&self, release: &ReleaseState) -> Self {
-        let mut errors: Vec<LoadError> = self
-            .errors
-            .iter()
-            .filter(|e| !e.error.contains("takes all traffic"))
-            .cloned()
-            .collect();
+        let mut policy_errors = Vec::new();
         let services = self
             .services
             .iter()
@@ -207,7 +213,7 @@ impl Registry {
                     &s.names,
                     self.manifests.get(name),
                     release,
-                    &mut errors,
+                    &mut policy_errors,
                 );
                 (
                     name.clone(),
@@ -222,7 +228,8 @@ impl Registry {
             services,
             manifests: self.manifests.clone(),
             routes: self.routes.clone(),
-            errors,
+            errors: self.errors.clone(),
+            policy_errors,
         }
     }
 
@@ -257,9 +264,10 @@ impl Registry {
         self.services.values()
     }
 
-    /// Files and manifests that failed to load.
-    pub fn errors(&self) -> &[LoadError] {
-        &self.errors
+    /// Files and manifests that failed to load, then weights that could
+    /// not apply.
+    pub fn errors(&self) -> impl Iterator<Item = &LoadError> {
+        self.errors.iter().chain(&self.policy_errors)
     }
 }
 

@@ -170,7 +170,7 @@ fn log_changes(old: &Registry, new: &Registry, started: Instant) {
     for (service, version, _) in before.difference(&after) {
         tracing::info!(%service, %version, "version retired; requests in flight finish on it");
     }
-    let old_errors: BTreeSet<_> = old.errors().iter().map(|e| (&e.file, &e.error)).collect();
+    let old_errors: BTreeSet<_> = old.errors().map(|e| (&e.file, &e.error)).collect();
     for e in new.errors() {
         if !old_errors.contains(&(&e.file, &e.error)) {
             tracing::error!(file = %e.file, "not loaded: {}", e.error);
