@@ -351,7 +351,17 @@ fn describe(service: &ServiceEntry) -> Value {
         Sticky::Header(h) => format!("header:{h}"),
         Sticky::Cookie(c) => format!("cookie:{c}"),
     });
-    json!({ "name": service.name, "routes": service.routes, "sticky": sticky, "versions": versions })
+    // Every version of a service shares its manifest, so one sandbox speaks for all.
+    let sandbox = service.versions.last().map(|v| &v.sandbox);
+    json!({
+        "name": service.name,
+        "routes": service.routes,
+        "sticky": sticky,
+        "versions": versions,
+        "running": service.concurrency as usize - service.slots.available_permits(),
+        "limits": sandbox.map(|s| s.limits.to_json()),
+        "grants": sandbox.map(|s| s.grants_json()),
+    })
 }
 
 async fn metrics(State(admin): State<Admin>) -> Response {

@@ -31,6 +31,16 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_INSTANCES: u32 = 256;
 /// Default depth of nested `services.call` chains (cuts A→B→A loops).
 pub const DEFAULT_MAX_CALL_DEPTH: u32 = 8;
+/// Default cap on a response body a service returns.
+pub const DEFAULT_MAX_RESPONSE_BODY: usize = 8 * 1024 * 1024;
+/// Default number of requests one service runs at once (excess → 503).
+pub const DEFAULT_CONCURRENCY: u32 = 64;
+/// Default bytes of stdout, stderr and `wasi:logging` one request may write.
+pub const DEFAULT_LOG_BYTES: usize = 64 * 1024;
+/// Default number of entries in one request's resource table (open handles).
+pub const DEFAULT_RESOURCES: u32 = 1024;
+/// Default ceiling of any service's linear memory (sizes the instance pool).
+pub const DEFAULT_MEMORY_CEILING: usize = 1024 * 1024 * 1024;
 
 /// Options of `wasmhost serve`.
 #[derive(Debug, Clone)]
@@ -44,8 +54,10 @@ pub struct ServeConfig {
     /// Directory for durable state: the key-value database and the cache of
     /// compiled artifacts.
     pub state_dir: PathBuf,
-    /// Limits applied to every request.
+    /// The default limits of every service, and the host-wide ones.
     pub limits: Limits,
+    /// Limits of the plugin-traffic listener.
+    pub http: crate::server::HttpLimits,
 }
 
 impl Default for ServeConfig {
@@ -60,37 +72,214 @@ impl Default for ServeConfig {
                 .unwrap_or_else(|_| ([127, 0, 0, 1], 9090).into()),
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             limits: Limits::default(),
+            http: crate::server::HttpLimits::default(),
         }
     }
 }
 
-/// Resource limits applied to every request.
-#[derive(Debug, Clone)]
+/// Resource limits: the host's defaults, and (after a manifest's
+/// `[limits]` are applied) the effective limits of one service.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     /// Largest request body accepted, in bytes (larger → 413).
     pub max_request_body: usize,
-    /// Largest linear memory of one instance, in bytes.
+    /// Largest response body a service may return, in bytes (larger → 500).
+    pub max_response_body: usize,
+    /// Largest linear memory of one instance, in bytes (growth past it fails).
     pub max_memory: usize,
     /// CPU time one request may spend in guest code (over → 504).
     pub cpu_time: Duration,
-    /// Wall-clock time one request may take (over → 504).
+    /// Wall-clock time one request may take, nested calls included (over → 504).
     pub timeout: Duration,
-    /// Instances alive at once across the host (sizes the pooling allocator).
-    pub max_instances: u32,
-    /// Deepest chain of nested `services.call`.
+    /// Requests one service runs at once; more are refused with 503.
+    pub concurrency: u32,
+    /// Deepest chain of nested `services.call` (deeper → 508).
     pub max_call_depth: u32,
+    /// Bytes of stdout, stderr and `wasi:logging` one request may write.
+    pub log_bytes: usize,
+    /// Entries in one request's resource table (streams, handles…).
+    pub resources: u32,
+    /// Host-wide: instances alive at once (sizes the pooling allocator).
+    pub max_instances: u32,
+    /// Host-wide: the most memory any service may be given (sizes the pool).
+    pub memory_ceiling: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_request_body: DEFAULT_MAX_REQUEST_BODY,
+            max_response_body: DEFAULT_MAX_RESPONSE_BODY,
             max_memory: DEFAULT_MAX_MEMORY,
             cpu_time: DEFAULT_CPU_TIME,
             timeout: DEFAULT_TIMEOUT,
-            max_instances: DEFAULT_MAX_INSTANCES,
+            concurrency: DEFAULT_CONCURRENCY,
             max_call_depth: DEFAULT_MAX_CALL_DEPTH,
+            log_bytes: DEFAULT_LOG_BYTES,
+            resources: DEFAULT_RESOURCES,
+            max_instances: DEFAULT_MAX_INSTANCES,
+            memory_ceiling: DEFAULT_MEMORY_CEILING,
         }
+    }
+}
+
+impl Limits {
+    /// These limits with a manifest's `[limits]` applied; `origin` names the
+    /// manifest in errors.
+    pub fn with_overrides(&self, o: &LimitOverrides, origin: &str) -> Result<Limits> {
+        let bytes = |b: Option<bytesize::ByteSize>, default: usize| {
+            b.map_or(default, |b| {
+                usize::try_from(b.as_u64()).unwrap_or(usize::MAX)
+            })
+        };
+        let limits = Limits {
+            max_request_body: bytes(o.request_body, self.max_request_body),
+            max_response_body: bytes(o.response_body, self.max_response_body),
+            max_memory: bytes(o.memory, self.max_memory),
+            cpu_time: o.cpu_time.unwrap_or(self.cpu_time),
+            timeout: o.timeout.unwrap_or(self.timeout),
+            concurrency: o.concurrency.unwrap_or(self.concurrency),
+            max_call_depth: o.call_depth.unwrap_or(self.max_call_depth),
+            log_bytes: bytes(o.log_bytes, self.log_bytes),
+            resources: o.resources.unwrap_or(self.resources),
+            max_instances: self.max_instances,
+            memory_ceiling: self.memory_ceiling,
+        };
+        if limits.max_memory > limits.memory_ceiling {
+            bail!(
+                "invalid manifest {origin}: `memory` = {} is above the host's ceiling of {} (raise it with `wasmhost serve --memory-ceiling`)",
+                bytesize::ByteSize(limits.max_memory as u64),
+                bytesize::ByteSize(limits.memory_ceiling as u64)
+            );
+        }
+        Ok(limits)
+    }
+
+    /// The limits as JSON for the admin API, in the manifest's own units.
+    pub fn to_json(&self) -> serde_json::Value {
+        let size = |b: usize| bytesize::ByteSize(b as u64).display().iec().to_string();
+        let time = |d: Duration| humantime::format_duration(d).to_string();
+        serde_json::json!({
+            "memory": size(self.max_memory),
+            "cpu-time": time(self.cpu_time),
+            "timeout": time(self.timeout),
+            "request-body": size(self.max_request_body),
+            "response-body": size(self.max_response_body),
+            "concurrency": self.concurrency,
+            "call-depth": self.max_call_depth,
+            "log-bytes": size(self.log_bytes),
+            "resources": self.resources,
+        })
+    }
+}
+
+/// The `[limits]` table of a manifest: each key overrides one host default.
+///
+/// ```toml
+/// [limits]
+/// memory = "32 MiB"
+/// cpu-time = "200ms"
+/// timeout = "5s"
+/// request-body = "256 KiB"
+/// response-body = "4 MiB"
+/// concurrency = 16
+/// call-depth = 4
+/// log-bytes = "16 KiB"
+/// resources = 256
+/// ```
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LimitOverrides {
+    /// Linear memory of one instance.
+    pub memory: Option<bytesize::ByteSize>,
+    /// CPU time per request.
+    #[serde(default, with = "humantime_serde")]
+    pub cpu_time: Option<Duration>,
+    /// Wall-clock time per request, nested calls included.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Largest request body.
+    pub request_body: Option<bytesize::ByteSize>,
+    /// Largest response body.
+    pub response_body: Option<bytesize::ByteSize>,
+    /// Requests run at once.
+    pub concurrency: Option<u32>,
+    /// Deepest `services.call` chain starting at this service.
+    pub call_depth: Option<u32>,
+    /// Guest output per request.
+    pub log_bytes: Option<bytesize::ByteSize>,
+    /// Resource-table entries per request.
+    pub resources: Option<u32>,
+}
+
+/// The `[grants]` table of a manifest: what a service may reach beyond its
+/// own key-value namespace, its `[config]` values and logging. Everything
+/// is denied unless listed here.
+///
+/// ```toml
+/// [grants]
+/// services = ["user"]                       # services.call targets
+/// http = ["api.example.com", "10.0.0.7:8080", "*.example.org"]
+/// env = { LOG_FORMAT = "json" }             # environment variables
+/// dir = { host = "assets", guest = "/assets" }  # read-only directory
+/// ```
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Grants {
+    /// Services this one may call through `services.call`.
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// Hosts reachable through `wasi:http/outgoing-handler`: `host` (ports 80
+    /// and 443), `host:port`, `host:*`, `*.domain` or `*` (any public host).
+    /// Private, loopback and link-local addresses are refused unless their
+    /// IP (or `localhost`) is listed itself.
+    #[serde(default)]
+    pub http: Vec<String>,
+    /// Environment variables the service sees.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// A host directory the service may read (never write).
+    #[serde(default)]
+    pub dir: Option<DirGrant>,
+}
+
+/// A read-only directory granted to a service.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DirGrant {
+    /// The host directory; relative paths start at the plugins directory.
+    pub host: PathBuf,
+    /// Where the guest sees it. Default: `/data`.
+    #[serde(default = "default_guest_dir")]
+    pub guest: String,
+}
+
+fn default_guest_dir() -> String {
+    "/data".to_string()
+}
+
+impl Grants {
+    fn validate(&self) -> Result<()> {
+        for service in &self.services {
+            crate::plugin::validate_service_name(service).context("in [grants] services")?;
+        }
+        for host in &self.http {
+            crate::capabilities::outbound::HostPattern::parse(host).context("in [grants] http")?;
+        }
+        for key in self.env.keys() {
+            if key.is_empty() || key.contains(['=', '\0']) {
+                bail!(
+                    "in [grants] env: `{}` is not a variable name",
+                    key.escape_debug()
+                );
+            }
+        }
+        if let Some(dir) = &self.dir {
+            if !dir.guest.starts_with('/') {
+                bail!("in [grants] dir: `guest` must be an absolute path such as \"/data\"");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -139,6 +328,12 @@ pub struct Manifest {
     /// Requests the candidate must have served in a window before a step.
     #[serde(default = "default_min_requests")]
     pub min_requests: u64,
+    /// Overrides of the host's default limits.
+    #[serde(default)]
+    pub limits: LimitOverrides,
+    /// Capabilities granted beyond the defaults.
+    #[serde(default)]
+    pub grants: Grants,
 }
 
 /// How a newly arrived version is released.
@@ -224,6 +419,17 @@ impl Manifest {
         if let Some(sticky) = &manifest.sticky {
             crate::release::Sticky::parse(sticky)
                 .with_context(|| format!("invalid manifest {origin}"))?;
+        }
+        manifest
+            .grants
+            .validate()
+            .with_context(|| format!("invalid manifest {origin}"))?;
+        let l = &manifest.limits;
+        if l.concurrency == Some(0)
+            || l.cpu_time.is_some_and(|d| d.is_zero())
+            || l.timeout.is_some_and(|d| d.is_zero())
+        {
+            bail!("invalid manifest {origin}: `concurrency`, `cpu-time` and `timeout` must be above zero");
         }
         Ok(manifest)
     }

@@ -20,6 +20,7 @@ use http::StatusCode;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 /// Why a request produced no response from a service.
@@ -61,9 +62,24 @@ pub enum Failure {
     /// The guest returned a response that is not valid HTTP.
     #[error("the service returned a malformed response: {0}")]
     Malformed(String),
-    /// No instance slot was free.
+    /// No instance slot was free in the host.
     #[error("the host is at its instance capacity")]
     Capacity,
+    /// The service already runs as many requests as its limit allows.
+    #[error("the service is at its concurrency limit of {0} requests")]
+    Saturated(u32),
+    /// The guest's memory growth was refused and it could not go on.
+    #[error("the service ran out of memory (limit {})", bytesize::ByteSize(*.0 as u64).display().iec())]
+    OutOfMemory(usize),
+    /// The guest recursed past its stack.
+    #[error("the service exhausted its call stack")]
+    StackOverflow,
+    /// The response body was larger than the limit.
+    #[error("the service returned a body over its {}-byte limit", .0)]
+    ResponseTooLarge(usize),
+    /// A `services.call` chain went past the depth limit (a loop).
+    #[error("service call loop: the chain went deeper than {0} calls")]
+    CallLoop(u32),
     /// The host could not run the guest.
     #[error("the service could not be run: {0}")]
     Internal(String),
@@ -78,12 +94,46 @@ impl DispatchError {
             }
             DispatchError::Failed { failure, .. } => match failure {
                 Failure::CpuTime(_) | Failure::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-                Failure::Capacity => StatusCode::SERVICE_UNAVAILABLE,
-                Failure::Trap(_) | Failure::Malformed(_) | Failure::Internal(_) => {
-                    StatusCode::INTERNAL_SERVER_ERROR
-                }
+                Failure::Capacity | Failure::Saturated(_) => StatusCode::SERVICE_UNAVAILABLE,
+                Failure::CallLoop(_) => StatusCode::LOOP_DETECTED,
+                Failure::Trap(_)
+                | Failure::OutOfMemory(_)
+                | Failure::StackOverflow
+                | Failure::ResponseTooLarge(_)
+                | Failure::Malformed(_)
+                | Failure::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
         }
+    }
+}
+
+impl Failure {
+    /// The limit this failure hit, named as in a manifest's `[limits]`.
+    pub fn limit(&self) -> Option<&'static str> {
+        Some(match self {
+            Failure::CpuTime(_) => "cpu-time",
+            Failure::Timeout(_) => "timeout",
+            Failure::Capacity => "max-instances",
+            Failure::Saturated(_) => "concurrency",
+            Failure::OutOfMemory(_) => "memory",
+            Failure::StackOverflow => "stack",
+            Failure::ResponseTooLarge(_) => "response-body",
+            Failure::CallLoop(_) => "call-depth",
+            Failure::Trap(_) | Failure::Malformed(_) | Failure::Internal(_) => return None,
+        })
+    }
+
+    /// Whether the guest failed while running (counted as a trap in metrics).
+    fn is_trap(&self) -> bool {
+        matches!(
+            self,
+            Failure::Trap(_)
+                | Failure::CpuTime(_)
+                | Failure::Timeout(_)
+                | Failure::OutOfMemory(_)
+                | Failure::StackOverflow
+                | Failure::CallLoop(_)
+        )
     }
 }
 
@@ -185,30 +235,24 @@ impl Dispatcher {
         &self.kv
     }
 
-    /// The limits applied to every request.
+    /// The host's default limits (each service's own are in its sandbox).
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
 
-    /// Routes an outside request by path and runs it.
-    pub async fn handle(
-        self: &Arc<Self>,
-        req: Request,
-    ) -> Result<(Arc<Version>, Response), DispatchError> {
-        let version = {
-            let registry = self.registry.load();
-            let service = registry
-                .route(&req.path)
-                .ok_or_else(|| DispatchError::NoRoute {
-                    path: req.path.clone(),
-                })?;
-            service
-                .pick(&req.headers, fastrand::u64(..))
-                .cloned()
-                .ok_or_else(|| DispatchError::UnknownService(service.name.clone()))?
-        };
-        let resp = self.run(version.clone(), req, 0).await?;
-        Ok((version, resp))
+    /// Chooses the version that serves an outside request for `path` with
+    /// `headers`, and takes one of its service's concurrency slots (held
+    /// until the returned permit is dropped).
+    pub fn pick(
+        &self,
+        path: &str,
+        headers: &[(String, String)],
+    ) -> Result<(Arc<Version>, OwnedSemaphorePermit), DispatchError> {
+        let registry = self.registry.load();
+        let service = registry.route(path).ok_or_else(|| DispatchError::NoRoute {
+            path: path.to_string(),
+        })?;
+        claim(service, headers)
     }
 
     /// Runs `req` on the live version of the service `name`, `depth` calls
@@ -220,12 +264,12 @@ impl Dispatcher {
         depth: u32,
     ) -> BoxFuture<'static, Result<Response, DispatchError>> {
         Box::pin(async move {
-            let version = {
+            let (version, _permit) = {
                 let registry = self.registry.load();
-                registry
+                let service = registry
                     .service(&name)
-                    .and_then(|s| s.pick(&req.headers, fastrand::u64(..)).cloned())
-                    .ok_or_else(|| DispatchError::UnknownService(name.clone()))?
+                    .ok_or_else(|| DispatchError::UnknownService(name.clone()))?;
+                claim(service, &req.headers)?
             };
             self.run(version, req, depth).await
         })
@@ -243,15 +287,22 @@ impl Dispatcher {
             version: version.version.clone(),
             failure,
         };
-        let mut store = Store::new(
-            &self.engine,
-            HostState::new(version.clone(), self.clone(), depth),
-        );
-        store.limiter(|s| &mut s.limits);
+        let limits = &version.sandbox.limits;
+        let started = std::time::Instant::now();
+        let in_flight = version.metrics.start();
+        let state = match HostState::new(version.clone(), self.clone(), depth) {
+            Ok(state) => state,
+            Err(e) => {
+                in_flight.finish(500, false, started.elapsed());
+                return Err(fail(Failure::Internal(format!("{e:#}"))));
+            }
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
         // The callback runs each time the guest has used up one tick while
         // running, so counting its calls counts CPU time, not time spent
         // waiting on the host (such as nested service calls).
-        let budget = ticks(self.limits.cpu_time);
+        let budget = ticks(limits.cpu_time);
         let mut used = 0u64;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
@@ -274,37 +325,63 @@ impl Dispatcher {
                     {
                         Failure::Capacity
                     } else {
-                        classify(e, self.limits.cpu_time)
+                        classify(e, limits.cpu_time)
                     }
                 })?;
             instance
                 .wasmhost_plugin_handler()
                 .call_handle(&mut store, &req)
                 .await
-                .map_err(|e| classify(e, self.limits.cpu_time))
+                .map_err(|e| classify(e, limits.cpu_time))
         };
-        let started = std::time::Instant::now();
-        let in_flight = version.metrics.start();
-        let result = match tokio::time::timeout(self.limits.timeout, call).await {
+        let outcome = tokio::time::timeout(limits.timeout, call).await;
+        let memory_exhausted = store.data().limiter.memory_exhausted;
+        let result = match outcome {
+            Ok(Ok(resp)) if resp.body.len() > limits.max_response_body => {
+                Err(fail(Failure::ResponseTooLarge(limits.max_response_body)))
+            }
             Ok(Ok(resp)) => validate(&resp)
                 .map(|()| resp)
                 .map_err(|m| fail(Failure::Malformed(m))),
+            // A guest whose allocation failed aborts: report the real cause.
+            Ok(Err(Failure::Trap(_))) if memory_exhausted => {
+                Err(fail(Failure::OutOfMemory(limits.max_memory)))
+            }
             Ok(Err(failure)) => Err(fail(failure)),
-            Err(_) => Err(fail(Failure::Timeout(self.limits.timeout))),
+            Err(_) => Err(fail(Failure::Timeout(limits.timeout))),
         };
         let (status, trapped) = match &result {
             Ok(resp) => (resp.status, false),
-            Err(e @ DispatchError::Failed { failure, .. }) => (
-                e.status().as_u16(),
-                matches!(
-                    failure,
-                    Failure::Trap(_) | Failure::CpuTime(_) | Failure::Timeout(_)
-                ),
-            ),
+            Err(e @ DispatchError::Failed { failure, .. }) => {
+                (e.status().as_u16(), failure.is_trap())
+            }
             Err(e) => (e.status().as_u16(), false),
         };
         in_flight.finish(status, trapped, started.elapsed());
         result
+    }
+}
+
+/// Picks the version of `service` for a request with `headers` and takes a
+/// concurrency slot; a full service is refused at once (and counted).
+fn claim(
+    service: &crate::registry::ServiceEntry,
+    headers: &[(String, String)],
+) -> Result<(Arc<Version>, OwnedSemaphorePermit), DispatchError> {
+    let version = service
+        .pick(headers, fastrand::u64(..))
+        .cloned()
+        .ok_or_else(|| DispatchError::UnknownService(service.name.clone()))?;
+    match service.slots.clone().try_acquire_owned() {
+        Ok(permit) => Ok((version, permit)),
+        Err(_) => {
+            version.metrics.start().finish(503, false, Duration::ZERO);
+            Err(DispatchError::Failed {
+                service: version.service.clone(),
+                version: version.version.clone(),
+                failure: Failure::Saturated(service.concurrency),
+            })
+        }
     }
 }
 
@@ -313,8 +390,12 @@ fn classify(e: wasmtime::Error, cpu_time: Duration) -> Failure {
     if e.downcast_ref::<CpuBudgetSpent>().is_some() {
         return Failure::CpuTime(cpu_time);
     }
+    if let Some(looped) = e.downcast_ref::<crate::capabilities::services::CallLoop>() {
+        return Failure::CallLoop(looped.max);
+    }
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => Failure::CpuTime(cpu_time),
+        Some(Trap::StackOverflow) => Failure::StackOverflow,
         Some(trap) => Failure::Trap(trap.to_string()),
         None => Failure::Internal(
             format!("{e:#}")

@@ -41,7 +41,7 @@ pub fn build(limits: &Limits, cache_dir: &Path) -> Result<Engine> {
         .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
         .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
         .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
-        .max_memory_size(limits.max_memory)
+        .max_memory_size(limits.memory_ceiling)
         .max_unused_warm_slots(instances / 2)
         .linear_memory_keep_resident(KEEP_RESIDENT)
         .table_keep_resident(KEEP_RESIDENT / 16)

@@ -29,49 +29,67 @@ async fn handle(
 ) -> axum::response::Response {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
-    let limit = dispatcher.limits().max_request_body;
+    let headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let path = parts.uri.path().to_string();
+    let method = parts.method;
+    // Route first: the body limit is the chosen service's own.
+    let (version, _permit) = match dispatcher.pick(&path, &headers) {
+        Ok(picked) => picked,
+        Err(e) => return failure_response(&e, &method, &path),
+    };
+    let origin = Some((&*version.service, &*version.version));
+    let limit = version.sandbox.limits.max_request_body;
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
-        return too_large(limit);
+        return too_large(limit, origin);
     }
-    let body = match axum::body::to_bytes(Body::new(body), limit).await {
-        Ok(b) => b,
-        Err(e) => {
+    // The body is read with a bound on its size and on the time it takes,
+    // so neither a huge chunked body nor a slow client holds the slot.
+    let read = axum::body::to_bytes(Body::new(body), limit);
+    let body = match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
             let over_limit = std::error::Error::source(&e)
                 .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
             if over_limit {
-                return too_large(limit);
+                return too_large(limit, origin);
             }
             return error_response(
                 StatusCode::BAD_REQUEST,
                 "could not read the request body",
-                None,
+                origin,
             );
+        }
+        Err(_) => {
+            return error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!("the request body did not arrive within {BODY_READ_TIMEOUT:?}"),
+                origin,
+            )
         }
     };
     let request = Request {
-        method: parts.method.as_str().to_string(),
-        path: parts.uri.path().to_string(),
+        method: method.as_str().to_string(),
+        path: path.clone(),
         query: parts.uri.query().unwrap_or_default().to_string(),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
+        headers,
         body: body.to_vec(),
     };
-    let (method, path) = (parts.method, request.path.clone());
-    match dispatcher.handle(request).await {
-        Ok((version, resp)) => {
+    match dispatcher.run(version.clone(), request, 0).await {
+        Ok(resp) => {
             tracing::debug!(
                 service = %version.service, version = %version.version, %method, path,
                 status = resp.status, elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
@@ -79,26 +97,51 @@ async fn handle(
             );
             to_http(resp, &version.service, &version.version)
         }
-        Err(e) => {
-            let status = e.status();
-            match &e {
-                DispatchError::Failed {
-                    service,
-                    version,
-                    failure,
-                } => {
-                    tracing::warn!(%service, %version, %method, path, status = status.as_u16(), "request failed: {failure}");
-                    let message = match failure {
-                        Failure::Internal(_) => "the service could not be run".to_string(),
-                        other => other.to_string(),
-                    };
-                    error_response(status, &message, Some((service, version)))
-                }
-                other => {
-                    tracing::debug!(%method, path, status = status.as_u16(), "{other}");
-                    error_response(status, &other.to_string(), None)
-                }
+        Err(e) => failure_response(&e, &method, &path),
+    }
+}
+
+/// How long a client may take to send a request body.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The JSON error for a request that got no response from a service; a
+/// limit that was hit is named, and a full service says when to retry.
+fn failure_response(
+    e: &DispatchError,
+    method: &axum::http::Method,
+    path: &str,
+) -> axum::response::Response {
+    let status = e.status();
+    match e {
+        DispatchError::Failed {
+            service,
+            version,
+            failure,
+        } => {
+            tracing::warn!(%service, %version, %method, path, status = status.as_u16(), limit = failure.limit().unwrap_or("none"), "request failed: {failure}");
+            let message = match failure {
+                Failure::Internal(_) => "the service could not be run".to_string(),
+                other => other.to_string(),
+            };
+            let mut out = error_response(status, &message, Some((service, version)));
+            if let Some(limit) = failure.limit() {
+                let body = serde_json::json!({
+                    "error": message,
+                    "service": &**service,
+                    "version": &**version,
+                    "limit": limit,
+                });
+                *out.body_mut() = Body::from(body.to_string());
             }
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                out.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            out
+        }
+        other => {
+            tracing::debug!(%method, path, status = status.as_u16(), "{other}");
+            error_response(status, &other.to_string(), None)
         }
     }
 }
@@ -131,11 +174,11 @@ fn tag(headers: &mut axum::http::HeaderMap, service: &str, version: &str) {
     }
 }
 
-fn too_large(limit: usize) -> axum::response::Response {
+fn too_large(limit: usize, origin: Option<(&str, &str)>) -> axum::response::Response {
     error_response(
         StatusCode::PAYLOAD_TOO_LARGE,
         &format!("request body is larger than the {limit}-byte limit"),
-        None,
+        origin,
     )
 }
 

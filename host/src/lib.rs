@@ -28,6 +28,8 @@ pub mod registry;
 pub mod release;
 pub mod rollout;
 pub mod router;
+pub mod sandbox;
+pub mod server;
 pub mod shutdown;
 pub mod status;
 pub mod store;
@@ -36,7 +38,6 @@ pub mod watcher;
 pub use config::{Manifest, ServeConfig};
 
 use anyhow::{Context, Result};
-use axum::serve::ListenerExt;
 use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -105,7 +106,7 @@ pub async fn run(
     let engine = engine::build(&config.limits, &state_dir.join("cache"))?;
     engine::start_epoch_ticker(&engine)?;
 
-    let loader = Arc::new(loader::Loader::new(engine.clone())?);
+    let loader = Arc::new(loader::Loader::new(engine.clone(), config.limits.clone())?);
     let release = rollout::ReleaseState::load(&state_dir)?;
     let registry = initial_scan(&loader, &config.plugins_dir, &release).await?;
     status::log_registry(&registry, &config.plugins_dir);
@@ -133,29 +134,14 @@ pub async fn run(
         "listening on http://{addr}"
     );
 
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY: {e}");
-        }
-    });
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, http::app(dispatcher))
-        .with_graceful_shutdown(async {
-            let _ = stop_rx.await;
-        })
-        .into_future();
-    let mut server = tokio::spawn(server);
-    tokio::select! {
-        result = &mut server => return result.context("the server task failed")?.context("the server failed"),
-        () = shutdown => {}
-    }
-    let _ = stop_tx.send(());
-    match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
-        Ok(result) => result
-            .context("the server task failed")?
-            .context("the server failed")?,
-        Err(_) => tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; stopping anyway"),
-    }
+    server::serve(
+        listener,
+        http::app(dispatcher),
+        config.http.clone(),
+        shutdown,
+        DRAIN_TIMEOUT,
+    )
+    .await?;
     admin_task.abort();
     analyst.abort();
     tracing::info!("stopped");

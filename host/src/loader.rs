@@ -10,10 +10,11 @@
 
 use crate::bindings::ServicePre;
 use crate::capabilities::{self, HostState};
-use crate::config::Manifest;
+use crate::config::{Limits, Manifest};
 use crate::plugin::PluginName;
 use crate::registry::{LoadError, Registry, Version};
 use crate::rollout::ReleaseState;
+use crate::sandbox::Sandbox;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -58,13 +59,19 @@ fn is_stable(path: &Path) -> bool {
 pub struct Loader {
     engine: Engine,
     linker: Linker<HostState>,
+    defaults: Limits,
 }
 
 impl Loader {
-    /// A loader for `engine`, with the host's full linker.
-    pub fn new(engine: Engine) -> Result<Self> {
+    /// A loader for `engine`, with the host's full linker; `defaults` are
+    /// the limits of a service whose manifest overrides none.
+    pub fn new(engine: Engine, defaults: Limits) -> Result<Self> {
         let linker = capabilities::linker(&engine).context("failed to set up the linker")?;
-        Ok(Self { engine, linker })
+        Ok(Self {
+            engine,
+            linker,
+            defaults,
+        })
     }
 
     /// Loads every `*.wasm` at the top of `dir` and the manifests of their
@@ -98,6 +105,7 @@ impl Loader {
         let mut errors = Vec::new();
         let mut pending = Vec::new();
         let mut manifests: BTreeMap<String, Manifest> = BTreeMap::new();
+        let mut sandboxes: BTreeMap<String, Arc<Sandbox>> = BTreeMap::new();
         let mut bad_manifests = BTreeMap::new();
         for path in files {
             let file = display_name(&path);
@@ -114,27 +122,38 @@ impl Loader {
             };
             if !manifests.contains_key(&name.service) && !bad_manifests.contains_key(&name.service)
             {
-                match Manifest::load(dir, &name.service) {
-                    Ok(m) => {
+                let origin = format!("{}.toml", name.service);
+                let loaded = Manifest::load(dir, &name.service).and_then(|m| {
+                    let sandbox = Sandbox::resolve(&m, &self.defaults, dir, &origin)?;
+                    Ok((m, sandbox))
+                });
+                match loaded {
+                    Ok((m, sandbox)) => {
                         manifests.insert(name.service.clone(), m);
+                        sandboxes.insert(name.service.clone(), Arc::new(sandbox));
                     }
                     Err(e) => {
                         errors.push(LoadError {
                             file: format!("{}.toml", name.service),
                             error: format!("{e:#}"),
                         });
-                        match previous.manifest(&name.service) {
-                            Some(m) => {
+                        let last_sandbox = previous
+                            .service(&name.service)
+                            .and_then(|s| s.versions.first())
+                            .map(|v| v.sandbox.clone());
+                        match (previous.manifest(&name.service), last_sandbox) {
+                            (Some(m), Some(sandbox)) => {
                                 manifests.insert(name.service.clone(), m.clone());
+                                sandboxes.insert(name.service.clone(), sandbox);
                             }
-                            None => {
+                            _ => {
                                 bad_manifests.insert(name.service.clone(), ());
                             }
                         }
                     }
                 }
             }
-            let Some(manifest) = manifests.get(&name.service) else {
+            let Some(sandbox) = sandboxes.get(&name.service) else {
                 errors.push(LoadError {
                     file,
                     error: format!("not loaded: the manifest {}.toml is invalid", name.service),
@@ -148,8 +167,8 @@ impl Loader {
                 versions.extend(last_good);
                 continue;
             }
-            let config = Arc::new(manifest.config.clone());
-            match self.load_file(&canonical_dir, &path, name, config, last_good.as_deref()) {
+            let sandbox = sandbox.clone();
+            match self.load_file(&canonical_dir, &path, name, sandbox, last_good.as_deref()) {
                 Ok(v) => versions.push(v),
                 Err(e) => {
                     let mut error = format!("{e:#}");
@@ -175,7 +194,7 @@ impl Loader {
         dir: &Path,
         path: &Path,
         name: PluginName,
-        config: Arc<BTreeMap<String, String>>,
+        sandbox: Arc<Sandbox>,
         last: Option<&Version>,
     ) -> Result<Arc<Version>> {
         let bytes = read_plugin(dir, path)?;
@@ -190,7 +209,7 @@ impl Loader {
         };
         let pre = match last {
             Some(v) if v.digest == digest && *v.version == *version => {
-                if v.config == config {
+                if v.sandbox == sandbox {
                     return Ok(Arc::new(v.clone()));
                 }
                 v.pre.clone()
@@ -204,7 +223,7 @@ impl Loader {
             file: path.to_path_buf(),
             size: bytes.len() as u64,
             pre,
-            config,
+            sandbox,
             metrics,
         }))
     }

@@ -28,7 +28,10 @@ enum Command {
     /// Load every component in the plugins directory and serve HTTP.
     ///
     /// A manifest NAME.toml beside a component sets its routes
-    /// (routes = ["/users"]; default: /NAME) and config values ([config]).
+    /// (routes = ["/users"]; default: /NAME), config values ([config]),
+    /// limits ([limits]: memory, cpu-time, timeout, request-body,
+    /// response-body, concurrency, call-depth, log-bytes, resources) and
+    /// grants ([grants]: services, http, env, dir); see SECURITY.md.
     /// Set RUST_LOG (e.g. RUST_LOG=debug) for more detail.
     Serve {
         /// Directory of NAME@VERSION.wasm components and NAME.toml manifests.
@@ -45,6 +48,20 @@ enum Command {
         /// Directory for the key-value database and compiled-artifact cache.
         #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state: PathBuf,
+        /// Instances alive at once across all services (sizes the instance
+        /// pool; a request finding it full gets 503).
+        #[arg(long, default_value_t = wasmhost::config::DEFAULT_MAX_INSTANCES)]
+        max_instances: u32,
+        /// The most linear memory any service may be given in its manifest.
+        #[arg(long, default_value = "1GiB")]
+        memory_ceiling: bytesize::ByteSize,
+        /// Client connections open at once.
+        #[arg(long, default_value_t = 1024)]
+        max_connections: usize,
+        /// Time a client has to send a request's headers; also how long an
+        /// idle keep-alive connection stays open.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        header_timeout: std::time::Duration,
     },
     /// Show every service: versions, weights, live metrics, load errors.
     Status {
@@ -131,14 +148,23 @@ async fn real_main() -> Result<()> {
             listen,
             admin_listen,
             state,
+            max_instances,
+            memory_ceiling,
+            max_connections,
+            header_timeout,
         } => {
-            let config = wasmhost::ServeConfig {
+            let mut config = wasmhost::ServeConfig {
                 plugins_dir: plugins,
                 listen,
                 admin_listen,
                 state_dir: state,
                 ..Default::default()
             };
+            config.limits.max_instances = max_instances;
+            config.limits.memory_ceiling =
+                usize::try_from(memory_ceiling.as_u64()).unwrap_or(usize::MAX);
+            config.http.max_connections = max_connections;
+            config.http.header_timeout = header_timeout;
             wasmhost::run(config, wasmhost::shutdown::signal()).await
         }
         Command::Status { admin } => admin.client()?.status().await,

@@ -12,6 +12,7 @@ use crate::metrics::VersionMetrics;
 use crate::release::{Policy, Sticky};
 use crate::rollout::ReleaseState;
 use crate::router::RouteTable;
+use crate::sandbox::Sandbox;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -32,8 +33,8 @@ pub struct Version {
     pub size: u64,
     /// The component, type-checked against the world and pre-linked.
     pub pre: ServicePre<HostState>,
-    /// Configuration values from the service's manifest.
-    pub config: Arc<BTreeMap<String, String>>,
+    /// Its limits and grants, from the service's manifest.
+    pub sandbox: Arc<Sandbox>,
     /// Request metrics; kept across reloads of the same version.
     pub metrics: Arc<VersionMetrics>,
 }
@@ -51,6 +52,11 @@ pub struct ServiceEntry {
     pub names: Vec<Arc<str>>,
     /// How traffic is split between them.
     pub policy: Policy,
+    /// One permit per request running now, `concurrency` in all; shared by
+    /// every version and kept across snapshots while the limit is unchanged.
+    pub slots: Arc<tokio::sync::Semaphore>,
+    /// The service's concurrency limit (the size of `slots`).
+    pub concurrency: u32,
 }
 
 impl ServiceEntry {
@@ -174,6 +180,16 @@ impl Registry {
                 let _ = table.insert(prefix, &name);
             }
             let names: Vec<Arc<str>> = versions.iter().map(|v| v.version.clone()).collect();
+            let concurrency = versions
+                .last()
+                .map_or(crate::config::DEFAULT_CONCURRENCY, |v| {
+                    v.sandbox.limits.concurrency
+                });
+            let slots = previous
+                .and_then(|p| p.services.get(&name))
+                .filter(|p| p.concurrency == concurrency)
+                .map(|p| p.slots.clone())
+                .unwrap_or_else(|| Arc::new(tokio::sync::Semaphore::new(concurrency as usize)));
             let policy = policy_for(
                 &name,
                 &names,
@@ -189,6 +205,8 @@ impl Registry {
                     versions,
                     names,
                     policy,
+                    slots,
+                    concurrency,
                 },
             );
         }

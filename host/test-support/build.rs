@@ -11,6 +11,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("order", "ORDER"),
     ("probe", "PROBE"),
     ("wrong-world", "WRONG_WORLD"),
+    ("hostile", "HOSTILE"),
 ];
 
 fn main() {

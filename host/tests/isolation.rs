@@ -159,7 +159,8 @@ fn guest_output_and_config_are_scoped_to_the_service() {
 
 #[test]
 fn services_call_each_other_through_the_host() {
-    let (_p, _s, host) = host_with_probe("");
+    let (_p, _s, host) =
+        host_with_probe("[grants]\nservices = [\"user\", \"probe\", \"nobody\"]\n");
     host.post_json("/users", json!({"name": "Ada", "email": "ada@example.com"}))
         .expect_status(201);
     let r = host
@@ -170,13 +171,25 @@ fn services_call_each_other_through_the_host() {
     assert!(r["body"].as_str().unwrap().contains("Ada"), "{r}");
     let r = host.get("/probe/call/nobody/x").expect_status(502).json();
     assert!(r["error"].as_str().unwrap().contains("NotFound"), "{r}");
-    // A call loop (probe → probe → …) is cut by the depth limit, not the host.
-    let r = host.get("/probe/call/probe/probe/call/probe/probe/call/probe/probe/call/probe/probe/call/probe/probe/call/probe/probe/call/probe/probe/call/probe/probe/call/probe/probe/echo");
+    // A service not granted is denied with the interface's error.
+    let r = host
+        .get("/probe/call/order/orders")
+        .expect_status(502)
+        .json();
+    assert!(r["error"].as_str().unwrap().contains("Denied"), "{r}");
     assert!(
-        String::from_utf8_lossy(&r.body).contains("call depth limit"),
-        "{}",
-        String::from_utf8_lossy(&r.body)
+        r["error"].as_str().unwrap().contains("[grants] services"),
+        "{r}"
     );
+    host.wait_for_log(&["service call refused: not granted", "callee=order"], WAIT);
+    // A chain deeper than the depth limit (8) is cut with 508.
+    let deep = "/probe/call/probe".repeat(9) + "/probe/echo";
+    let r = host.get(&deep);
+    r.expect_status(508);
+    assert_eq!(r.json()["limit"], "call-depth", "{}", r.json());
+    // Eight hops are fine.
+    let ok = "/probe/call/probe".repeat(8) + "/probe/echo";
+    host.get(&ok).expect_status(200);
 }
 
 #[test]

@@ -13,6 +13,10 @@ impl Host for HostState {
         let version = &*self.version.version;
         let message = truncate(&message, MAX_MESSAGE);
         let context = truncate(&context, 128);
+        let allowed = self.output.take(message.len() + context.len());
+        if allowed < message.len() + context.len() {
+            return Ok(());
+        }
         match level {
             Level::Trace => {
                 tracing::trace!(target: "guest", service = %service, version = %version, context = %context, "{message}")

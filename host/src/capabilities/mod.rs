@@ -4,69 +4,87 @@
 //! Invariant: a `HostState` belongs to exactly one request of one version. It
 //! names that service, so every capability is scoped to it (its key-value
 //! namespace, its configuration, its log tag), and it grants nothing else:
-//! the WASI context has no directories, no environment, no sockets and no
-//! stdin; stdout and stderr go to the host's log.
+//! the WASI context has no sockets and no stdin, and a directory,
+//! environment variables or outbound HTTP only when the service's manifest
+//! grants them (see [`crate::sandbox`]); stdout and stderr go to the host's
+//! log, within the service's log budget.
 
 pub mod config;
 pub mod keyvalue;
 pub mod logging;
+pub mod outbound;
 pub mod services;
 pub mod stdio;
 
 use crate::bindings::Service;
 use crate::dispatch::Dispatcher;
 use crate::registry::Version;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::sync::Arc;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime::{Engine, StoreLimits, StoreLimitsBuilder};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-
-/// Bytes of stdout plus stderr a single request may log.
-pub const MAX_GUEST_OUTPUT: usize = 64 * 1024;
+use wasmtime::{Engine, ResourceLimiter};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// The data of one request's `Store`.
 pub struct HostState {
     wasi: WasiCtx,
+    http: WasiHttpCtx,
+    outbound: outbound::OutboundHttp,
     table: ResourceTable,
     /// Memory and table limits of this store.
-    pub(crate) limits: StoreLimits,
+    pub(crate) limiter: Limiter,
     /// The version being run: whose namespace, config and log tag apply.
     pub(crate) version: Arc<Version>,
     /// The dispatcher, for `services.call`.
     pub(crate) dispatcher: Arc<Dispatcher>,
     /// How many `services.call` hops led to this request (0 from outside).
     pub(crate) depth: u32,
+    /// The guest's stdout, stderr and log budget.
+    pub(crate) output: stdio::GuestOutput,
 }
 
 impl HostState {
     /// State for one request to `version`, `depth` calls deep.
-    pub fn new(version: Arc<Version>, dispatcher: Arc<Dispatcher>, depth: u32) -> Self {
+    pub fn new(version: Arc<Version>, dispatcher: Arc<Dispatcher>, depth: u32) -> Result<Self> {
+        let sandbox = &version.sandbox;
         let output = stdio::GuestOutput::new(
             version.service.clone(),
             version.version.clone(),
-            MAX_GUEST_OUTPUT,
+            sandbox.limits.log_bytes,
         );
-        let wasi = WasiCtx::builder()
-            .stdout(output.stream(stdio::Stream::Stdout))
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(output.stream(stdio::Stream::Stdout))
             .stderr(output.stream(stdio::Stream::Stderr))
             .allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(dispatcher.limits().max_memory)
-            .instances(64)
-            .trap_on_grow_failure(false)
-            .build();
-        Self {
-            wasi,
-            table: ResourceTable::new(),
-            limits,
+            .allow_ip_name_lookup(false);
+        for (key, value) in &sandbox.grants.env {
+            wasi.env(key, value);
+        }
+        if let (Some(host), Some(grant)) = (&sandbox.dir, &sandbox.grants.dir) {
+            wasi.preopened_dir(host, &grant.guest, FsPerms::ReadOnly)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("cannot open granted directory {}", host.display()))?;
+        }
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(sandbox.limits.resources as usize);
+        let outbound = outbound::OutboundHttp::new(
+            version.service.clone(),
+            version.version.clone(),
+            sandbox.http.clone(),
+        );
+        Ok(Self {
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            outbound,
+            table,
+            limiter: Limiter::new(sandbox.limits.max_memory),
             version,
             dispatcher,
             depth,
-        }
+            output,
+        })
     }
 }
 
@@ -79,11 +97,79 @@ impl WasiView for HostState {
     }
 }
 
-/// The linker every service is pre-instantiated with: WASI 0.2 (granting
-/// nothing, see [`HostState`]) plus the wasmhost world's imports.
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
+}
+
+/// Bounds one store's memories and tables, and remembers whether the guest
+/// ran into the memory limit (so an out-of-memory abort is reported as one).
+pub struct Limiter {
+    max_memory: usize,
+    /// Set once a memory growth was refused.
+    pub memory_exhausted: bool,
+}
+
+/// Most elements of one table (function references of a large guest).
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+impl Limiter {
+    fn new(max_memory: usize) -> Self {
+        Self {
+            max_memory,
+            memory_exhausted: false,
+        }
+    }
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = desired <= self.max_memory;
+        if !allowed {
+            self.memory_exhausted = true;
+        }
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+
+    fn instances(&self) -> usize {
+        64
+    }
+
+    fn tables(&self) -> usize {
+        64
+    }
+
+    fn memories(&self) -> usize {
+        8
+    }
+}
+
+/// The linker every service is pre-instantiated with: WASI 0.2 and
+/// `wasi:http` (granting nothing, see [`HostState`]) plus the wasmhost
+/// world's imports.
 pub fn linker(engine: &Engine) -> Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     Service::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     Ok(linker)
 }

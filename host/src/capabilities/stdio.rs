@@ -1,9 +1,10 @@
 //! Guest stdout and stderr: each line becomes a host log event tagged with
 //! the service, version and stream.
 //!
-//! Output is bounded per request ([`super::MAX_GUEST_OUTPUT`] bytes shared by
-//! both streams); past that it is dropped, one warning says so, and the guest
-//! never sees an error (a failing `println!` would panic the guest).
+//! Output is bounded per request (the service's `log-bytes` limit, shared by
+//! both streams and `wasi:logging`); past that it is dropped, one warning
+//! says so, and the guest never sees an error (a failing `println!` would
+//! panic the guest).
 
 use bytes::Bytes;
 use std::io;
@@ -32,8 +33,31 @@ pub struct GuestOutput {
 struct Shared {
     service: Arc<str>,
     version: Arc<str>,
+    budget: usize,
     remaining: AtomicUsize,
     truncated: AtomicBool,
+}
+
+impl Shared {
+    /// Takes up to `n` bytes from the budget; returns how many were granted.
+    fn take(&self, n: usize) -> usize {
+        let before = self
+            .remaining
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                Some(r.saturating_sub(n))
+            })
+            .unwrap_or(0);
+        let allowed = before.min(n);
+        if allowed < n && !self.truncated.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                service = %self.service,
+                version = %self.version,
+                limit = self.budget,
+                "guest log limit (log-bytes) reached; further output of this request is dropped"
+            );
+        }
+        allowed
+    }
 }
 
 impl GuestOutput {
@@ -42,12 +66,19 @@ impl GuestOutput {
         let shared = Shared {
             service,
             version,
+            budget,
             remaining: AtomicUsize::new(budget),
             truncated: AtomicBool::new(false),
         };
         Self {
             shared: Arc::new(shared),
         }
+    }
+
+    /// Takes up to `n` bytes from the budget (for `wasi:logging`); returns
+    /// how many may be written.
+    pub fn take(&self, n: usize) -> usize {
+        self.shared.take(n)
     }
 
     /// The WASI stream for `stream`.
@@ -100,24 +131,8 @@ struct LineWriter {
 
 impl LineWriter {
     fn accept(&mut self, mut bytes: &[u8]) {
-        let allowed = self
-            .shared
-            .remaining
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
-                Some(r.saturating_sub(bytes.len()))
-            })
-            .unwrap_or(0);
-        if allowed < bytes.len() {
-            bytes = &bytes[..allowed];
-            if !self.shared.truncated.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
-                    service = %self.shared.service,
-                    version = %self.shared.version,
-                    limit = super::MAX_GUEST_OUTPUT,
-                    "guest output limit reached; further output of this request is dropped"
-                );
-            }
-        }
+        let allowed = self.shared.take(bytes.len());
+        bytes = &bytes[..allowed];
         for chunk in bytes.split_inclusive(|b| *b == b'\n') {
             self.line.extend_from_slice(chunk);
             if chunk.ends_with(b"\n") {

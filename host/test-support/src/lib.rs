@@ -96,6 +96,11 @@ impl Host {
     /// Starts `bin serve` on 127.0.0.1:0 with `plugins` and `state`, and
     /// waits until it listens.
     pub fn start(bin: &str, plugins: &Path, state: &Path) -> Self {
+        Self::start_with(bin, plugins, state, &[])
+    }
+
+    /// [`Host::start`] with extra `serve` arguments.
+    pub fn start_with(bin: &str, plugins: &Path, state: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(bin)
             .args([
                 "serve",
@@ -108,6 +113,7 @@ impl Host {
             .arg(plugins)
             .arg("--state")
             .arg(state)
+            .args(extra)
             .env("RUST_LOG", "info,wasmhost=debug")
             .env("WASMHOST_ADMIN_TOKEN", ADMIN_TOKEN)
             .stdout(Stdio::null())
@@ -197,6 +203,22 @@ impl Host {
     /// `http://ADDR` of the host.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// The host's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The host's resident memory in KiB (from `/proc`).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc status")
     }
 
     /// A GET request.
@@ -360,4 +382,83 @@ pub fn state_dir() -> tempfile::TempDir {
 /// Path of a file in a directory, for readability in tests.
 pub fn join(dir: &Path, file: &str) -> PathBuf {
     dir.join(file)
+}
+
+/// Steady good traffic in the background: a thread sends `GET path` in a
+/// loop until stopped, and counts every answer that is not a 200.
+pub struct Traffic {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<(u64, Vec<String>)>>,
+}
+
+impl Traffic {
+    /// Starts `threads` clients looping on `GET url`.
+    pub fn start(url: String, threads: usize) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    let (url, flag) = (url.clone(), flag.clone());
+                    std::thread::spawn(move || {
+                        let client = reqwest::blocking::Client::builder()
+                            .timeout(Duration::from_secs(30))
+                            .build()
+                            .expect("client");
+                        let (mut ok, mut failures) = (0u64, Vec::new());
+                        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                            match client.get(&url).send() {
+                                Ok(r) if r.status() == 200 => ok += 1,
+                                Ok(r) => failures.push(format!(
+                                    "{}: {}",
+                                    r.status(),
+                                    r.text().unwrap_or_default()
+                                )),
+                                Err(e) => failures.push(e.to_string()),
+                            }
+                        }
+                        (ok, failures)
+                    })
+                })
+                .collect();
+            let mut total = (0, Vec::new());
+            for w in workers {
+                let (ok, failures) = w.join().expect("traffic thread");
+                total.0 += ok;
+                total.1.extend(failures);
+            }
+            total
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the clients; panics unless every request succeeded, and
+    /// returns how many did.
+    pub fn finish(mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (ok, failures) = self
+            .thread
+            .take()
+            .expect("running")
+            .join()
+            .expect("traffic thread");
+        assert!(
+            failures.is_empty(),
+            "{} of {} good requests failed, first: {:?}",
+            failures.len(),
+            ok + failures.len() as u64,
+            failures.first()
+        );
+        assert!(ok > 0, "no good request was served");
+        ok
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }

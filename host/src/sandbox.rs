@@ -1,0 +1,117 @@
+//! The sandbox of one service: its effective limits and the capabilities
+//! its manifest grants, resolved once at load.
+//!
+//! Everything not granted here is denied: no files, no environment, no
+//! sockets, no outbound HTTP, no calls to other services. A service always
+//! has its own key-value namespace, its `[config]` values and logging.
+
+use crate::capabilities::outbound::HostPattern;
+use crate::config::{Grants, Limits, Manifest};
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What one service may use and how much of it.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    /// Values the service reads through `wasi:config/store`.
+    pub config: BTreeMap<String, String>,
+    /// Effective limits: the host's defaults with the manifest's overrides.
+    pub limits: Limits,
+    /// Granted capabilities, with the directory resolved to a host path.
+    pub grants: Grants,
+    /// The parsed `[grants] http` patterns.
+    pub http: Arc<[HostPattern]>,
+    /// The granted directory as an absolute host path.
+    pub dir: Option<PathBuf>,
+}
+
+impl PartialEq for Sandbox {
+    fn eq(&self, other: &Self) -> bool {
+        self.config == other.config
+            && self.limits == other.limits
+            && self.grants == other.grants
+            && self.dir == other.dir
+    }
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self {
+            config: BTreeMap::new(),
+            limits: Limits::default(),
+            grants: Grants::default(),
+            http: Arc::from(Vec::new()),
+            dir: None,
+        }
+    }
+}
+
+impl Sandbox {
+    /// The sandbox `manifest` describes over the host's `defaults`; a granted
+    /// directory is resolved against `plugins_dir` and must exist.
+    pub fn resolve(
+        manifest: &Manifest,
+        defaults: &Limits,
+        plugins_dir: &Path,
+        origin: &str,
+    ) -> Result<Self> {
+        let limits = defaults.with_overrides(&manifest.limits, origin)?;
+        let http = manifest
+            .grants
+            .http
+            .iter()
+            .map(|h| HostPattern::parse(h))
+            .collect::<Result<Vec<_>>>()
+            .with_context(|| format!("invalid manifest {origin}"))?;
+        let dir = match &manifest.grants.dir {
+            None => None,
+            Some(grant) => {
+                let path = plugins_dir.join(&grant.host);
+                let resolved = path.canonicalize().with_context(|| {
+                    format!(
+                        "invalid manifest {origin}: granted directory {} does not exist",
+                        path.display()
+                    )
+                })?;
+                if !resolved.is_dir() {
+                    bail!(
+                        "invalid manifest {origin}: granted directory {} is not a directory",
+                        path.display()
+                    );
+                }
+                Some(resolved)
+            }
+        };
+        Ok(Self {
+            config: manifest.config.clone(),
+            limits,
+            grants: manifest.grants.clone(),
+            http: http.into(),
+            dir,
+        })
+    }
+
+    /// Whether `service` may be called through `services.call`.
+    pub fn may_call(&self, service: &str) -> bool {
+        self.grants.services.iter().any(|s| s == service)
+    }
+
+    /// The grants as JSON for the admin API (environment values are not shown).
+    pub fn grants_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "services": self.grants.services,
+            "http": self.grants.http,
+            "env": self.grants.env.keys().collect::<Vec<_>>(),
+            "dir": self.grants.dir.as_ref().map(|d| serde_json::json!({
+                "host": self.dir.as_ref().map(|p| p.display().to_string()),
+                "guest": d.guest,
+                "access": "read-only",
+            })),
+            "config": self.config.keys().collect::<Vec<_>>(),
+            "keyvalue": "own namespace",
+            "logging": true,
+        })
+    }
+}
