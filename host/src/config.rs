@@ -148,8 +148,8 @@ impl Limits {
         if limits.max_memory > limits.memory_ceiling {
             bail!(
                 "invalid manifest {origin}: `memory` = {} is above the host's ceiling of {} (raise it with `wasmhost serve --memory-ceiling`)",
-                bytesize::ByteSize(limits.max_memory as u64),
-                bytesize::ByteSize(limits.memory_ceiling as u64)
+                format_size(limits.max_memory as u64),
+                format_size(limits.memory_ceiling as u64)
             );
         }
         Ok(limits)
@@ -157,7 +157,7 @@ impl Limits {
 
     /// The limits as JSON for the admin API, in the manifest's own units.
     pub fn to_json(&self) -> serde_json::Value {
-        let size = |b: usize| bytesize::ByteSize(b as u64).display().iec().to_string();
+        let size = |b: usize| format_size(b as u64);
         let time = |d: Duration| humantime::format_duration(d).to_string();
         serde_json::json!({
             "memory": size(self.max_memory),
@@ -170,6 +170,18 @@ impl Limits {
             "log-bytes": size(self.log_bytes),
             "resources": self.resources,
         })
+    }
+}
+
+/// A byte count as a manifest would write it: `64 MiB`, `16 KiB` or `1000`.
+pub fn format_size(bytes: u64) -> String {
+    const KIB: u64 = 1024;
+    match bytes {
+        0 => "0".to_string(),
+        b if b % (KIB * KIB * KIB) == 0 => format!("{} GiB", b / (KIB * KIB * KIB)),
+        b if b % (KIB * KIB) == 0 => format!("{} MiB", b / (KIB * KIB)),
+        b if b % KIB == 0 => format!("{} KiB", b / KIB),
+        b => b.to_string(),
     }
 }
 

@@ -69,7 +69,7 @@ pub enum Failure {
     #[error("the service is at its concurrency limit of {0} requests")]
     Saturated(u32),
     /// The guest's memory growth was refused and it could not go on.
-    #[error("the service ran out of memory (limit {})", bytesize::ByteSize(*.0 as u64).display().iec())]
+    #[error("the service ran out of memory (limit {})", crate::config::format_size(*.0 as u64))]
     OutOfMemory(usize),
     /// The guest recursed past its stack.
     #[error("the service exhausted its call stack")]
@@ -77,6 +77,9 @@ pub enum Failure {
     /// The response body was larger than the limit.
     #[error("the service returned a body over its {}-byte limit", .0)]
     ResponseTooLarge(usize),
+    /// The guest held more resources (handles, streams…) than its limit.
+    #[error("the service opened more than {0} resources at once")]
+    TooManyResources(u32),
     /// A `services.call` chain went past the depth limit (a loop).
     #[error("service call loop: the chain went deeper than {0} calls")]
     CallLoop(u32),
@@ -100,6 +103,7 @@ impl DispatchError {
                 | Failure::OutOfMemory(_)
                 | Failure::StackOverflow
                 | Failure::ResponseTooLarge(_)
+                | Failure::TooManyResources(_)
                 | Failure::Malformed(_)
                 | Failure::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
@@ -119,6 +123,7 @@ impl Failure {
             Failure::StackOverflow => "stack",
             Failure::ResponseTooLarge(_) => "response-body",
             Failure::CallLoop(_) => "call-depth",
+            Failure::TooManyResources(_) => "resources",
             Failure::Trap(_) | Failure::Malformed(_) | Failure::Internal(_) => return None,
         })
     }
@@ -132,6 +137,7 @@ impl Failure {
                 | Failure::Timeout(_)
                 | Failure::OutOfMemory(_)
                 | Failure::StackOverflow
+                | Failure::TooManyResources(_)
                 | Failure::CallLoop(_)
         )
     }
@@ -325,14 +331,14 @@ impl Dispatcher {
                     {
                         Failure::Capacity
                     } else {
-                        classify(e, limits.cpu_time)
+                        classify(e, limits)
                     }
                 })?;
             instance
                 .wasmhost_plugin_handler()
                 .call_handle(&mut store, &req)
                 .await
-                .map_err(|e| classify(e, limits.cpu_time))
+                .map_err(|e| classify(e, limits))
         };
         let outcome = tokio::time::timeout(limits.timeout, call).await;
         let memory_exhausted = store.data().limiter.memory_exhausted;
@@ -386,15 +392,18 @@ fn claim(
 }
 
 /// Sorts a wasmtime error into a [`Failure`].
-fn classify(e: wasmtime::Error, cpu_time: Duration) -> Failure {
+fn classify(e: wasmtime::Error, limits: &Limits) -> Failure {
     if e.downcast_ref::<CpuBudgetSpent>().is_some() {
-        return Failure::CpuTime(cpu_time);
+        return Failure::CpuTime(limits.cpu_time);
     }
     if let Some(looped) = e.downcast_ref::<crate::capabilities::services::CallLoop>() {
         return Failure::CallLoop(looped.max);
     }
+    if let Some(wasmtime::component::ResourceTableError::Full) = e.downcast_ref() {
+        return Failure::TooManyResources(limits.resources);
+    }
     match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => Failure::CpuTime(cpu_time),
+        Some(Trap::Interrupt) => Failure::CpuTime(limits.cpu_time),
         Some(Trap::StackOverflow) => Failure::StackOverflow,
         Some(trap) => Failure::Trap(trap.to_string()),
         None => Failure::Internal(

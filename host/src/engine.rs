@@ -71,6 +71,21 @@ pub fn build(limits: &Limits, cache_dir: &Path) -> Result<Engine> {
         .context("failed to create the wasmtime engine")
 }
 
+/// Bounds the threads that compile components to all cores but one, so a
+/// large or hostile component never takes every core from the request path.
+/// (wasmtime's parallel compilation runs on rayon's global pool.)
+pub fn limit_compile_threads() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = cores.saturating_sub(1).max(1);
+    let built = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("wasmhost-compile-{i}"))
+        .build_global();
+    if built.is_ok() {
+        tracing::debug!(threads, "compile pool sized");
+    }
+}
+
 /// Starts the thread that advances the engine's epoch every [`TICK`]; it ends
 /// when the engine is dropped.
 pub fn start_epoch_ticker(engine: &Engine) -> Result<()> {

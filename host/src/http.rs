@@ -11,20 +11,34 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Header naming the service that answered.
 pub const SERVICE_HEADER: &str = "x-wasmhost-service";
 /// Header naming the version that answered.
 pub const VERSION_HEADER: &str = "x-wasmhost-version";
 
-/// The axum app serving plugin traffic.
-pub fn app(dispatcher: Arc<Dispatcher>) -> axum::Router {
-    axum::Router::new().fallback(handle).with_state(dispatcher)
+/// The axum app serving plugin traffic; a request body must arrive within
+/// `body_timeout`.
+pub fn app(dispatcher: Arc<Dispatcher>, body_timeout: Duration) -> axum::Router {
+    axum::Router::new().fallback(handle).with_state(Front {
+        dispatcher,
+        body_timeout,
+    })
+}
+
+/// The state of the HTTP front.
+#[derive(Clone)]
+struct Front {
+    dispatcher: Arc<Dispatcher>,
+    body_timeout: Duration,
 }
 
 async fn handle(
-    State(dispatcher): State<Arc<Dispatcher>>,
+    State(Front {
+        dispatcher,
+        body_timeout,
+    }): State<Front>,
     req: axum::extract::Request,
 ) -> axum::response::Response {
     let started = Instant::now();
@@ -59,7 +73,7 @@ async fn handle(
     // The body is read with a bound on its size and on the time it takes,
     // so neither a huge chunked body nor a slow client holds the slot.
     let read = axum::body::to_bytes(Body::new(body), limit);
-    let body = match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+    let body = match tokio::time::timeout(body_timeout, read).await {
         Ok(Ok(b)) => b,
         Ok(Err(e)) => {
             let over_limit = std::error::Error::source(&e)
@@ -76,7 +90,7 @@ async fn handle(
         Err(_) => {
             return error_response(
                 StatusCode::REQUEST_TIMEOUT,
-                &format!("the request body did not arrive within {BODY_READ_TIMEOUT:?}"),
+                &format!("the request body did not arrive within {body_timeout:?}"),
                 origin,
             )
         }
@@ -100,9 +114,6 @@ async fn handle(
         Err(e) => failure_response(&e, &method, &path),
     }
 }
-
-/// How long a client may take to send a request body.
-pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The JSON error for a request that got no response from a service; a
 /// limit that was hit is named, and a full service says when to retry.

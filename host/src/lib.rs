@@ -103,6 +103,7 @@ pub async fn run(
         .local_addr()
         .context("failed to read the admin listening address")?;
     let token = admin::token(&state_dir)?;
+    engine::limit_compile_threads();
     let engine = engine::build(&config.limits, &state_dir.join("cache"))?;
     engine::start_epoch_ticker(&engine)?;
 
@@ -136,7 +137,7 @@ pub async fn run(
 
     server::serve(
         listener,
-        http::app(dispatcher),
+        http::app(dispatcher, config.http.body_timeout),
         config.http.clone(),
         shutdown,
         DRAIN_TIMEOUT,

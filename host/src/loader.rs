@@ -27,6 +27,9 @@ use wasmtime::Engine;
 /// Largest component accepted, in bytes.
 pub const MAX_COMPONENT_SIZE: u64 = 64 * 1024 * 1024;
 
+/// Longest a component may take to compile.
+pub const COMPILE_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// The WebAssembly magic number.
 const MAGIC: &[u8; 4] = b"\0asm";
 /// Version and layer of a core module (`01 00 00 00`).
@@ -229,10 +232,31 @@ impl Loader {
     }
 
     /// Compiles component bytes and checks them against the world.
+    ///
+    /// Compilation runs on its own thread and is given up after
+    /// [`COMPILE_TIMEOUT`] (a compile bomb is refused; its thread finishes
+    /// in the background on the compile pool, see [`crate::engine`]).
     pub fn compile(&self, bytes: &[u8]) -> Result<ServicePre<HostState>> {
         check_header(bytes)?;
-        let component = Component::from_binary(&self.engine, bytes)
-            .map_err(|e| anyhow::anyhow!("invalid component: {}", first_line(&format!("{e:#}"))))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (engine, owned) = (self.engine.clone(), bytes.to_vec());
+        std::thread::Builder::new()
+            .name("wasmhost-compile".into())
+            .spawn(move || {
+                let _ = tx.send(Component::from_binary(&engine, &owned));
+            })
+            .context("cannot start a compile thread")?;
+        let component = match rx.recv_timeout(COMPILE_TIMEOUT) {
+            Ok(compiled) => compiled.map_err(|e| {
+                anyhow::anyhow!("invalid component: {}", first_line(&format!("{e:#}")))
+            })?,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                bail!("compilation took longer than {COMPILE_TIMEOUT:?}; the component is refused")
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                bail!("the compiler stopped without a result")
+            }
+        };
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             anyhow::anyhow!(
                 "component does not fit the wasmhost:plugin/service world: {}",

@@ -62,6 +62,9 @@ enum Command {
         /// idle keep-alive connection stays open.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         header_timeout: std::time::Duration,
+        /// Time a client has to send a request body (over → 408).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        body_timeout: std::time::Duration,
     },
     /// Show every service: versions, weights, live metrics, load errors.
     Status {
@@ -152,6 +155,7 @@ async fn real_main() -> Result<()> {
             memory_ceiling,
             max_connections,
             header_timeout,
+            body_timeout,
         } => {
             let mut config = wasmhost::ServeConfig {
                 plugins_dir: plugins,
@@ -165,6 +169,7 @@ async fn real_main() -> Result<()> {
                 usize::try_from(memory_ceiling.as_u64()).unwrap_or(usize::MAX);
             config.http.max_connections = max_connections;
             config.http.header_timeout = header_timeout;
+            config.http.body_timeout = body_timeout;
             wasmhost::run(config, wasmhost::shutdown::signal()).await
         }
         Command::Status { admin } => admin.client()?.status().await,

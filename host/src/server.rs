@@ -30,6 +30,8 @@ pub struct HttpLimits {
     /// the previous response on a keep-alive connection (so it is also the
     /// idle timeout).
     pub header_timeout: Duration,
+    /// Time a client has to send a request body (over → 408).
+    pub body_timeout: Duration,
 }
 
 impl Default for HttpLimits {
@@ -39,6 +41,7 @@ impl Default for HttpLimits {
             max_headers: 100,
             max_header_bytes: 16 * 1024,
             header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
         }
     }
 }
