@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
-use wasmhost_test_support::{state_dir, Host, Plugins, PROBE, USER, WRONG_WORLD};
+use wasmhost_test_support::{state_dir, Host, Plugins, Traffic, PROBE, USER, WRONG_WORLD};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wasmhost");
 const WAIT: Duration = Duration::from_secs(5);
@@ -123,4 +123,104 @@ fn an_empty_directory_starts_and_says_so() {
     let host = Host::start(BIN, plugins.path(), state.path());
     host.wait_for_log(&["no services loaded"], WAIT);
     host.get("/users").expect_status(404);
+}
+
+/// The load errors the admin API lists, as `(file, error)`.
+fn load_errors(host: &Host) -> Vec<(String, String)> {
+    let all = host
+        .admin("GET", "/admin/services", None, None)
+        .expect_status(200)
+        .json();
+    all["load_errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["file"].as_str().unwrap().to_string(),
+                e["error"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn hazards_dropped_into_a_running_host_are_refused_and_the_live_version_serves() {
+    let plugins = Plugins::examples();
+    let state = state_dir();
+    let host = Host::start(BIN, plugins.path(), state.path());
+    host.post_json(
+        "/users",
+        serde_json::json!({"name": "Ada", "email": "ada@example.com"}),
+    )
+    .expect_status(201);
+    let traffic = Traffic::start(host.url("/users/1"), 2);
+
+    // Each hazard arrives as a *newer* version of user, which would take all
+    // traffic if it loaded.
+    let user = std::fs::read(USER).unwrap();
+    let outside = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(outside.path(), &user).unwrap();
+    plugins
+        .write("user@2.0.0.wasm", b"")
+        .write("user@2.1.0.wasm", &user[..user.len() - 100])
+        .write(
+            "user@2.2.0.wasm",
+            (0..4096).map(|i| (i * 7 % 251) as u8).collect::<Vec<_>>(),
+        )
+        .write("user@2.3.0.wasm", b"\0asm\x01\0\0\0\x01\x04\x01\x60\0\0")
+        .write(
+            "user@2.5.0.wasm",
+            b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0wasmtime-aot",
+        );
+    plugins.add(WRONG_WORLD, "user@2.4.0.wasm");
+    // Above the 64 MiB cap (sparse: refused before it is read).
+    let big = std::fs::File::create(plugins.path().join("user@2.6.0.wasm")).unwrap();
+    big.set_len(65 * 1024 * 1024).unwrap();
+    drop(big);
+    std::os::unix::fs::symlink(outside.path(), plugins.path().join("user@2.7.0.wasm")).unwrap();
+    std::fs::create_dir(plugins.path().join("user@2.8.0.wasm")).unwrap();
+    let fifo = plugins.path().join("user@2.9.0.wasm");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo failed");
+
+    let expected = [
+        ("user@2.0.0.wasm", "file is empty"),
+        ("user@2.1.0.wasm", "invalid component"),
+        ("user@2.2.0.wasm", "not a WebAssembly file"),
+        ("user@2.3.0.wasm", "core WebAssembly module"),
+        ("user@2.4.0.wasm", "wasmhost:plugin/handler@0.1.0"),
+        ("user@2.5.0.wasm", "not a WebAssembly file"),
+        ("user@2.6.0.wasm", "over the 67108864-byte limit"),
+        (
+            "user@2.7.0.wasm",
+            "symlink leads outside the plugins directory",
+        ),
+        ("user@2.8.0.wasm", "not a regular file"),
+        ("user@2.9.0.wasm", "not a regular file"),
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let errors = load_errors(&host);
+        let missing: Vec<_> = expected
+            .iter()
+            .filter(|(file, why)| !errors.iter().any(|(f, e)| f == file && e.contains(why)))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not refused as expected: {missing:?}\nerrors: {errors:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = host.get("/users/1");
+    r.expect_status(200);
+    assert_eq!(r.header("x-wasmhost-version"), Some("1.0.0"));
+    traffic.finish();
+    host.wait_for_log(&["user@2.7.0.wasm", "symlink leads outside"], WAIT);
 }
