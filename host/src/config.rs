@@ -529,4 +529,70 @@ mod tests {
         let m = Manifest::parse("routes = [\"/\"]", "t").unwrap();
         assert_eq!(m.routes_for("x"), vec!["/"]);
     }
+
+    mod fuzz {
+        //! `PROPTEST_CASES=100000 cargo test -p wasmhost --lib fuzz` for a longer run.
+        use super::*;
+        use proptest::prelude::*;
+
+        fn toml_value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "-?[0-9]{1,12}".prop_map(|s| s),
+                "\"[ -~]{0,16}\"".prop_map(|s| s),
+                "\\[(\"/[a-z]{0,5}\", ?){0,3}\\]".prop_map(|s| s),
+                Just("true".to_string()),
+                Just("{ a = 1 }".to_string()),
+            ]
+        }
+
+        fn key() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("routes"),
+                Just("weights"),
+                Just("sticky"),
+                Just("rollout"),
+                Just("steps"),
+                Just("step-interval-secs"),
+                Just("max-error-rate"),
+                Just("min-requests"),
+                Just("limits.memory"),
+                Just("limits.cpu-time"),
+                Just("limits.timeout"),
+                Just("limits.concurrency"),
+                Just("limits.request-body"),
+                Just("limits.resources"),
+                Just("grants.services"),
+                Just("grants.http"),
+                Just("grants.env"),
+                Just("grants.dir"),
+                Just("config.x"),
+                Just("unknown"),
+            ]
+            .prop_map(str::to_string)
+        }
+
+        proptest! {
+            #[test]
+            fn any_text_parses_or_is_refused(text in ".{0,200}") {
+                let _ = Manifest::parse(&text, "fuzz.toml");
+            }
+
+            #[test]
+            fn manifest_shaped_text_parses_or_is_refused(
+                entries in proptest::collection::vec((key(), toml_value()), 0..6)
+            ) {
+                let text: String = entries.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+                if let Ok(m) = Manifest::parse(&text, "fuzz.toml") {
+                    // Whatever parses yields valid limits or a clear error.
+                    let _ = Limits::default().with_overrides(&m.limits, "fuzz.toml");
+                    prop_assert!(m.steps.last() == Some(&100));
+                }
+            }
+
+            #[test]
+            fn host_patterns_parse_or_are_refused(entry in ".{0,40}") {
+                let _ = crate::capabilities::outbound::HostPattern::parse(&entry);
+            }
+        }
+    }
 }

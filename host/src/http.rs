@@ -43,16 +43,7 @@ async fn handle(
 ) -> axum::response::Response {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
-    let headers: Vec<(String, String)> = parts
-        .headers
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
+    let headers = wit_headers(&parts.headers);
     let path = parts.uri.path().to_string();
     let method = parts.method;
     // Route first: the body limit is the chosen service's own.
@@ -157,8 +148,22 @@ fn failure_response(
     }
 }
 
+/// HTTP headers as the contract's list of pairs: names lowercase, values
+/// that are not UTF-8 decoded lossily, repeated headers kept in order.
+pub fn wit_headers(headers: &axum::http::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
 /// Builds the HTTP response from a validated guest response.
-fn to_http(resp: Response, service: &str, version: &str) -> axum::response::Response {
+pub fn to_http(resp: Response, service: &str, version: &str) -> axum::response::Response {
     let mut out = axum::response::Response::new(Body::from(resp.body));
     *out.status_mut() =
         StatusCode::from_u16(resp.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -214,4 +219,56 @@ pub fn error_response(
         tag(out.headers_mut(), service, version);
     }
     out
+}
+
+#[cfg(test)]
+mod fuzz {
+    //! Property tests of the translation between HTTP and the contract's
+    //! records. `PROPTEST_CASES=100000 cargo test -p wasmhost --lib fuzz`
+    //! runs a longer campaign.
+    use super::*;
+    use crate::dispatch::validate;
+    use proptest::prelude::*;
+
+    fn header_name() -> impl Strategy<Value = String> {
+        prop_oneof!["[a-z][a-z0-9-]{0,20}", ".{0,12}"]
+    }
+
+    proptest! {
+        #[test]
+        fn any_guest_response_is_refused_or_sent_faithfully(
+            status in any::<u16>(),
+            headers in proptest::collection::vec((header_name(), ".{0,40}"), 0..8),
+            body in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let resp = Response { status, headers: headers.clone(), body: body.clone() };
+            if validate(&resp).is_ok() {
+                let out = to_http(resp, "svc", "1.0.0");
+                prop_assert_eq!(out.status().as_u16(), status);
+                for (name, value) in &headers {
+                    let sent: Vec<_> = out.headers().get_all(name.as_str()).iter().collect();
+                    prop_assert!(sent.iter().any(|v| v.as_bytes() == value.as_bytes()), "{name} lost");
+                }
+                prop_assert_eq!(out.headers().get(VERSION_HEADER).unwrap(), "1.0.0");
+            }
+        }
+
+        #[test]
+        fn any_request_head_reaches_the_guest_in_order(
+            pairs in proptest::collection::vec(("[a-z][a-z0-9-]{0,16}", proptest::collection::vec(32u8..255, 0..24)), 0..10),
+        ) {
+            let mut map = axum::http::HeaderMap::new();
+            for (name, value) in &pairs {
+                if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(value)) {
+                    map.append(n, v);
+                }
+            }
+            let wit = wit_headers(&map);
+            prop_assert_eq!(wit.len(), map.len());
+            for (name, value) in &wit {
+                let original: Vec<_> = map.get_all(name.as_str()).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect();
+                prop_assert!(original.contains(value));
+            }
+        }
+    }
 }

@@ -117,4 +117,24 @@ mod tests {
             assert!(PluginName::parse(bad).is_err(), "{bad} should be refused");
         }
     }
+
+    mod fuzz {
+        //! `PROPTEST_CASES=100000 cargo test -p wasmhost --lib fuzz` for a longer run.
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn any_file_name_parses_or_is_refused(name in ".{0,80}") {
+                let _ = PluginName::parse(&name);
+            }
+
+            #[test]
+            fn valid_names_round_trip(service in "[a-z][a-z0-9-]{0,30}", version in "[A-Za-z0-9._+-]{1,30}") {
+                let parsed = PluginName::parse(&format!("{service}@{version}.wasm")).unwrap();
+                prop_assert_eq!(parsed.service, service);
+                prop_assert_eq!(parsed.version, Some(version));
+            }
+        }
+    }
 }
