@@ -10,7 +10,7 @@ GUEST_OUT    := $(GUEST_TARGET)/wasm32-wasip2/release
 SERVICES     := user order
 crate_version = $(shell sed -n 's/^version = "\(.*\)"/\1/p' $(PLUGIN_DIR)/$(1)/Cargo.toml | head -n1)
 
-.PHONY: help run test plugins host setup lint fmt component-check clean
+.PHONY: help run test plugins host setup lint fmt component-check fuzz clean
 
 help:
 	@echo "make run              build the example plugins and the host, serve on http://$(LISTEN)"
@@ -18,6 +18,7 @@ help:
 	@echo "make plugins          build the example services into $(PLUGIN_DIR)/NAME@VERSION.wasm"
 	@echo "make lint             rustfmt and clippy (host and guests), warnings are errors"
 	@echo "make component-check  build the example plugins with cargo-component too"
+	@echo "make fuzz             a long property-test run (CI runs a short one in make test)"
 
 ## Install what a fresh machine lacks.
 setup:
@@ -66,6 +67,10 @@ component-check: setup
 	cd $(PLUGIN_DIR) && for s in $(SERVICES); do \
 		(cd $$s && CARGO_TARGET_DIR=$(GUEST_TARGET)/component $(CARGO) component build --release) || exit 1; \
 	done
+
+## A longer run of the property tests than the one `make test` does.
+fuzz:
+	PROPTEST_CASES=$${PROPTEST_CASES:-100000} $(CARGO) test -p wasmhost --lib fuzz
 
 clean:
 	$(CARGO) clean

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Runs 10,000 hostile requests (runaway loops, memory and stack bombs, huge
+# responses, call loops, handle floods, sandbox escapes) against the release
+# binary while measuring the host's resident memory before and after, and the
+# CPU-deadline overshoot of a runaway loop (wall time of a request whose guest
+# spins forever, minus its CPU budget).
+#   make host && bench/hostile-soak.sh [REQUESTS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=target/release/wasmhost
+N=${1:-10000}
+HOSTILE=target/plugins/wasm32-wasip2/release/hostile.wasm
+[ -x "$BIN" ] || { echo "run \`make host\` first" >&2; exit 1; }
+if [ ! -f "$HOSTILE" ]; then
+  (cd plugins && CARGO_TARGET_DIR=../target/plugins cargo build --release --target wasm32-wasip2 -p hostile -p user)
+fi
+WORK=$(mktemp -d); trap 'kill $PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
+mkdir -p "$WORK/plugins"
+cp target/plugins/wasm32-wasip2/release/user.wasm "$WORK/plugins/user@1.0.0.wasm"
+cp plugins/user.toml "$WORK/plugins/"
+cp "$HOSTILE" "$WORK/plugins/hostile@0.1.0.wasm"
+cp "$HOSTILE" "$WORK/plugins/spinner@0.1.0.wasm"
+printf '[limits]\ncpu-time = "20ms"\n\n[grants]\nservices = ["hostile"]\nhttp = ["*"]\n' > "$WORK/plugins/hostile.toml"
+printf '[limits]\ncpu-time = "250ms"\n' > "$WORK/plugins/spinner.toml"
+PORT=18282
+"$BIN" serve --plugins "$WORK/plugins" --state "$WORK/state" --listen 127.0.0.1:$PORT --admin-listen 127.0.0.1:0 2>"$WORK/log" &
+PID=$!
+until curl -sf -o /dev/null "http://127.0.0.1:$PORT/users"; do sleep 0.05; done
+rss() { awk '/VmRSS/ {print $2}' /proc/$PID/status; }
+URL=http://127.0.0.1:$PORT
+
+# Overshoot: 20 runaway loops with a 250 ms CPU budget, one at a time.
+for i in $(seq 20); do
+  curl -s -o /dev/null -w '%{time_total}\n' "$URL/spinner/spin"
+done | sort -n | awk '{ a[NR] = ($1 - 0.25) * 1000 } END {
+  printf "CPU deadline overshoot of a runaway loop (250 ms budget, 20 runs): min %.1f ms, median %.1f ms, max %.1f ms\n", a[1], a[int((NR+1)/2)], a[NR] }'
+
+# Warm up with good and hostile traffic so the pools and caches are sized.
+for i in $(seq 200); do curl -s -o /dev/null "$URL/users"; curl -s -o /dev/null "$URL/hostile/panic"; done
+before=$(rss)
+ATTACKS=(spin spin-host memory recursion panic "huge?mib=16" call-loop handles file env "http?url=http://169.254.169.254/")
+start=$(date +%s%N)
+for i in $(seq "$N"); do echo "$URL/hostile/${ATTACKS[$((i % ${#ATTACKS[@]}))]}"; done \
+  | xargs -P 4 -n 50 curl -s -o /dev/null -w '%{http_code}\n' > "$WORK/codes"
+secs=$(( ($(date +%s%N) - start) / 1000000 ))
+after=$(rss); sleep 2; settled=$(rss)
+good=$(curl -s -o /dev/null -w '%{http_code}' "$URL/users")
+echo "hostile requests: $N in ${secs} ms; statuses: $(sort "$WORK/codes" | uniq -c | awk '{printf "%s×%s ", $1, $2}')"
+echo "host RSS: before ${before} KiB, right after ${after} KiB, 2 s later ${settled} KiB"
+echo "a good request afterwards: $good"
