@@ -58,6 +58,8 @@ pub struct ServeConfig {
     pub limits: Limits,
     /// Limits of the plugin-traffic listener.
     pub http: crate::server::HttpLimits,
+    /// Load symlinks that lead outside the plugins directory.
+    pub follow_symlinks: bool,
 }
 
 impl Default for ServeConfig {
@@ -73,6 +75,7 @@ impl Default for ServeConfig {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             limits: Limits::default(),
             http: crate::server::HttpLimits::default(),
+            follow_symlinks: false,
         }
     }
 }

@@ -125,16 +125,8 @@ fn failure_response(
                 Failure::Internal(_) => "the service could not be run".to_string(),
                 other => other.to_string(),
             };
-            let mut out = error_response(status, &message, Some((service, version)));
-            if let Some(limit) = failure.limit() {
-                let body = serde_json::json!({
-                    "error": message,
-                    "service": &**service,
-                    "version": &**version,
-                    "limit": limit,
-                });
-                *out.body_mut() = Body::from(body.to_string());
-            }
+            let mut out =
+                limit_response(status, &message, Some((service, version)), failure.limit());
             if status == StatusCode::SERVICE_UNAVAILABLE {
                 out.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -191,10 +183,11 @@ fn tag(headers: &mut axum::http::HeaderMap, service: &str, version: &str) {
 }
 
 fn too_large(limit: usize, origin: Option<(&str, &str)>) -> axum::response::Response {
-    error_response(
+    limit_response(
         StatusCode::PAYLOAD_TOO_LARGE,
         &format!("request body is larger than the {limit}-byte limit"),
         origin,
+        Some("request-body"),
     )
 }
 
@@ -204,10 +197,24 @@ pub fn error_response(
     message: &str,
     origin: Option<(&str, &str)>,
 ) -> axum::response::Response {
+    limit_response(status, message, origin, None)
+}
+
+/// A JSON error that also names the limit that was hit:
+/// `{"error": …, "service": …, "version": …, "limit": "cpu-time"}`.
+fn limit_response(
+    status: StatusCode,
+    message: &str,
+    origin: Option<(&str, &str)>,
+    limit: Option<&str>,
+) -> axum::response::Response {
     let mut body = serde_json::json!({ "error": message });
     if let Some((service, version)) = origin {
         body["service"] = service.into();
         body["version"] = version.into();
+    }
+    if let Some(limit) = limit {
+        body["limit"] = limit.into();
     }
     let mut out = axum::response::Response::new(Body::from(body.to_string()));
     *out.status_mut() = status;

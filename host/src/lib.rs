@@ -107,7 +107,10 @@ pub async fn run(
     let engine = engine::build(&config.limits, &state_dir.join("cache"))?;
     engine::start_epoch_ticker(&engine)?;
 
-    let loader = Arc::new(loader::Loader::new(engine.clone(), config.limits.clone())?);
+    let loader = Arc::new(
+        loader::Loader::new(engine.clone(), config.limits.clone())?
+            .follow_outside_symlinks(config.follow_symlinks),
+    );
     let release = rollout::ReleaseState::load(&state_dir)?;
     let registry = initial_scan(&loader, &config.plugins_dir, &release).await?;
     status::log_registry(&registry, &config.plugins_dir);

@@ -63,6 +63,7 @@ pub struct Loader {
     engine: Engine,
     linker: Linker<HostState>,
     defaults: Limits,
+    outside_symlinks: bool,
 }
 
 impl Loader {
@@ -74,7 +75,16 @@ impl Loader {
             engine,
             linker,
             defaults,
+            outside_symlinks: false,
         })
+    }
+
+    /// Also loads symlinks whose target is outside the plugins directory
+    /// (refused by default: whoever can write the directory would otherwise
+    /// make the host read any file it can).
+    pub fn follow_outside_symlinks(mut self, allow: bool) -> Self {
+        self.outside_symlinks = allow;
+        self
     }
 
     /// Loads every `*.wasm` at the top of `dir` and the manifests of their
@@ -200,7 +210,7 @@ impl Loader {
         sandbox: Arc<Sandbox>,
         last: Option<&Version>,
     ) -> Result<Arc<Version>> {
-        let bytes = read_plugin(dir, path)?;
+        let bytes = read_plugin(dir, path, self.outside_symlinks)?;
         let digest = hex::encode(Sha256::digest(&bytes));
         let version = name
             .version
@@ -274,12 +284,13 @@ impl Loader {
 
 /// Reads a plugin file, refusing what is not a regular file inside `dir`
 /// or is larger than [`MAX_COMPONENT_SIZE`].
-fn read_plugin(dir: &Path, path: &Path) -> Result<Vec<u8>> {
+/// A symlink leading outside is refused unless `outside_symlinks` is set.
+fn read_plugin(dir: &Path, path: &Path, outside_symlinks: bool) -> Result<Vec<u8>> {
     let link = std::fs::symlink_metadata(path).context("cannot read file metadata")?;
     if link.file_type().is_symlink() {
         let target = path.canonicalize().context("broken symlink")?;
-        if !target.starts_with(dir) {
-            bail!("symlink leads outside the plugins directory; copy the file in instead");
+        if !target.starts_with(dir) && !outside_symlinks {
+            bail!("symlink leads outside the plugins directory; copy the file in instead (or start the host with --follow-symlinks)");
         }
     }
     let meta = std::fs::metadata(path).context("cannot read file metadata")?;

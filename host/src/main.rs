@@ -65,6 +65,10 @@ enum Command {
         /// Time a client has to send a request body (over → 408).
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         body_timeout: std::time::Duration,
+        /// Load components that are symlinks to files outside the plugins
+        /// directory (refused by default).
+        #[arg(long)]
+        follow_symlinks: bool,
     },
     /// Show every service: versions, weights, live metrics, load errors.
     Status {
@@ -156,6 +160,7 @@ async fn real_main() -> Result<()> {
             max_connections,
             header_timeout,
             body_timeout,
+            follow_symlinks,
         } => {
             let mut config = wasmhost::ServeConfig {
                 plugins_dir: plugins,
@@ -170,6 +175,7 @@ async fn real_main() -> Result<()> {
             config.http.max_connections = max_connections;
             config.http.header_timeout = header_timeout;
             config.http.body_timeout = body_timeout;
+            config.follow_symlinks = follow_symlinks;
             wasmhost::run(config, wasmhost::shutdown::signal()).await
         }
         Command::Status { admin } => admin.client()?.status().await,

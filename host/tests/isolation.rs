@@ -199,6 +199,8 @@ fn an_oversized_body_is_refused_with_413() {
     let r = host.send("POST", "/probe/echo", big);
     r.expect_status(413);
     assert!(r.json()["error"].as_str().unwrap().contains("limit"));
+    assert_eq!(r.json()["limit"], "request-body");
+    assert_eq!(r.json()["service"], "probe");
     host.send("POST", "/probe/echo", vec![b'x'; 1024])
         .expect_status(200);
 }

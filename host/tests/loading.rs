@@ -224,3 +224,24 @@ fn hazards_dropped_into_a_running_host_are_refused_and_the_live_version_serves()
     traffic.finish();
     host.wait_for_log(&["user@2.7.0.wasm", "symlink leads outside"], WAIT);
 }
+
+#[test]
+fn a_symlink_outside_loads_only_when_the_host_is_told_to_follow_it() {
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("user.wasm");
+    std::fs::copy(USER, &target).unwrap();
+    let plugins = Plugins::new();
+    std::os::unix::fs::symlink(&target, plugins.path().join("user@1.0.0.wasm")).unwrap();
+    let state = state_dir();
+    let host = Host::start(BIN, plugins.path(), state.path());
+    // Not loaded: no service answers.
+    let r = host.get("/user/1");
+    r.expect_status(404);
+    assert_eq!(r.header("x-wasmhost-version"), None);
+    host.wait_for_log(&["user@1.0.0.wasm", "--follow-symlinks"], WAIT);
+    host.stop();
+    let host = Host::start_with(BIN, plugins.path(), state.path(), &["--follow-symlinks"]);
+    // Loaded: the user service itself answers (it has no user 1).
+    let r = host.get("/user/1");
+    assert_eq!(r.header("x-wasmhost-version"), Some("1.0.0"));
+}
