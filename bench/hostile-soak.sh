@@ -39,12 +39,16 @@ done | sort -n | awk '{ a[NR] = ($1 - 0.25) * 1000 } END {
 for i in $(seq 200); do curl -s -o /dev/null "$URL/users"; curl -s -o /dev/null "$URL/hostile/panic"; done
 before=$(rss)
 ATTACKS=(spin spin-host memory recursion panic "huge?mib=16" call-loop handles file env "http?url=http://169.254.169.254/")
-start=$(date +%s%N)
-for i in $(seq "$N"); do echo "$URL/hostile/${ATTACKS[$((i % ${#ATTACKS[@]}))]}"; done \
-  | xargs -P 4 -n 50 curl -s -o /dev/null -w '%{http_code}\n' > "$WORK/codes"
-secs=$(( ($(date +%s%N) - start) / 1000000 ))
-after=$(rss); sleep 2; settled=$(rss)
-good=$(curl -s -o /dev/null -w '%{http_code}' "$URL/users")
-echo "hostile requests: $N in ${secs} ms; statuses: $(sort "$WORK/codes" | uniq -c | awk '{printf "%s×%s ", $1, $2}')"
-echo "host RSS: before ${before} KiB, right after ${after} KiB, 2 s later ${settled} KiB"
-echo "a good request afterwards: $good"
+# Two rounds: growth in the first is the allocators settling; a leak would
+# keep growing in the second.
+for round in $(seq "${ROUNDS:-2}"); do
+  start=$(date +%s%N)
+  for i in $(seq "$N"); do echo "-o /dev/null $URL/hostile/${ATTACKS[$((i % ${#ATTACKS[@]}))]}"; done \
+    | xargs -P 4 -n 150 curl -s -w '%{http_code}\n' > "$WORK/codes"
+  secs=$(( ($(date +%s%N) - start) / 1000000 ))
+  echo "round $round: $N hostile requests in ${secs} ms; statuses: $(sort "$WORK/codes" | uniq -c | awk '{printf "%s×%s ", $1, $2}')"
+  echo "  host RSS after round $round: $(rss) KiB"
+done
+sleep 2
+echo "host RSS: before ${before} KiB, 2 s after the last round $(rss) KiB"
+echo "a good request afterwards: $(curl -s -o /dev/null -w '%{http_code}' "$URL/users")"
