@@ -16,6 +16,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Latency differences up to this many milliseconds are noise, whatever
+/// their ratio.
+pub const LATENCY_NOISE_MS: f64 = 5.0;
+
 /// How often the analyst looks at running canaries.
 pub const TICK: Duration = Duration::from_millis(250);
 
@@ -251,8 +255,12 @@ fn judge(
         cand.percentile_since(cand0, 0.99),
         stable.percentile_since(stable0, 0.99),
     );
-    // Below a millisecond, bucket noise says nothing.
-    if s_req >= m.min_requests && c_p99 > 1.0 && c_p99 > s_p99 * m.max_p99_ratio {
+    // A few milliseconds apart, one slow request (a cold first instance, a
+    // busy machine) says nothing: only a real slowdown rolls back.
+    if s_req >= m.min_requests
+        && c_p99 > s_p99 * m.max_p99_ratio
+        && c_p99 - s_p99 > LATENCY_NOISE_MS
+    {
         return Verdict::Rollback(format!(
             "p99 latency {c_p99} ms against {s_p99} ms for the stable version (allowed: {}x)",
             m.max_p99_ratio
@@ -263,4 +271,42 @@ fn judge(
         c_rate * 100.0,
         s_rate * 100.0
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::VersionMetrics;
+
+    /// Metrics of `n` requests taking `ms` each, plus `slow` taking `slow_ms`.
+    fn served(n: u64, ms: u64, slow: u64, slow_ms: u64) -> Snapshot {
+        let m = VersionMetrics::default();
+        for _ in 0..n {
+            m.start().finish(200, false, Duration::from_millis(ms));
+        }
+        for _ in 0..slow {
+            m.start().finish(200, false, Duration::from_millis(slow_ms));
+        }
+        m.snapshot()
+    }
+
+    fn verdict(cand: &Snapshot, stable: &Snapshot) -> Verdict {
+        let m = Manifest::default();
+        let zero = VersionMetrics::default().snapshot();
+        judge(&m, cand, &zero, stable, &zero)
+    }
+
+    #[test]
+    fn a_few_slow_milliseconds_are_noise_but_a_real_slowdown_rolls_back() {
+        let stable = served(100, 0, 1, 1);
+        // p99 of 2.5 ms against 1 ms: over the ratio, but within the noise.
+        let noisy = served(95, 0, 5, 2);
+        assert!(matches!(verdict(&noisy, &stable), Verdict::Advance(_)));
+        // p99 of 50 ms against 1 ms: rolled back, with the reason.
+        let slow = served(90, 0, 10, 40);
+        match verdict(&slow, &stable) {
+            Verdict::Rollback(reason) => assert!(reason.contains("p99 latency"), "{reason}"),
+            _ => panic!("a 40x slowdown was not rolled back"),
+        }
+    }
 }
