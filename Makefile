@@ -48,7 +48,7 @@ run: plugins host
 
 test: plugins
 	@echo "==> running every test (the first build compiles wasmtime and takes several minutes)"
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --no-fail-fast
 
 fmt:
 	$(CARGO) fmt --all
