@@ -8,9 +8,19 @@ PLUGIN_DIR   := plugins
 GUEST_TARGET := $(CURDIR)/target/plugins
 GUEST_OUT    := $(GUEST_TARGET)/wasm32-wasip2/release
 SERVICES     := user order
+WIT_FILES    := $(wildcard wit/*.wit wit/deps/*/*.wit)
+# Services in other languages: their tools are pinned and installed into the
+# repository (.tools/py, plugins/catalog-js/node_modules), never globally.
+COMPONENTIZE_PY_VERSION := 0.25.0
+PY_TOOLS        := $(CURDIR)/.tools/py
+COMPONENTIZE_PY := $(PY_TOOLS)/bin/componentize-py
+POLY_OUT        := $(GUEST_TARGET)/polyglot
+JS_DEPS         := plugins/catalog-js/node_modules/.package-lock.json
+INVENTORY_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' plugins/inventory/pyproject.toml)
+CATALOG_VERSION   := $(shell sed -n 's/^  "version": "\(.*\)",/\1/p' plugins/catalog-js/package.json)
 crate_version = $(shell sed -n 's/^version = "\(.*\)"/\1/p' $(PLUGIN_DIR)/$(1)/Cargo.toml | head -n1)
 
-.PHONY: help run test plugins host setup lint fmt component-check fuzz clean
+.PHONY: help run test plugins polyglot host setup lint fmt component-check fuzz clean
 
 help:
 	@echo "make run              build the example plugins and the host, serve on http://$(LISTEN)"
@@ -25,8 +35,37 @@ setup:
 	@rustup target list --installed | grep -qx wasm32-wasip2 || { \
 		echo "==> installing the wasm32-wasip2 Rust target"; rustup target add wasm32-wasip2; }
 
+## componentize-py, pinned, in a virtualenv of the repository's own.
+$(COMPONENTIZE_PY):
+	@command -v python3 >/dev/null || { echo "error: python3 is missing; install Python 3.10+ with venv (e.g. apt install python3 python3-venv)" >&2; exit 1; }
+	@echo "==> installing componentize-py $(COMPONENTIZE_PY_VERSION) into .tools/py"
+	python3 -m venv $(PY_TOOLS)
+	$(PY_TOOLS)/bin/pip install --quiet --disable-pip-version-check componentize-py==$(COMPONENTIZE_PY_VERSION)
+
+## componentize-js, pinned by package-lock.json, in plugins/catalog-js/node_modules.
+$(JS_DEPS): plugins/catalog-js/package.json plugins/catalog-js/package-lock.json
+	@command -v npm >/dev/null || { echo "error: node and npm are missing; install Node.js 18+ (e.g. apt install nodejs npm)" >&2; exit 1; }
+	@echo "==> installing componentize-js (npm ci in plugins/catalog-js)"
+	cd plugins/catalog-js && npm ci --silent --no-audit --no-fund
+
+$(POLY_OUT)/inventory.wasm: plugins/inventory/app.py $(WIT_FILES) | $(COMPONENTIZE_PY)
+	@echo "==> building inventory (Python, componentize-py)"
+	@mkdir -p $(POLY_OUT)
+	cd plugins/inventory && $(COMPONENTIZE_PY) -q -d ../../wit -w service componentize app -o $@
+
+$(POLY_OUT)/catalog.wasm: plugins/catalog-js/catalog.js plugins/catalog-js/build.mjs $(WIT_FILES) $(JS_DEPS)
+	@echo "==> building catalog (JavaScript, componentize-js)"
+	@mkdir -p $(POLY_OUT)
+	node plugins/catalog-js/build.mjs $@
+
+## The services in other languages.
+polyglot: $(POLY_OUT)/inventory.wasm $(POLY_OUT)/catalog.wasm
+	@cp $(POLY_OUT)/inventory.wasm $(PLUGIN_DIR)/.inventory.wasm.tmp && mv $(PLUGIN_DIR)/.inventory.wasm.tmp $(PLUGIN_DIR)/inventory@$(INVENTORY_VERSION).wasm
+	@cp $(POLY_OUT)/catalog.wasm $(PLUGIN_DIR)/.catalog.wasm.tmp && mv $(PLUGIN_DIR)/.catalog.wasm.tmp $(PLUGIN_DIR)/catalog@$(CATALOG_VERSION).wasm
+	@echo "    $(PLUGIN_DIR)/inventory@$(INVENTORY_VERSION).wasm (Python), $(PLUGIN_DIR)/catalog@$(CATALOG_VERSION).wasm (JavaScript)"
+
 ## Build the example services and drop them into plugins/ (copy, then rename: never half-written).
-plugins: setup
+plugins: setup polyglot
 	@echo "==> building the example services ($(SERVICES)) for wasm32-wasip2"
 	cd $(PLUGIN_DIR) && CARGO_TARGET_DIR=$(GUEST_TARGET) $(CARGO) build --release --target wasm32-wasip2 $(addprefix -p ,$(SERVICES))
 	@for s in $(SERVICES); do \
@@ -75,3 +114,4 @@ fuzz:
 clean:
 	$(CARGO) clean
 	rm -f $(PLUGIN_DIR)/*.wasm
+	rm -rf .tools plugins/catalog-js/node_modules

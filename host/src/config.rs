@@ -60,6 +60,8 @@ pub struct ServeConfig {
     pub http: crate::server::HttpLimits,
     /// Load symlinks that lead outside the plugins directory.
     pub follow_symlinks: bool,
+    /// Where compiled artifacts are cached; default `STATE/cache`.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for ServeConfig {
@@ -76,6 +78,7 @@ impl Default for ServeConfig {
             limits: Limits::default(),
             http: crate::server::HttpLimits::default(),
             follow_symlinks: false,
+            cache_dir: None,
         }
     }
 }

@@ -104,7 +104,16 @@ pub async fn run(
         .context("failed to read the admin listening address")?;
     let token = admin::token(&state_dir)?;
     engine::limit_compile_threads();
-    let engine = engine::build(&config.limits, &state_dir.join("cache"))?;
+    let cache_dir = match &config.cache_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("failed to create cache directory {}", dir.display()))?;
+            dir.canonicalize()
+                .with_context(|| format!("failed to resolve cache directory {}", dir.display()))?
+        }
+        None => state_dir.join("cache"),
+    };
+    let engine = engine::build(&config.limits, &cache_dir)?;
     engine::start_epoch_ticker(&engine)?;
 
     let loader = Arc::new(

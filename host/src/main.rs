@@ -65,6 +65,10 @@ enum Command {
         /// Time a client has to send a request body (over → 408).
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         body_timeout: std::time::Duration,
+        /// Where compiled artifacts are cached (default: STATE/cache). Several
+        /// hosts may share one.
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
         /// Load components that are symlinks to files outside the plugins
         /// directory (refused by default).
         #[arg(long)]
@@ -161,6 +165,7 @@ async fn real_main() -> Result<()> {
             header_timeout,
             body_timeout,
             follow_symlinks,
+            cache_dir,
         } => {
             let mut config = wasmhost::ServeConfig {
                 plugins_dir: plugins,
@@ -176,6 +181,7 @@ async fn real_main() -> Result<()> {
             config.http.header_timeout = header_timeout;
             config.http.body_timeout = body_timeout;
             config.follow_symlinks = follow_symlinks;
+            config.cache_dir = cache_dir;
             wasmhost::run(config, wasmhost::shutdown::signal()).await
         }
         Command::Status { admin } => admin.client()?.status().await,

@@ -57,6 +57,31 @@ fn main() {
         "/// The `user` component built with feature `v2` (version 1.1.0).\npub const USER_V2: &str = {:?};\n",
         wasm_dir(&v2_dir).join("user.wasm").display().to_string()
     ));
+    // The Python and JavaScript services need their own tools; `make plugins`
+    // (which `make test` runs first) builds them here.
+    let polyglot = target_dir.join("polyglot");
+    for (file, constant, language) in [
+        ("inventory.wasm", "INVENTORY", "Python"),
+        ("catalog.wasm", "CATALOG", "JavaScript"),
+    ] {
+        let path = polyglot.join(file);
+        println!("cargo:rerun-if-changed={}", path.display());
+        if !path.exists() {
+            println!(
+                "cargo:warning={} is missing: run `make plugins` to build the {language} service",
+                path.display()
+            );
+        }
+        code.push_str(&format!(
+            "/// The `{}` component ({language}), built by `make plugins`.\npub const {constant}: &str = {:?};\n",
+            file.trim_end_matches(".wasm"),
+            path.display().to_string()
+        ));
+    }
+    code.push_str(&format!(
+        "/// One compiled-artifact cache shared by every test host.\npub const TEST_CACHE_DIR: &str = {:?};\n",
+        root.join("target").join("test-cache").display().to_string()
+    ));
     code.push_str(&format!(
         "/// The repository's `plugins/` directory.\npub const PLUGINS_DIR: &str = {:?};\n",
         plugins.display().to_string()

@@ -52,7 +52,7 @@ fn admin_calls_need_the_token() {
         .iter()
         .map(|s| s["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["order", "user"]);
+    assert_eq!(names, ["catalog", "inventory", "order", "user"]);
 }
 
 #[test]

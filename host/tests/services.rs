@@ -86,8 +86,31 @@ fn bad_input_gets_a_json_400() {
     host.send("DELETE", "/users/1", "").expect_status(405);
 }
 
+/// Stocks the catalog (JavaScript) and the inventory (Python).
+fn stock(host: &Host, sku: &str, name: &str, price_cents: u64, quantity: u64) {
+    host.post_json(
+        "/products",
+        json!({"sku": sku, "name": name, "price_cents": price_cents}),
+    )
+    .expect_status(201);
+    host.send(
+        "PUT",
+        &format!("/inventory/{sku}"),
+        json!({ "quantity": quantity }).to_string(),
+    )
+    .expect_status(200);
+}
+
+fn available(host: &Host, sku: &str) -> u64 {
+    host.get(&format!("/inventory/{sku}"))
+        .expect_status(200)
+        .json()["quantity"]
+        .as_u64()
+        .unwrap()
+}
+
 #[test]
-fn orders_compute_totals_and_check_the_user_through_the_host() {
+fn an_order_crosses_three_languages() {
     let plugins = Plugins::examples();
     let state = state_dir();
     let host = Host::start(BIN, plugins.path(), state.path());
@@ -98,46 +121,94 @@ fn orders_compute_totals_and_check_the_user_through_the_host() {
         json!({"name": "Grace", "email": "grace@example.com"}),
     )
     .expect_status(201);
+    stock(&host, "KB-1", "Keyboard", 4999, 10);
+    stock(&host, "MS-7", "Mouse", 2500, 1);
+    assert_eq!(
+        host.get("/products/KB-1").header("x-wasmhost-service"),
+        Some("catalog")
+    );
+    assert_eq!(
+        host.get("/products").json()["products"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
 
+    // Prices come from the catalog; a price the client sends is ignored.
     let order = host.post_json(
         "/orders",
         json!({"user_id": 1, "items": [
-            {"sku": "KB-1", "quantity": 2, "unit_price_cents": 4999},
-            {"sku": "MS-7", "quantity": 1, "unit_price_cents": 2500}
+            {"sku": "KB-1", "quantity": 2, "unit_price_cents": 1},
+            {"sku": "MS-7", "quantity": 1}
         ]}),
     );
     order.expect_status(201);
     let order = order.json();
     assert_eq!(order["id"], 1);
-    assert_eq!(order["total_cents"], 2 * 4999 + 2500);
-    host.post_json(
-        "/orders",
-        json!({"user_id": 2, "items": [{"sku": "X", "quantity": 3, "unit_price_cents": 100}]}),
-    )
-    .expect_status(201);
-
+    assert_eq!(order["total_cents"], 2 * 4999 + 2500, "{order}");
+    assert_eq!(order["items"][0]["unit_price_cents"], 4999);
+    assert_eq!(order["items"][0]["name"], "Keyboard");
+    assert_eq!(available(&host, "KB-1"), 8);
+    assert_eq!(available(&host, "MS-7"), 0);
     assert_eq!(host.get("/orders/1").expect_status(200).json(), order);
     assert_eq!(host.get("/order?id=1").expect_status(200).json(), order);
-    let for_grace = host.get("/orders?user_id=2").expect_status(200).json();
-    assert_eq!(for_grace.as_array().unwrap().len(), 1);
-    assert_eq!(for_grace[0]["total_cents"], 300);
-    assert_eq!(host.get("/orders").json().as_array().unwrap().len(), 2);
-    host.get("/orders/42").expect_status(404);
 
+    // Not enough stock: 409, and nothing of the order stays reserved.
+    let short = host.post_json(
+        "/orders",
+        json!({"user_id": 2, "items": [
+            {"sku": "KB-1", "quantity": 3},
+            {"sku": "MS-7", "quantity": 1}
+        ]}),
+    );
+    short.expect_status(409);
+    assert!(
+        short.json()["error"].as_str().unwrap().contains("MS-7"),
+        "{}",
+        short.json()
+    );
+    assert_eq!(available(&host, "KB-1"), 8);
+    // An unknown SKU or user: 422, nothing reserved or stored.
     let unknown = host.post_json(
         "/orders",
-        json!({"user_id": 7, "items": [{"sku": "X", "quantity": 1, "unit_price_cents": 1}]}),
+        json!({"user_id": 2, "items": [{"sku": "KB-1", "quantity": 1}, {"sku": "NOPE", "quantity": 1}]}),
     );
     unknown.expect_status(422);
-    assert_eq!(unknown.json()["error"], "user 7 does not exist");
-    // The refused order was not stored.
+    assert_eq!(unknown.json()["error"], "unknown SKU NOPE");
+    let nobody = host.post_json(
+        "/orders",
+        json!({"user_id": 7, "items": [{"sku": "KB-1", "quantity": 1}]}),
+    );
+    nobody.expect_status(422);
+    assert_eq!(nobody.json()["error"], "user 7 does not exist");
+    assert_eq!(available(&host, "KB-1"), 8);
+
+    host.post_json(
+        "/orders",
+        json!({"user_id": 2, "items": [{"sku": "KB-1", "quantity": 3}]}),
+    )
+    .expect_status(201);
+    let for_grace = host.get("/orders?user_id=2").expect_status(200).json();
+    assert_eq!(for_grace.as_array().unwrap().len(), 1);
+    assert_eq!(for_grace[0]["total_cents"], 3 * 4999);
     assert_eq!(host.get("/orders").json().as_array().unwrap().len(), 2);
+    assert_eq!(available(&host, "KB-1"), 5);
+    host.get("/orders/42").expect_status(404);
     host.wait_for_log(
         &[
             "order 1 placed for user 1",
             "service=order",
             "version=1.0.0",
         ],
+        std::time::Duration::from_secs(5),
+    );
+    host.wait_for_log(
+        &["reserved 2 item(s)", "service=inventory"],
+        std::time::Duration::from_secs(5),
+    );
+    host.wait_for_log(
+        &["product KB-1 created", "service=catalog"],
         std::time::Duration::from_secs(5),
     );
 }
@@ -149,9 +220,10 @@ fn data_survives_a_restart() {
     let host = Host::start(BIN, plugins.path(), state.path());
     host.post_json("/users", json!({"name": "Ada", "email": "ada@example.com"}))
         .expect_status(201);
+    stock(&host, "A", "Anvil", 5, 3);
     host.post_json(
         "/orders",
-        json!({"user_id": 1, "items": [{"sku": "A", "quantity": 1, "unit_price_cents": 5}]}),
+        json!({"user_id": 1, "items": [{"sku": "A", "quantity": 1}]}),
     )
     .expect_status(201);
     let log = host.stop();
@@ -169,6 +241,8 @@ fn data_survives_a_restart() {
         host.get("/orders/1").expect_status(200).json()["total_cents"],
         5
     );
+    assert_eq!(available(&host, "A"), 2);
+    assert_eq!(host.get("/products/A").json()["name"], "Anvil");
     // Ids continue where they stopped.
     let next = host.post_json(
         "/users",

@@ -18,8 +18,9 @@ include!(concat!(env!("OUT_DIR"), "/components.rs"));
 /// The admin token every test host uses.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
-/// How long a host may take to start listening.
-pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a host may take to start listening (the first one compiles the
+/// Python and JavaScript services, tens of MB, into the shared cache).
+pub const START_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// A directory laid out like a plugins directory.
 pub struct Plugins {
@@ -44,14 +45,21 @@ impl Plugins {
     pub fn examples() -> Self {
         let p = Self::new();
         p.add(USER, "user@1.0.0.wasm")
-            .add(ORDER, "order@1.0.0.wasm");
-        p.copy_manifest("user.toml").copy_manifest("order.toml");
+            .add(ORDER, "order@1.0.0.wasm")
+            .add(INVENTORY, "inventory@1.0.0.wasm")
+            .add(CATALOG, "catalog@1.0.0.wasm");
+        p.copy_manifest("user.toml")
+            .copy_manifest("order.toml")
+            .copy_manifest("inventory.toml")
+            .copy_manifest("catalog.toml");
         p
     }
 
     /// Copies a component in as `file`.
     pub fn add(&self, component: &str, file: &str) -> &Self {
-        std::fs::copy(component, self.path().join(file)).expect("copy component");
+        std::fs::copy(component, self.path().join(file)).unwrap_or_else(|e| {
+            panic!("copy {component}: {e} (the Python and JavaScript services are built by `make plugins`)")
+        });
         self
     }
 
@@ -101,6 +109,13 @@ impl Host {
 
     /// [`Host::start`] with extra `serve` arguments.
     pub fn start_with(bin: &str, plugins: &Path, state: &Path, extra: &[&str]) -> Self {
+        // Hosts start one at a time across every test process, so a
+        // component missing from the shared cache is compiled once, by the
+        // first host, instead of by every test at the same moment.
+        std::fs::create_dir_all(TEST_CACHE_DIR).expect("create the test cache dir");
+        let lock = std::fs::File::create(Path::new(TEST_CACHE_DIR).join(".start.lock"))
+            .expect("create the start lock");
+        lock.lock().expect("take the start lock");
         let mut child = Command::new(bin)
             .args([
                 "serve",
@@ -113,6 +128,10 @@ impl Host {
             .arg(plugins)
             .arg("--state")
             .arg(state)
+            // One artifact cache for every test host: a component is compiled
+            // once per test run, not once per test.
+            .arg("--cache-dir")
+            .arg(TEST_CACHE_DIR)
             .args(extra)
             .env("RUST_LOG", "info,wasmhost=debug")
             .env("WASMHOST_ADMIN_TOKEN", ADMIN_TOKEN)
@@ -156,6 +175,7 @@ impl Host {
                 );
             }
         };
+        drop(lock);
         let client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()

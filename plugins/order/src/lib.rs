@@ -1,8 +1,13 @@
-//! The `order` service: orders for users known to the `user` service.
+//! The `order` service: orders for users known to the `user` service, priced
+//! by the `catalog` service (JavaScript) and reserved in the `inventory`
+//! service (Python) — one order crosses three languages through the host.
 //!
-//! - `POST /orders` `{"user_id", "items": [{"sku", "quantity", "unit_price_cents"}]}`
-//!   → 201 with the order and its computed `total_cents`; 422 when the user
-//!   does not exist (checked through `services.call("user", …)`)
+//! - `POST /orders` `{"user_id", "items": [{"sku", "quantity"}]}` → 201 with
+//!   the order, each item's `unit_price_cents` from the catalog (a price the
+//!   client sends is ignored) and the `total_cents`; 422 when the user or a
+//!   SKU does not exist; 409 when the inventory is short (nothing stays
+//!   reserved: the reservation is all or nothing, and released again if the
+//!   order cannot be stored)
 //! - `GET /orders/{id}` → the order, or 404
 //! - `GET /orders?user_id=N` → that user's orders (every order without the filter)
 //! - `GET /order?id=N` → the same as `GET /orders/N`
@@ -18,13 +23,28 @@ use wasi::logging::logging::{log, Level};
 use wasmhost::plugin::services;
 use wasmhost::plugin::types::{Request, Response};
 
-/// One line of an order.
+/// One line of a stored order.
 #[derive(Serialize, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
 struct Item {
     sku: String,
+    name: String,
     quantity: u32,
     unit_price_cents: u64,
+}
+
+/// One line as a client sends it; anything else it sends (a price, say) is
+/// ignored.
+#[derive(Deserialize, Serialize)]
+struct NewItem {
+    sku: String,
+    quantity: u32,
+}
+
+/// What the catalog says of a product.
+#[derive(Deserialize)]
+struct Product {
+    name: String,
+    price_cents: u64,
 }
 
 /// A stored order.
@@ -41,7 +61,7 @@ struct Order {
 #[serde(deny_unknown_fields)]
 struct NewOrder {
     user_id: u64,
-    items: Vec<Item>,
+    items: Vec<NewItem>,
 }
 
 struct Service;
@@ -84,7 +104,6 @@ fn create(body: &[u8]) -> Result<Response, Response> {
     if new.items.is_empty() {
         return Err(error(400, "invalid order: `items` must not be empty"));
     }
-    let mut total: u64 = 0;
     for item in &new.items {
         if item.sku.trim().is_empty() {
             return Err(error(400, "invalid order: every item needs a `sku`"));
@@ -98,32 +117,118 @@ fn create(body: &[u8]) -> Result<Response, Response> {
                 ),
             ));
         }
-        total = u64::from(item.quantity)
-            .checked_mul(item.unit_price_cents)
-            .and_then(|line| total.checked_add(line))
-            .ok_or_else(|| error(400, "invalid order: total out of range"))?;
     }
     ensure_user_exists(new.user_id)?;
 
-    let bucket = bucket()?;
-    let id = atomics::increment(&bucket, "next-id", 1).map_err(kv_error)?;
-    let order = Order {
-        id,
-        user_id: new.user_id,
-        items: new.items,
-        total_cents: total,
-    };
-    let bytes = serde_json::to_vec(&order).map_err(|e| error(500, &e.to_string()))?;
-    bucket.set(&order_key(id), &bytes).map_err(kv_error)?;
+    let mut items = Vec::with_capacity(new.items.len());
+    let mut total: u64 = 0;
+    for item in &new.items {
+        let product = price_of(&item.sku)?;
+        total = u64::from(item.quantity)
+            .checked_mul(product.price_cents)
+            .and_then(|line| total.checked_add(line))
+            .ok_or_else(|| error(400, "invalid order: total out of range"))?;
+        items.push(Item {
+            sku: item.sku.clone(),
+            name: product.name,
+            quantity: item.quantity,
+            unit_price_cents: product.price_cents,
+        });
+    }
+    reserve(&new.items)?;
+    let stored = store_order(new.user_id, items, total);
+    if stored.is_err() {
+        // Give the stock back: a failed order leaves nothing reserved.
+        release(&new.items);
+    }
+    let order = stored?;
     log(
         Level::Info,
         "order",
         &format!(
-            "order {id} placed for user {} ({total} cents)",
-            order.user_id
+            "order {} placed for user {} ({total} cents)",
+            order.id, order.user_id
         ),
     );
     Ok(json(201, &order))
+}
+
+fn store_order(user_id: u64, items: Vec<Item>, total_cents: u64) -> Result<Order, Response> {
+    let bucket = bucket()?;
+    let id = atomics::increment(&bucket, "next-id", 1).map_err(kv_error)?;
+    let order = Order {
+        id,
+        user_id,
+        items,
+        total_cents,
+    };
+    let bytes = serde_json::to_vec(&order).map_err(|e| error(500, &e.to_string()))?;
+    bucket.set(&order_key(id), &bytes).map_err(kv_error)?;
+    Ok(order)
+}
+
+/// Asks `service` through the host; any failure to get an answer is a 502.
+fn call(service: &str, method: &str, path: &str, body: Vec<u8>) -> Result<Response, Response> {
+    let req = Request {
+        method: method.to_string(),
+        path: path.to_string(),
+        query: String::new(),
+        headers: vec![("content-type".to_string(), "application/json".to_string())],
+        body,
+    };
+    services::call(service, &req).map_err(|e| {
+        let detail = match e {
+            services::Error::NotFound(m)
+            | services::Error::Denied(m)
+            | services::Error::Failed(m) => m,
+        };
+        error(502, &format!("{service} service unavailable: {detail}"))
+    })
+}
+
+/// The catalog's name and price of `sku`.
+fn price_of(sku: &str) -> Result<Product, Response> {
+    let resp = call("catalog", "GET", &format!("/products/{sku}"), Vec::new())?;
+    match resp.status {
+        200 => serde_json::from_slice(&resp.body)
+            .map_err(|e| error(502, &format!("catalog answered an invalid product: {e}"))),
+        404 => Err(error(422, &format!("unknown SKU {sku}"))),
+        other => Err(error(502, &format!("catalog service answered {other}"))),
+    }
+}
+
+/// Reserves every item in the inventory, all or nothing.
+fn reserve(items: &[NewItem]) -> Result<(), Response> {
+    let body = serde_json::to_vec(&serde_json::json!({ "items": items }))
+        .map_err(|e| error(500, &e.to_string()))?;
+    let resp = call("inventory", "POST", "/inventory/reservations", body)?;
+    let reason = || {
+        serde_json::from_slice::<serde_json::Value>(&resp.body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
+    match resp.status {
+        201 => Ok(()),
+        409 => Err(error(409, &reason())),
+        404 => Err(error(422, &reason())),
+        other => Err(error(502, &format!("inventory service answered {other}"))),
+    }
+}
+
+/// Gives reserved stock back.
+fn release(items: &[NewItem]) {
+    let body = serde_json::to_vec(&serde_json::json!({ "items": items })).unwrap_or_default();
+    if let Err(e) = call("inventory", "POST", "/inventory/releases", body) {
+        log(
+            Level::Error,
+            "order",
+            &format!(
+                "could not release stock: {}",
+                String::from_utf8_lossy(&e.body)
+            ),
+        );
+    }
 }
 
 /// Asks the `user` service, through the host, whether the user exists.
