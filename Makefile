@@ -77,6 +77,10 @@ plugins: setup polyglot
 	cd $(PLUGIN_DIR) && CARGO_TARGET_DIR=$(GUEST_TARGET)/v2 $(CARGO) build --release --target wasm32-wasip2 -p user --features v2
 	@cp $(GUEST_TARGET)/v2/wasm32-wasip2/release/user.wasm examples/user@1.1.0.wasm
 	@echo "    examples/user@1.1.0.wasm (not live: copy it into $(PLUGIN_DIR)/ to start a gray release)"
+	@echo "==> building catalog 2.0.0 (Rust) for the mixed-language release example"
+	cd $(PLUGIN_DIR) && CARGO_TARGET_DIR=$(GUEST_TARGET) $(CARGO) build --release --target wasm32-wasip2 -p catalog
+	@cp $(GUEST_OUT)/catalog.wasm examples/catalog@$(call crate_version,catalog).wasm
+	@echo "    examples/catalog@$(call crate_version,catalog).wasm (the JavaScript catalog's API in Rust: copy it in beside catalog@1.0.0)"
 
 host:
 	@echo "==> building wasmhost (release; the first build compiles wasmtime and takes several minutes)"

@@ -9,6 +9,7 @@ use std::process::Command;
 const GUESTS: &[(&str, &str)] = &[
     ("user", "USER"),
     ("order", "ORDER"),
+    ("catalog", "CATALOG_V2"),
     ("probe", "PROBE"),
     ("wrong-world", "WRONG_WORLD"),
     ("hostile", "HOSTILE"),
@@ -27,6 +28,7 @@ fn main() {
         "plugins/Cargo.lock",
         "plugins/user",
         "plugins/order",
+        "plugins/catalog",
         "plugins/fixtures",
         "wit",
     ] {
