@@ -343,6 +343,7 @@ fn describe(service: &ServiceEntry) -> Value {
                 "weight": weight(&v.version),
                 "digest": v.digest,
                 "size": v.size,
+                "world": v.pre.world(),
                 "metrics": v.metrics.snapshot(),
             })
         })

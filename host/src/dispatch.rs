@@ -11,7 +11,7 @@ use crate::bindings::{Request, Response};
 use crate::capabilities::HostState;
 use crate::config::Limits;
 use crate::engine::TICK;
-use crate::registry::{Registry, Version};
+use crate::registry::{Pre, Registry, Version};
 use crate::rollout::ReleaseState;
 use crate::store::KvStore;
 use arc_swap::ArcSwap;
@@ -129,7 +129,7 @@ impl Failure {
     }
 
     /// Whether the guest failed while running (counted as a trap in metrics).
-    fn is_trap(&self) -> bool {
+    pub(crate) fn is_trap(&self) -> bool {
         matches!(
             self,
             Failure::Trap(_)
@@ -246,6 +246,33 @@ impl Dispatcher {
         &self.limits
     }
 
+    /// A fresh store for one request to `version`: its sandbox, its memory
+    /// limiter, and an epoch callback that counts the CPU time the guest
+    /// actually runs (not time spent waiting on the host, such as nested
+    /// service calls) against its budget, yielding every tick.
+    pub(crate) fn new_store(
+        self: &Arc<Self>,
+        version: &Arc<Version>,
+        depth: u32,
+    ) -> Result<Store<HostState>, Failure> {
+        let state = HostState::new(version.clone(), self.clone(), depth)
+            .map_err(|e| Failure::Internal(format!("{e:#}")))?;
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let budget = ticks(version.sandbox.limits.cpu_time);
+        let mut used = 0u64;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            used += 1;
+            if used >= budget {
+                Err(CpuBudgetSpent.into())
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        Ok(store)
+    }
+
     /// Chooses the version that serves an outside request for `path` with
     /// `headers`, and takes one of its service's concurrency slots (held
     /// until the returned permit is dropped).
@@ -296,44 +323,31 @@ impl Dispatcher {
         let limits = &version.sandbox.limits;
         let started = std::time::Instant::now();
         let in_flight = version.metrics.start();
-        let state = match HostState::new(version.clone(), self.clone(), depth) {
-            Ok(state) => state,
-            Err(e) => {
-                in_flight.finish(500, false, started.elapsed());
-                return Err(fail(Failure::Internal(format!("{e:#}"))));
+        let pre = match &version.pre {
+            Pre::Service(pre) => pre.clone(),
+            Pre::Proxy(_) => {
+                drop(in_flight);
+                return crate::proxy::call_buffered(self, version.clone(), req, depth).await;
             }
         };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        // The callback runs each time the guest has used up one tick while
-        // running, so counting its calls counts CPU time, not time spent
-        // waiting on the host (such as nested service calls).
-        let budget = ticks(limits.cpu_time);
-        let mut used = 0u64;
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            used += 1;
-            if used >= budget {
-                Err(CpuBudgetSpent.into())
-            } else {
-                Ok(UpdateDeadline::Yield(1))
+        let mut store = match self.new_store(&version, depth) {
+            Ok(store) => store,
+            Err(failure) => {
+                in_flight.finish(500, false, started.elapsed());
+                return Err(fail(failure));
             }
-        });
+        };
 
         let call = async {
-            let instance = version
-                .pre
-                .instantiate_async(&mut store)
-                .await
-                .map_err(|e| {
-                    if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
-                        .is_some()
-                    {
-                        Failure::Capacity
-                    } else {
-                        classify(e, limits)
-                    }
-                })?;
+            let instance = pre.instantiate_async(&mut store).await.map_err(|e| {
+                if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                    .is_some()
+                {
+                    Failure::Capacity
+                } else {
+                    classify(e, limits)
+                }
+            })?;
             instance
                 .wasmhost_plugin_handler()
                 .call_handle(&mut store, &req)
@@ -392,7 +406,7 @@ fn claim(
 }
 
 /// Sorts a wasmtime error into a [`Failure`].
-fn classify(e: wasmtime::Error, limits: &Limits) -> Failure {
+pub(crate) fn classify(e: wasmtime::Error, limits: &Limits) -> Failure {
     if e.downcast_ref::<CpuBudgetSpent>().is_some() {
         return Failure::CpuTime(limits.cpu_time);
     }

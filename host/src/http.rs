@@ -7,6 +7,7 @@
 
 use crate::bindings::{Request, Response};
 use crate::dispatch::{DispatchError, Dispatcher, Failure};
+use crate::registry::Pre;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
@@ -45,7 +46,7 @@ async fn handle(
     let (parts, body) = req.into_parts();
     let headers = wit_headers(&parts.headers);
     let path = parts.uri.path().to_string();
-    let method = parts.method;
+    let method = parts.method.clone();
     // Route first: the body limit is the chosen service's own.
     let (version, _permit) = match dispatcher.pick(&path, &headers) {
         Ok(picked) => picked,
@@ -60,6 +61,22 @@ async fn handle(
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
         return too_large(limit, origin);
+    }
+    // A wasi:http component gets the body as a stream and streams its answer.
+    if matches!(version.pre, Pre::Proxy(_)) {
+        let req = axum::http::Request::from_parts(parts, body);
+        return match crate::proxy::handle(&dispatcher, version.clone(), req, 0).await {
+            Ok(resp) => {
+                tracing::debug!(
+                    service = %version.service, version = %version.version, %method, path,
+                    status = resp.status().as_u16(), "request served (wasi:http)"
+                );
+                let mut out = resp.map(Body::new);
+                tag(out.headers_mut(), &version.service, &version.version);
+                out
+            }
+            Err(e) => failure_response(&e, &method, &path),
+        };
     }
     // The body is read with a bound on its size and on the time it takes,
     // so neither a huge chunked body nor a slow client holds the slot.

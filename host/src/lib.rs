@@ -24,6 +24,7 @@ pub mod http;
 pub mod loader;
 pub mod metrics;
 pub mod plugin;
+pub mod proxy;
 pub mod registry;
 pub mod release;
 pub mod rollout;

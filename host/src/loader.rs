@@ -12,7 +12,7 @@ use crate::bindings::ServicePre;
 use crate::capabilities::{self, HostState};
 use crate::config::{Limits, Manifest};
 use crate::plugin::PluginName;
-use crate::registry::{LoadError, Registry, Version};
+use crate::registry::{LoadError, Pre, Registry, Version};
 use crate::rollout::ReleaseState;
 use crate::sandbox::Sandbox;
 use anyhow::{bail, Context, Result};
@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::{Component, Linker};
 use wasmtime::Engine;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 /// Largest component accepted, in bytes.
 pub const MAX_COMPONENT_SIZE: u64 = 64 * 1024 * 1024;
@@ -246,7 +247,7 @@ impl Loader {
     /// Compilation runs on its own thread and is given up after
     /// [`COMPILE_TIMEOUT`] (a compile bomb is refused; its thread finishes
     /// in the background on the compile pool, see [`crate::engine`]).
-    pub fn compile(&self, bytes: &[u8]) -> Result<ServicePre<HostState>> {
+    pub fn compile(&self, bytes: &[u8]) -> Result<Pre> {
         check_header(bytes)?;
         let (tx, rx) = std::sync::mpsc::channel();
         let (engine, owned) = (self.engine.clone(), bytes.to_vec());
@@ -267,15 +268,27 @@ impl Loader {
                 bail!("the compiler stopped without a result")
             }
         };
+        let exports_http = component
+            .component_type()
+            .exports(&self.engine)
+            .any(|(name, _)| name.starts_with("wasi:http/incoming-handler@0.2"));
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             anyhow::anyhow!(
-                "component does not fit the wasmhost:plugin/service world: {}",
+                "component imports something the host does not provide: {}",
                 first_line(&format!("{e:#}"))
             )
         })?;
-        ServicePre::new(pre).map_err(|e| {
+        if exports_http {
+            return ProxyPre::new(pre).map(Pre::Proxy).map_err(|e| {
+                anyhow::anyhow!(
+                    "component does not implement the wasi:http/proxy world: {}",
+                    first_line(&format!("{e:#}"))
+                )
+            });
+        }
+        ServicePre::new(pre).map(Pre::Service).map_err(|e| {
             anyhow::anyhow!(
-                "component does not implement the wasmhost:plugin/service world (it must export `wasmhost:plugin/handler@0.1.0`): {}",
+                "component does not implement the wasmhost:plugin/service world (it must export `wasmhost:plugin/handler@0.1.0`, or `wasi:http/incoming-handler` for a wasi:http component): {}",
                 first_line(&format!("{e:#}"))
             )
         })

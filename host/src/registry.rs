@@ -18,6 +18,25 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// A pre-linked component, by the world it implements.
+#[derive(Clone)]
+pub enum Pre {
+    /// The `wasmhost:plugin/service` world: `handle(request) -> response`.
+    Service(ServicePre<HostState>),
+    /// The standard `wasi:http/proxy` world (`wasi:http/incoming-handler`).
+    Proxy(wasmtime_wasi_http::p2::bindings::ProxyPre<HostState>),
+}
+
+impl Pre {
+    /// The world's name, for status output.
+    pub fn world(&self) -> &'static str {
+        match self {
+            Pre::Service(_) => "wasmhost:plugin/service",
+            Pre::Proxy(_) => "wasi:http/proxy",
+        }
+    }
+}
+
 /// One loaded, compiled and pre-linked version of a service.
 #[derive(Clone)]
 pub struct Version {
@@ -31,8 +50,8 @@ pub struct Version {
     pub file: PathBuf,
     /// Size of the component in bytes.
     pub size: u64,
-    /// The component, type-checked against the world and pre-linked.
-    pub pre: ServicePre<HostState>,
+    /// The component, type-checked against its world and pre-linked.
+    pub pre: Pre,
     /// Its limits and grants, from the service's manifest.
     pub sandbox: Arc<Sandbox>,
     /// Request metrics; kept across reloads of the same version.

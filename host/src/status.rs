@@ -22,6 +22,7 @@ pub fn log_registry(registry: &Registry, plugins_dir: &Path) {
                 routes = %service.routes.join(","),
                 size_kib = v.size / 1024,
                 digest = %&v.digest[..12],
+                world = v.pre.world(),
                 state,
                 "service loaded"
             );

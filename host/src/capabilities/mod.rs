@@ -69,11 +69,7 @@ impl HostState {
         }
         let mut table = ResourceTable::new();
         table.set_max_capacity(sandbox.limits.resources as usize);
-        let outbound = outbound::OutboundHttp::new(
-            version.service.clone(),
-            version.version.clone(),
-            sandbox.http.clone(),
-        );
+        let outbound = outbound::OutboundHttp::new(version.clone(), dispatcher.clone(), depth);
         Ok(Self {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),

@@ -10,6 +10,8 @@
 //! them elsewhere. A refused request gets the interface's
 //! `HTTP-request-denied` error (never a trap) and a log line.
 
+use crate::dispatch::Dispatcher;
+use crate::registry::Version;
 use anyhow::{bail, Result};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -159,22 +161,81 @@ pub fn is_internal(ip: IpAddr) -> bool {
     }
 }
 
+/// Host names under this domain are services of this host: a request to
+/// `http://user.internal/users/1` goes to the `user` service in-process,
+/// through the release policy, if `[grants] services` lists it.
+pub const INTERNAL_DOMAIN: &str = ".internal";
+
 /// The outbound-HTTP policy of one request: the service's grants.
 pub struct OutboundHttp {
-    service: Arc<str>,
-    version: Arc<str>,
-    allowed: Arc<[HostPattern]>,
+    version: Arc<Version>,
+    dispatcher: Arc<Dispatcher>,
+    depth: u32,
 }
 
 impl OutboundHttp {
-    /// The policy of `service`@`version` with its granted patterns.
-    pub fn new(service: Arc<str>, version: Arc<str>, allowed: Arc<[HostPattern]>) -> Self {
+    /// The policy of one request to `version`, `depth` calls deep.
+    pub fn new(version: Arc<Version>, dispatcher: Arc<Dispatcher>, depth: u32) -> Self {
         Self {
-            service,
             version,
-            allowed,
+            dispatcher,
+            depth,
         }
     }
+}
+
+/// Sends a request for `http://NAME.internal/…` to the service NAME.
+async fn call_internal(
+    caller: Arc<Version>,
+    dispatcher: Arc<Dispatcher>,
+    depth: u32,
+    name: String,
+    request: http::Request<WasiBody>,
+) -> Result<http::Response<WasiBody>, Error> {
+    use http_body_util::BodyExt;
+    let (service, version) = (&caller.service, &caller.version);
+    if !caller.sandbox.may_call(&name) {
+        tracing::warn!(%service, %version, callee = %name, "service call refused: not granted");
+        return Err(Error::HttpRequestDenied);
+    }
+    let limits = &caller.sandbox.limits;
+    if depth + 1 > limits.max_call_depth {
+        tracing::warn!(%service, %version, callee = %name, "service call refused: call depth limit reached");
+        return Err(Error::LoopDetected);
+    }
+    let (parts, body) = request.into_parts();
+    let body = http_body_util::Limited::new(body, limits.max_request_body)
+        .collect()
+        .await
+        .map_err(|_| Error::HttpRequestBodySize(Some(limits.max_request_body as u64)))?
+        .to_bytes();
+    let req = crate::bindings::Request {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().unwrap_or_default().to_string(),
+        headers: crate::http::wit_headers(&parts.headers),
+        body: body.to_vec(),
+    };
+    let resp = dispatcher
+        .call_service(name.clone(), req, depth + 1)
+        .await
+        .map_err(|e| {
+            tracing::debug!(%service, %version, callee = %name, "internal call failed: {e}");
+            match e {
+                crate::dispatch::DispatchError::UnknownService(_) => Error::DestinationNotFound,
+                _ => Error::DestinationUnavailable,
+            }
+        })?;
+    let mut out = http::Response::builder().status(resp.status);
+    for (k, v) in &resp.headers {
+        out = out.header(k.as_str(), v.as_str());
+    }
+    out.body(
+        http_body_util::Full::new(bytes::Bytes::from(resp.body))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    )
+    .map_err(|_| Error::HttpProtocolError)
 }
 
 /// Why an outbound request was refused, or where to send it.
@@ -232,8 +293,23 @@ impl WasiHttpHooks for OutboundHttp {
         fut: Box<dyn std::future::Future<Output = Result<(), Error>> + Send>,
     ) -> SendFuture {
         drop(fut);
-        let allowed = self.allowed.clone();
-        let (service, version) = (self.service.clone(), self.version.clone());
+        let allowed = self.version.sandbox.http.clone();
+        let (service, version) = (self.version.service.clone(), self.version.version.clone());
+        let internal = request
+            .uri()
+            .host()
+            .and_then(|h| h.strip_suffix(INTERNAL_DOMAIN))
+            .map(str::to_string);
+        if let Some(name) = internal {
+            let (caller, dispatcher, depth) =
+                (self.version.clone(), self.dispatcher.clone(), self.depth);
+            return Box::new(async move {
+                let resp = call_internal(caller, dispatcher, depth, name, request).await?;
+                let done: Box<dyn std::future::Future<Output = Result<(), Error>> + Send> =
+                    Box::new(async { Ok(()) });
+                Ok((resp, done))
+            });
+        }
         Box::new(async move {
             use http_body_util::BodyExt;
             let uri = request.uri().clone();
