@@ -81,6 +81,10 @@ plugins: setup polyglot
 	cd $(PLUGIN_DIR) && CARGO_TARGET_DIR=$(GUEST_TARGET) $(CARGO) build --release --target wasm32-wasip2 -p catalog
 	@cp $(GUEST_OUT)/catalog.wasm examples/catalog@$(call crate_version,catalog).wasm
 	@echo "    examples/catalog@$(call crate_version,catalog).wasm (the JavaScript catalog's API in Rust: copy it in beside catalog@1.0.0)"
+	@echo "==> building the standard wasi:http example (examples/http-hello)"
+	cd examples/http-hello && CARGO_TARGET_DIR=$(GUEST_TARGET) $(CARGO) build --release --target wasm32-wasip2
+	@cp $(GUEST_OUT)/http_hello.wasm examples/hello@1.0.0.wasm
+	@echo "    examples/hello@1.0.0.wasm (a wasi:http/proxy component: copy it into $(PLUGIN_DIR)/ to serve it at /hello)"
 
 host:
 	@echo "==> building wasmhost (release; the first build compiles wasmtime and takes several minutes)"
@@ -96,12 +100,15 @@ test: plugins
 fmt:
 	$(CARGO) fmt --all
 	cd $(PLUGIN_DIR) && $(CARGO) fmt --all
+	cd examples/http-hello && $(CARGO) fmt
 
 lint: setup
 	$(CARGO) fmt --all -- --check
 	cd $(PLUGIN_DIR) && $(CARGO) fmt --all -- --check
+	cd examples/http-hello && $(CARGO) fmt -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	cd $(PLUGIN_DIR) && CARGO_TARGET_DIR=$(GUEST_TARGET) $(CARGO) clippy --workspace --target wasm32-wasip2 -- -D warnings
+	cd examples/http-hello && CARGO_TARGET_DIR=$(GUEST_TARGET) $(CARGO) clippy --release --target wasm32-wasip2 -- -D warnings
 
 ## The workflow plugin authors know: cargo-component must build the examples too.
 component-check: setup

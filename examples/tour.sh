@@ -18,17 +18,25 @@ show curl "$BASE/users/1"
 show curl "$BASE/users"
 show curl "$BASE/user?id=2"
 
-echo; echo "3. Place an order: the order service asks the user service (through the host) whether user 1 exists"
-show curl -X POST "$BASE/orders" -H 'content-type: application/json' \
-  -d '{"user_id":1,"items":[{"sku":"KB-1","quantity":2,"unit_price_cents":4999},{"sku":"MS-7","quantity":1,"unit_price_cents":2500}]}'
-show curl "$BASE/orders?user_id=1"
+echo; echo "3. Stock products: the catalog is JavaScript, the inventory Python"
+show curl -X POST "$BASE/products" -d '{"sku":"KB-1","name":"Keyboard","price_cents":4999}'
+show curl -X POST "$BASE/products" -d '{"sku":"MS-7","name":"Mouse","price_cents":2500}'
+show curl -X PUT "$BASE/inventory/KB-1" -d '{"quantity":10}'
+show curl -X PUT "$BASE/inventory/MS-7" -d '{"quantity":1}'
 
-echo; echo "4. Errors are JSON: an unknown user, bad JSON, an unknown route"
-show curl -X POST "$BASE/orders" -H 'content-type: application/json' -d '{"user_id":999,"items":[{"sku":"X","quantity":1,"unit_price_cents":1}]}'
+echo; echo "4. Place an order (Rust): it checks the user, prices items in the catalog, reserves them in the inventory"
+show curl -X POST "$BASE/orders" -H 'content-type: application/json' \
+  -d '{"user_id":1,"items":[{"sku":"KB-1","quantity":2},{"sku":"MS-7","quantity":1}]}'
+show curl "$BASE/orders?user_id=1"
+show curl "$BASE/inventory/KB-1"
+
+echo; echo "5. Errors are JSON: out of stock, an unknown user, bad JSON, an unknown route"
+show curl -X POST "$BASE/orders" -H 'content-type: application/json' -d '{"user_id":1,"items":[{"sku":"MS-7","quantity":1}]}'
+show curl -X POST "$BASE/orders" -H 'content-type: application/json' -d '{"user_id":999,"items":[{"sku":"KB-1","quantity":1}]}'
 show curl -X POST "$BASE/users" -H 'content-type: application/json' -d '{"name":'
 show curl "$BASE/nowhere"
 
-echo; echo "5. Every response says which service and version answered"
+echo; echo "6. Every response says which service and version answered"
 step curl -sI "$BASE/users/1"
 curl -sSI "$BASE/users/1" | grep -i '^x-wasmhost'
 
