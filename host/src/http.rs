@@ -60,6 +60,7 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
+        drain(body).await;
         return too_large(limit, origin);
     }
     // A wasi:http component gets the body as a stream and streams its answer.
@@ -121,6 +122,29 @@ async fn handle(
         }
         Err(e) => failure_response(&e, &method, &path),
     }
+}
+
+/// Bytes of a refused request body read and thrown away before answering.
+const DRAIN_BYTES: usize = 4 * 1024 * 1024;
+/// Longest time spent on that.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// Reads and discards what the client is still sending of a refused body
+/// (at most [`DRAIN_BYTES`], for at most [`DRAIN_TIME`]), so that it reads
+/// the error instead of a connection reset; anything beyond is cut.
+async fn drain(body: axum::body::Body) {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > DRAIN_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// The JSON error for a request that got no response from a service; a
