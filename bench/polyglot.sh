@@ -19,13 +19,13 @@ PORT=18585
 URL=http://127.0.0.1:$PORT
 start() {
   local t0=$(date +%s%N)
-  "$BIN" serve --plugins "$WORK/plugins" --state "$WORK/state" --listen 127.0.0.1:$PORT --admin-listen 127.0.0.1:0 2>"$WORK/log" &
+  "$BIN" serve --plugins "$WORK/plugins" --state "$WORK/state" --listen 127.0.0.1:$PORT --admin-listen 127.0.0.1:0 >/dev/null 2>"$WORK/log" &
   PID=$!
   until curl -sf -o /dev/null "$URL/users"; do sleep 0.02; done
-  echo $(( ($(date +%s%N) - t0) / 1000000 ))
+  ELAPSED=$(( ($(date +%s%N) - t0) / 1000000 ))
 }
-cold=$(start); kill $PID; wait $PID 2>/dev/null || true
-warm=$(start)
+start; cold=$ELAPSED; kill $PID; wait $PID 2>/dev/null || true
+start; warm=$ELAPSED
 echo "host start to first response, 5 services (30 MB of components): cold cache ${cold} ms, warm cache ${warm} ms"
 curl -s -o /dev/null -X POST "$URL/users" -d '{"name":"Ada","email":"ada@example.com"}'
 curl -s -o /dev/null -X POST "$URL/products" -d '{"sku":"KB-1","name":"Keyboard","price_cents":4999}'
