@@ -20,7 +20,7 @@ INVENTORY_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' plugins/invento
 CATALOG_VERSION   := $(shell sed -n 's/^  "version": "\(.*\)",/\1/p' plugins/catalog-js/package.json)
 crate_version = $(shell sed -n 's/^version = "\(.*\)"/\1/p' $(PLUGIN_DIR)/$(1)/Cargo.toml | head -n1)
 
-.PHONY: help run test plugins polyglot host setup lint fmt component-check fuzz clean
+.PHONY: help run test plugins polyglot host setup lint fmt component-check fuzz bench bench-quick clean
 
 help:
 	@echo "make run              build the example plugins and the host, serve on http://$(LISTEN)"
@@ -29,6 +29,7 @@ help:
 	@echo "make lint             rustfmt and clippy (host and guests), warnings are errors"
 	@echo "make component-check  build the example plugins with cargo-component too"
 	@echo "make fuzz             a long property-test run (CI runs a short one in make test)"
+	@echo "make bench            requests/s and latency: wasmhost vs native axum (vs wasmtime serve if installed)"
 
 ## Install what a fresh machine lacks.
 setup:
@@ -117,6 +118,15 @@ component-check: setup
 	cd $(PLUGIN_DIR) && for s in $(SERVICES); do \
 		(cd $$s && CARGO_TARGET_DIR=$(GUEST_TARGET)/component $(CARGO) component build --release) || exit 1; \
 	done
+
+## Benchmarks: wasmhost against native axum (and `wasmtime serve` when installed).
+bench: plugins host
+	$(CARGO) build --release -p wasmhost-bench
+	bench/run.sh full
+
+bench-quick: plugins host
+	$(CARGO) build --release -p wasmhost-bench
+	bench/run.sh quick
 
 ## A longer run of the property tests than the one `make test` does.
 fuzz:

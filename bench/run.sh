@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Throughput and latency, every contestant under the same load generator
+# (bench/harness loadgen: closed loop, CONNECTIONS keep-alive connections),
+# A/B interleaved over ROUNDS rounds; prints the median of each.
+#   (a) wasmhost, the Rust user service's GET /users/1 through its own WIT
+#   (b) native axum doing the same work (bench/harness native-user)
+#   (c) wasmhost serving the wasi:http example component (GET /hello)
+#   (d) `wasmtime serve` with the identical component, when `wasmtime` is on PATH
+#       (cargo install wasmtime-cli --version 48.0.8 --locked, ~14 min)
+# Usage: bench/run.sh [quick|full]   (make bench = full, make bench-quick = quick)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODE=${1:-full}
+case "$MODE" in
+  quick) ROUNDS=1; SECONDS_EACH=1; CONNECTIONS=${CONNECTIONS:-8} ;;
+  full)  ROUNDS=${ROUNDS:-5}; SECONDS_EACH=${SECONDS_EACH:-10}; CONNECTIONS=${CONNECTIONS:-32} ;;
+  *) echo "usage: bench/run.sh [quick|full]" >&2; exit 2 ;;
+esac
+BIN=target/release/wasmhost
+LOADGEN=target/release/loadgen
+NATIVE=target/release/native-user
+HELLO=examples/hello@1.0.0.wasm
+for f in "$BIN" "$LOADGEN" "$NATIVE" plugins/user@1.0.0.wasm "$HELLO"; do
+  [ -e "$f" ] || { echo "missing $f: run \`make bench\` (it builds everything)" >&2; exit 1; }
+done
+WORK=$(mktemp -d); PIDS=()
+trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"' EXIT
+mkdir -p "$WORK/plugins"
+cp plugins/user@1.0.0.wasm plugins/user.toml "$WORK/plugins/"
+cp "$HELLO" "$WORK/plugins/hello@1.0.0.wasm"
+wait_for() { for _ in $(seq 600); do curl -sf -o /dev/null "$1" && return 0; sleep 0.05; done; echo "no answer from $1" >&2; exit 1; }
+
+"$BIN" serve --plugins "$WORK/plugins" --state "$WORK/state" --listen 127.0.0.1:18701 --admin-listen 127.0.0.1:0 >/dev/null 2>"$WORK/host.log" &
+PIDS+=($!)
+"$NATIVE" 127.0.0.1:18702 >/dev/null 2>&1 &
+PIDS+=($!)
+wait_for http://127.0.0.1:18702/users/1
+until curl -sf -o /dev/null http://127.0.0.1:18701/users; do sleep 0.05; done
+curl -sf -o /dev/null -X POST http://127.0.0.1:18701/users -d '{"name":"Ada Lovelace","email":"ada@example.com"}'
+wait_for http://127.0.0.1:18701/users/1
+NAMES=("wasmhost user (own WIT)" "native axum" "wasmhost wasi:http hello")
+URLS=(http://127.0.0.1:18701/users/1 http://127.0.0.1:18702/users/1 http://127.0.0.1:18701/hello)
+if command -v wasmtime >/dev/null; then
+  wasmtime serve -S cli --addr 127.0.0.1:18703 "$HELLO" >/dev/null 2>&1 &
+  PIDS+=($!)
+  wait_for http://127.0.0.1:18703/hello
+  NAMES+=("wasmtime serve hello"); URLS+=(http://127.0.0.1:18703/hello)
+else
+  echo "(wasmtime CLI not found: the \`wasmtime serve\` row is skipped; cargo install wasmtime-cli --version 48.0.8 --locked)"
+fi
+
+echo "$MODE: $ROUNDS round(s) x ${SECONDS_EACH}s per contestant, $CONNECTIONS connections, load generator on the same machine ($(nproc) cores)"
+for round in $(seq "$ROUNDS"); do
+  for i in "${!URLS[@]}"; do
+    "$LOADGEN" "${URLS[$i]}" "$CONNECTIONS" "$SECONDS_EACH" > "$WORK/r$round-$i.json"
+  done
+done
+python3 - "$WORK" "$ROUNDS" "${NAMES[@]}" <<'PY'
+import json, statistics, sys
+work, rounds, names = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+rows = []
+for i, name in enumerate(names):
+    runs = [json.load(open(f"{work}/r{r}-{i}.json")) for r in range(1, rounds + 1)]
+    rows.append((name, statistics.median(x["rps"] for x in runs),
+                 statistics.median(x["p50_ms"] for x in runs),
+                 statistics.median(x["p99_ms"] for x in runs),
+                 sum(x["errors"] for x in runs)))
+native = rows[1][1]
+serve = rows[3][1] if len(rows) > 3 else None
+print(f"{'contestant':28} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'/axum':>7} {'/serve':>7}")
+for name, rps, p50, p99, errors in rows:
+    vs_serve = f"{rps / serve:7.2f}" if serve else "      -"
+    print(f"{name:28} {rps:9.0f} {p50:8.2f} {p99:8.2f} {errors:7d} {rps / native:7.2f} {vs_serve}")
+PY
