@@ -111,6 +111,24 @@ impl DispatchError {
     }
 }
 
+impl DispatchError {
+    /// `failure` of a request to `version`.
+    pub fn failed(version: &Version, failure: Failure) -> Self {
+        DispatchError::Failed {
+            service: version.service.clone(),
+            version: version.version.clone(),
+            failure,
+        }
+    }
+
+    /// The status and whether the guest failed while running, as a
+    /// version's metrics count them.
+    pub(crate) fn outcome(&self) -> (u16, bool) {
+        let trapped = matches!(self, DispatchError::Failed { failure, .. } if failure.is_trap());
+        (self.status().as_u16(), trapped)
+    }
+}
+
 impl Failure {
     /// The limit this failure hit, named as in a manifest's `[limits]`.
     pub fn limit(&self) -> Option<&'static str> {
@@ -129,7 +147,7 @@ impl Failure {
     }
 
     /// Whether the guest failed while running (counted as a trap in metrics).
-    pub(crate) fn is_trap(&self) -> bool {
+    fn is_trap(&self) -> bool {
         matches!(
             self,
             Failure::Trap(_)
@@ -274,18 +292,14 @@ impl Dispatcher {
     }
 
     /// Chooses the version that serves an outside request for `path` with
-    /// `headers`, and takes one of its service's concurrency slots (held
-    /// until the returned permit is dropped).
-    pub fn pick(
-        &self,
-        path: &str,
-        headers: &[(String, String)],
-    ) -> Result<(Arc<Version>, OwnedSemaphorePermit), DispatchError> {
+    /// `headers`. It takes no concurrency slot yet: the caller claims one once
+    /// the request body has arrived, so slow clients cannot fill a service.
+    pub fn pick(&self, path: &str, headers: &[(String, String)]) -> Result<Picked, DispatchError> {
         let registry = self.registry.load();
         let service = registry.route(path).ok_or_else(|| DispatchError::NoRoute {
             path: path.to_string(),
         })?;
-        claim(service, headers)
+        Picked::from(service, headers)
     }
 
     /// Runs `req` on the live version of the service `name`, `depth` calls
@@ -302,7 +316,7 @@ impl Dispatcher {
                 let service = registry
                     .service(&name)
                     .ok_or_else(|| DispatchError::UnknownService(name.clone()))?;
-                claim(service, &req.headers)?
+                Picked::from(service, &req.headers)?.claim()?
             };
             self.run(version, req, depth).await
         })
@@ -315,11 +329,7 @@ impl Dispatcher {
         req: Request,
         depth: u32,
     ) -> Result<Response, DispatchError> {
-        let fail = |failure| DispatchError::Failed {
-            service: version.service.clone(),
-            version: version.version.clone(),
-            failure,
-        };
+        let fail = |failure| DispatchError::failed(&version, failure);
         let limits = &version.sandbox.limits;
         let started = std::time::Instant::now();
         let in_flight = version.metrics.start();
@@ -372,35 +382,54 @@ impl Dispatcher {
         };
         let (status, trapped) = match &result {
             Ok(resp) => (resp.status, false),
-            Err(e @ DispatchError::Failed { failure, .. }) => {
-                (e.status().as_u16(), failure.is_trap())
-            }
-            Err(e) => (e.status().as_u16(), false),
+            Err(e) => e.outcome(),
         };
         in_flight.finish(status, trapped, started.elapsed());
         result
     }
 }
 
-/// Picks the version of `service` for a request with `headers` and takes a
-/// concurrency slot; a full service is refused at once (and counted).
-fn claim(
-    service: &crate::registry::ServiceEntry,
-    headers: &[(String, String)],
-) -> Result<(Arc<Version>, OwnedSemaphorePermit), DispatchError> {
-    let version = service
-        .pick(headers, fastrand::u64(..))
-        .cloned()
-        .ok_or_else(|| DispatchError::UnknownService(service.name.clone()))?;
-    match service.slots.clone().try_acquire_owned() {
-        Ok(permit) => Ok((version, permit)),
-        Err(_) => {
-            version.metrics.start().finish(503, false, Duration::ZERO);
-            Err(DispatchError::Failed {
-                service: version.service.clone(),
-                version: version.version.clone(),
-                failure: Failure::Saturated(service.concurrency),
-            })
+/// The version chosen for a request, before it takes a concurrency slot of
+/// its service (see [`Picked::claim`]).
+pub struct Picked {
+    /// The version that will run the request.
+    pub version: Arc<Version>,
+    slots: Arc<tokio::sync::Semaphore>,
+    concurrency: u32,
+}
+
+impl Picked {
+    /// Picks the version of `service` for a request with `headers`.
+    fn from(
+        service: &crate::registry::ServiceEntry,
+        headers: &[(String, String)],
+    ) -> Result<Self, DispatchError> {
+        let version = service
+            .pick(headers, fastrand::u64(..))
+            .cloned()
+            .ok_or_else(|| DispatchError::UnknownService(service.name.clone()))?;
+        Ok(Self {
+            version,
+            slots: service.slots.clone(),
+            concurrency: service.concurrency,
+        })
+    }
+
+    /// Takes one of the service's concurrency slots, held until the permit
+    /// is dropped; a full service is refused at once (and counted).
+    pub fn claim(self) -> Result<(Arc<Version>, OwnedSemaphorePermit), DispatchError> {
+        match self.slots.try_acquire_owned() {
+            Ok(permit) => Ok((self.version, permit)),
+            Err(_) => {
+                self.version
+                    .metrics
+                    .start()
+                    .finish(503, false, Duration::ZERO);
+                Err(DispatchError::failed(
+                    &self.version,
+                    Failure::Saturated(self.concurrency),
+                ))
+            }
         }
     }
 }

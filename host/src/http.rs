@@ -48,10 +48,11 @@ async fn handle(
     let path = parts.uri.path().to_string();
     let method = parts.method.clone();
     // Route first: the body limit is the chosen service's own.
-    let (version, _permit) = match dispatcher.pick(&path, &headers) {
+    let picked = match dispatcher.pick(&path, &headers) {
         Ok(picked) => picked,
         Err(e) => return failure_response(&e, &method, &path),
     };
+    let version = picked.version.clone();
     let origin = Some((&*version.service, &*version.version));
     let limit = version.sandbox.limits.max_request_body;
     let declared = parts
@@ -65,6 +66,10 @@ async fn handle(
     }
     // A wasi:http component gets the body as a stream and streams its answer.
     if matches!(version.pre, Pre::Proxy(_)) {
+        let _permit = match picked.claim() {
+            Ok((_, permit)) => permit,
+            Err(e) => return failure_response(&e, &method, &path),
+        };
         let req = axum::http::Request::from_parts(parts, body);
         return match crate::proxy::handle(&dispatcher, version.clone(), req, 0).await {
             Ok(resp) => {
@@ -110,6 +115,11 @@ async fn handle(
         query: parts.uri.query().unwrap_or_default().to_string(),
         headers,
         body: body.to_vec(),
+    };
+    // Only now, with the whole request at hand, does it take a slot.
+    let _permit = match picked.claim() {
+        Ok((_, permit)) => permit,
+        Err(e) => return failure_response(&e, &method, &path),
     };
     match dispatcher.run(version.clone(), request, 0).await {
         Ok(resp) => {

@@ -213,6 +213,7 @@ impl Loader {
     ) -> Result<Arc<Version>> {
         let bytes = read_plugin(dir, path, self.outside_symlinks)?;
         let digest = hex::encode(Sha256::digest(&bytes));
+        let size = bytes.len() as u64;
         let version = name
             .version
             .clone()
@@ -228,14 +229,14 @@ impl Loader {
                 }
                 v.pre.clone()
             }
-            _ => self.compile(&bytes)?,
+            _ => self.compile(bytes)?,
         };
         Ok(Arc::new(Version {
             service: name.service.into(),
             version: version.into(),
             digest,
             file: path.to_path_buf(),
-            size: bytes.len() as u64,
+            size,
             pre,
             sandbox,
             metrics,
@@ -247,14 +248,14 @@ impl Loader {
     /// Compilation runs on its own thread and is given up after
     /// [`COMPILE_TIMEOUT`] (a compile bomb is refused; its thread finishes
     /// in the background on the compile pool, see [`crate::engine`]).
-    pub fn compile(&self, bytes: &[u8]) -> Result<Pre> {
-        check_header(bytes)?;
+    pub fn compile(&self, bytes: Vec<u8>) -> Result<Pre> {
+        check_header(&bytes)?;
         let (tx, rx) = std::sync::mpsc::channel();
-        let (engine, owned) = (self.engine.clone(), bytes.to_vec());
+        let engine = self.engine.clone();
         std::thread::Builder::new()
             .name("wasmhost-compile".into())
             .spawn(move || {
-                let _ = tx.send(Component::from_binary(&engine, &owned));
+                let _ = tx.send(Component::from_binary(&engine, &bytes));
             })
             .context("cannot start a compile thread")?;
         let component = match rx.recv_timeout(COMPILE_TIMEOUT) {

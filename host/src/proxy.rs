@@ -34,11 +34,7 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let fail = |failure| DispatchError::Failed {
-        service: version.service.clone(),
-        version: version.version.clone(),
-        failure,
-    };
+    let fail = |failure| DispatchError::failed(&version, failure);
     let Pre::Proxy(pre) = &version.pre else {
         return Err(fail(Failure::Internal("not a wasi:http component".into())));
     };
@@ -70,8 +66,10 @@ where
     let (guest_req, out) = match prepared {
         Ok(prepared) => prepared,
         Err(e) => {
-            in_flight.finish(400, false, started.elapsed());
-            return Err(fail(Failure::Internal(format!("{e:#}"))));
+            let error = fail(Failure::Internal(format!("{e:#}")));
+            let (status, trapped) = error.outcome();
+            in_flight.finish(status, trapped, started.elapsed());
+            return Err(error);
         }
     };
     let task_limits = limits.clone();
@@ -128,8 +126,7 @@ where
     };
     let (status, trapped) = match &result {
         Ok(resp) => (resp.status().as_u16(), false),
-        Err(e @ DispatchError::Failed { failure, .. }) => (e.status().as_u16(), failure.is_trap()),
-        Err(e) => (e.status().as_u16(), false),
+        Err(e) => e.outcome(),
     };
     in_flight.finish(status, trapped, started.elapsed());
     result
@@ -143,11 +140,7 @@ pub async fn call_buffered(
     req: Request,
     depth: u32,
 ) -> Result<Response, DispatchError> {
-    let fail = |failure| DispatchError::Failed {
-        service: version.service.clone(),
-        version: version.version.clone(),
-        failure,
-    };
+    let fail = |failure| DispatchError::failed(&version, failure);
     let uri = if req.query.is_empty() {
         req.path.clone()
     } else {

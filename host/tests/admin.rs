@@ -14,10 +14,7 @@ fn two_versions() -> Plugins {
 }
 
 fn weights(host: &Host) -> Vec<(String, u64)> {
-    let svc = host
-        .admin("GET", "/admin/services/user", None, None)
-        .expect_status(200)
-        .json();
+    let svc = host.service("user");
     svc["versions"]
         .as_array()
         .unwrap()
@@ -183,10 +180,7 @@ fn metrics_count_requests_errors_and_traps_per_version() {
         host.get("/probe/echo").expect_status(200);
     }
     host.get("/probe/trap").expect_status(500);
-    let svc = host
-        .admin("GET", "/admin/services/probe", None, None)
-        .expect_status(200)
-        .json();
+    let svc = host.service("probe");
     let m = &svc["versions"][0]["metrics"];
     assert_eq!(
         (

@@ -20,10 +20,7 @@ fn drive_until(
         for _ in 0..20 {
             host.get(path);
         }
-        let svc = host
-            .admin("GET", "/admin/services/user", None, None)
-            .expect_status(200)
-            .json();
+        let svc = host.service("user");
         if done(&svc) {
             return svc;
         }

@@ -162,19 +162,13 @@ fn every_attack_fails_alone_while_good_traffic_flows() {
     eprintln!("good requests served during the attacks: {served}");
 
     // Every failure is counted against the hostile version, none against user.
-    let svc = host
-        .admin("GET", "/admin/services/hostile", None, None)
-        .expect_status(200)
-        .json();
+    let svc = host.service("hostile");
     let m = &svc["versions"][0]["metrics"];
     assert!(m["errors"].as_u64().unwrap() >= 8, "{svc}");
     assert!(m["traps"].as_u64().unwrap() >= 7, "{svc}");
     assert_eq!(svc["limits"]["cpu-time"], "200ms", "{svc}");
     assert_eq!(svc["limits"]["memory"], "32 MiB", "{svc}");
-    let user = host
-        .admin("GET", "/admin/services/user", None, None)
-        .expect_status(200)
-        .json();
+    let user = host.service("user");
     assert_eq!(user["versions"][0]["metrics"]["errors"], 0, "{user}");
 }
 
@@ -293,10 +287,25 @@ fn granted_environment_and_directory_are_visible_read_only() {
         .json();
     assert!(r.get("content").is_none(), "{r}");
     // The admin API shows the grants, never the environment's values.
-    let svc = host
-        .admin("GET", "/admin/services/hostile", None, None)
-        .expect_status(200)
-        .json();
+    let svc = host.service("hostile");
     assert_eq!(svc["grants"]["env"], json!(["GREETING"]), "{svc}");
     assert_eq!(svc["grants"]["dir"]["access"], "read-only", "{svc}");
+}
+
+#[test]
+fn a_client_slow_to_send_its_body_holds_no_slot() {
+    let (_p, _s, host) = start("[limits]\nconcurrency = 1\n", &[]);
+    // A request whose body never finishes arriving...
+    let addr = host
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let mut slow = std::net::TcpStream::connect(addr).unwrap();
+    slow.write_all(b"PUT /hostile/secret HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nabc")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // ...does not take the service's only slot.
+    host.get("/hostile/sleep?ms=1").expect_status(200);
+    drop(slow);
 }

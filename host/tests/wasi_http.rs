@@ -86,10 +86,7 @@ fn a_wasi_http_component_is_served_with_streams_trailers_and_limits() {
     assert_eq!(r["body"], "hello from a wasi:http component\n");
 
     // Counted like any version, and shown with its world.
-    let svc = host
-        .admin("GET", "/admin/services/hello", None, None)
-        .expect_status(200)
-        .json();
+    let svc = host.service("hello");
     assert_eq!(svc["versions"][0]["world"], "wasi:http/proxy", "{svc}");
     assert!(
         svc["versions"][0]["metrics"]["requests"].as_u64().unwrap() >= 6,

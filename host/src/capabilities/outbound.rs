@@ -192,17 +192,15 @@ async fn call_internal(
     name: String,
     request: http::Request<WasiBody>,
 ) -> Result<http::Response<WasiBody>, Error> {
+    use super::services::{check_call, Refusal};
     use http_body_util::BodyExt;
     let (service, version) = (&caller.service, &caller.version);
-    if !caller.sandbox.may_call(&name) {
-        tracing::warn!(%service, %version, callee = %name, "service call refused: not granted");
-        return Err(Error::HttpRequestDenied);
+    match check_call(&caller, &name, depth) {
+        Ok(()) => {}
+        Err(Refusal::NotGranted) => return Err(Error::HttpRequestDenied),
+        Err(Refusal::TooDeep(_)) => return Err(Error::LoopDetected),
     }
     let limits = &caller.sandbox.limits;
-    if depth + 1 > limits.max_call_depth {
-        tracing::warn!(%service, %version, callee = %name, "service call refused: call depth limit reached");
-        return Err(Error::LoopDetected);
-    }
     let (parts, body) = request.into_parts();
     let body = http_body_util::Limited::new(body, limits.max_request_body)
         .collect()

@@ -12,6 +12,7 @@ use super::HostState;
 use crate::bindings::wasmhost::plugin::services::{Error, Host};
 use crate::bindings::{Request, Response};
 use crate::dispatch::{DispatchError, Failure};
+use crate::registry::Version;
 
 impl Host for HostState {
     async fn call(
@@ -19,21 +20,19 @@ impl Host for HostState {
         name: String,
         req: Request,
     ) -> wasmtime::Result<Result<Response, Error>> {
-        let (service, version) = (&self.version.service, &self.version.version);
-        if !self.version.sandbox.may_call(&name) {
-            tracing::warn!(%service, %version, callee = %name, "service call refused: not granted");
-            return Ok(Err(Error::Denied(format!(
-                "calling `{name}` is not granted to `{service}` (add it to [grants] services in {service}.toml)"
-            ))));
-        }
-        let depth = self.depth + 1;
-        let max = self.version.sandbox.limits.max_call_depth;
-        if depth > max {
+        match check_call(&self.version, &name, self.depth) {
+            Ok(()) => {}
+            Err(Refusal::NotGranted) => {
+                let service = &self.version.service;
+                return Ok(Err(Error::Denied(format!(
+                    "calling `{name}` is not granted to `{service}` (add it to [grants] services in {service}.toml)"
+                ))));
+            }
             // A chain this deep is a loop (A→B→A…): the whole chain is cut,
             // so the outside caller gets 508 whatever the services do.
-            tracing::warn!(%service, %version, callee = %name, depth, "service call refused: call depth limit reached");
-            return Err(CallLoop { max }.into());
+            Err(Refusal::TooDeep(max)) => return Err(CallLoop { max }.into()),
         }
+        let depth = self.depth + 1;
         let dispatcher = self.dispatcher.clone();
         let result = dispatcher.call_service(name.clone(), req, depth).await;
         match result {
@@ -51,6 +50,31 @@ impl Host for HostState {
             Err(other) => Ok(Err(Error::Failed(other.to_string()))),
         }
     }
+}
+
+/// Why a call to another service may not go ahead.
+pub(crate) enum Refusal {
+    /// The caller's manifest does not grant the callee.
+    NotGranted,
+    /// The chain would go deeper than this call-depth limit.
+    TooDeep(u32),
+}
+
+/// Checks a call from `caller`, itself `depth` calls deep, to `callee` —
+/// through `services.call` or `http://CALLEE.internal` alike — and logs a
+/// refusal.
+pub(crate) fn check_call(caller: &Version, callee: &str, depth: u32) -> Result<(), Refusal> {
+    let (service, version) = (&caller.service, &caller.version);
+    if !caller.sandbox.may_call(callee) {
+        tracing::warn!(%service, %version, %callee, "service call refused: not granted");
+        return Err(Refusal::NotGranted);
+    }
+    let max = caller.sandbox.limits.max_call_depth;
+    if depth + 1 > max {
+        tracing::warn!(%service, %version, %callee, depth = depth + 1, "service call refused: call depth limit reached");
+        return Err(Refusal::TooDeep(max));
+    }
+    Ok(())
 }
 
 /// Ends every instance of a `services.call` chain that went too deep.
