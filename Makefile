@@ -7,6 +7,7 @@ STATE        ?= .wasmhost
 PLUGIN_DIR   := plugins
 GUEST_TARGET := $(CURDIR)/target/plugins
 GUEST_OUT    := $(GUEST_TARGET)/wasm32-wasip2/release
+TEST_CACHE   := $(CURDIR)/target/test-cache
 SERVICES     := user order
 WIT_FILES    := $(wildcard wit/*.wit wit/deps/*/*.wit)
 # Services in other languages: their tools are pinned and installed into the
@@ -20,7 +21,7 @@ INVENTORY_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' plugins/invento
 CATALOG_VERSION   := $(shell sed -n 's/^  "version": "\(.*\)",/\1/p' plugins/catalog-js/package.json)
 crate_version = $(shell sed -n 's/^version = "\(.*\)"/\1/p' $(PLUGIN_DIR)/$(1)/Cargo.toml | head -n1)
 
-.PHONY: help run test plugins polyglot host setup lint fmt component-check fuzz bench bench-quick clean
+.PHONY: help run test plugins polyglot host setup lint fmt component-check fuzz bench bench-quick bench-guests clean
 
 help:
 	@echo "make run              build the example plugins and the host, serve on http://$(LISTEN)"
@@ -119,14 +120,28 @@ component-check: setup
 		(cd $$s && CARGO_TARGET_DIR=$(GUEST_TARGET)/component $(CARGO) component build --release) || exit 1; \
 	done
 
-## Benchmarks: wasmhost against native axum (and `wasmtime serve` when installed).
-bench: plugins host
+## What the benchmarks need beyond the example services: the fixtures, and the
+## user service built without optimization (~500 KB of code, for the swap figure).
+bench-guests: plugins
+	cd $(PLUGIN_DIR) && CARGO_TARGET_DIR=$(GUEST_TARGET) $(CARGO) build --release --target wasm32-wasip2 -p probe -p hostile
+	cd $(PLUGIN_DIR) && CARGO_PROFILE_DEV_DEBUG=0 CARGO_TARGET_DIR=$(GUEST_TARGET)/bench $(CARGO) build --target wasm32-wasip2 -p user
+
+## Benchmarks (release build): throughput against native axum (and
+## `wasmtime serve` when installed), the per-request micro-benchmark, and the
+## start-up, swap and memory figures. See bench/README.md.
+bench: bench-guests host
 	$(CARGO) build --release -p wasmhost-bench
 	bench/run.sh full
+	$(CARGO) bench -p wasmhost --bench request
+	bench/figures.py
 
-bench-quick: plugins host
-	$(CARGO) build --release -p wasmhost-bench
-	bench/run.sh quick
+## Seconds, not minutes: checks that every part of the harness still runs
+## (debug build, shortest runs; the figures it prints mean nothing).
+bench-quick: bench-guests
+	$(CARGO) build -p wasmhost -p wasmhost-bench
+	BIN_DIR=target/debug CACHE_DIR=$(TEST_CACHE) bench/run.sh quick
+	$(CARGO) test -p wasmhost --bench request
+	BIN_DIR=target/debug bench/figures.py --quick
 
 ## A longer run of the property tests than the one `make test` does.
 fuzz:

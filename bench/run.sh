@@ -7,7 +7,10 @@
 #   (c) wasmhost serving the wasi:http example component (GET /hello)
 #   (d) `wasmtime serve` with the identical component, when `wasmtime` is on PATH
 #       (cargo install wasmtime-cli --version 48.0.8 --locked, ~14 min)
+#   (e) wasmhost serving the JavaScript catalog's and the Python inventory's GET
 # Usage: bench/run.sh [quick|full]   (make bench = full, make bench-quick = quick)
+# BIN_DIR (default target/release) holds wasmhost, loadgen and native-user;
+# CACHE_DIR (default target/bench-cache) keeps compiled components between runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-full}
@@ -16,21 +19,26 @@ case "$MODE" in
   full)  ROUNDS=${ROUNDS:-5}; SECONDS_EACH=${SECONDS_EACH:-10}; CONNECTIONS=${CONNECTIONS:-32} ;;
   *) echo "usage: bench/run.sh [quick|full]" >&2; exit 2 ;;
 esac
-BIN=target/release/wasmhost
-LOADGEN=target/release/loadgen
-NATIVE=target/release/native-user
+BIN_DIR=${BIN_DIR:-target/release}
+CACHE_DIR=${CACHE_DIR:-target/bench-cache}
+BIN=$BIN_DIR/wasmhost
+LOADGEN=$BIN_DIR/loadgen
+NATIVE=$BIN_DIR/native-user
 HELLO=examples/hello@1.0.0.wasm
-for f in "$BIN" "$LOADGEN" "$NATIVE" plugins/user@1.0.0.wasm "$HELLO"; do
+for f in "$BIN" "$LOADGEN" "$NATIVE" plugins/user@1.0.0.wasm plugins/catalog@1.0.0.wasm plugins/inventory@1.0.0.wasm "$HELLO"; do
   [ -e "$f" ] || { echo "missing $f: run \`make bench\` (it builds everything)" >&2; exit 1; }
 done
 WORK=$(mktemp -d); PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/plugins"
 cp plugins/user@1.0.0.wasm plugins/user.toml "$WORK/plugins/"
+cp plugins/catalog@1.0.0.wasm plugins/catalog.toml plugins/inventory@1.0.0.wasm plugins/inventory.toml "$WORK/plugins/"
 cp "$HELLO" "$WORK/plugins/hello@1.0.0.wasm"
 wait_for() { for _ in $(seq 600); do curl -sf -o /dev/null "$1" && return 0; sleep 0.05; done; echo "no answer from $1" >&2; exit 1; }
 
-"$BIN" serve --plugins "$WORK/plugins" --state "$WORK/state" --listen 127.0.0.1:18701 --admin-listen 127.0.0.1:0 >/dev/null 2>"$WORK/host.log" &
+mkdir -p "$CACHE_DIR"
+echo "starting wasmhost (the first run compiles the Python and JavaScript services, ~40 s; later runs reuse $CACHE_DIR)"
+"$BIN" serve --plugins "$WORK/plugins" --state "$WORK/state" --cache-dir "$CACHE_DIR" --listen 127.0.0.1:18701 --admin-listen 127.0.0.1:0 >/dev/null 2>"$WORK/host.log" &
 PIDS+=($!)
 "$NATIVE" 127.0.0.1:18702 >/dev/null 2>&1 &
 PIDS+=($!)
@@ -38,6 +46,10 @@ wait_for http://127.0.0.1:18702/users/1
 until curl -sf -o /dev/null http://127.0.0.1:18701/users; do sleep 0.05; done
 curl -sf -o /dev/null -X POST http://127.0.0.1:18701/users -d '{"name":"Ada Lovelace","email":"ada@example.com"}'
 wait_for http://127.0.0.1:18701/users/1
+curl -sf -o /dev/null -X POST http://127.0.0.1:18701/products -d '{"sku":"KB-1","name":"Keyboard","price_cents":4999}'
+curl -sf -o /dev/null -X PUT http://127.0.0.1:18701/inventory/KB-1 -d '{"quantity":10}'
+wait_for http://127.0.0.1:18701/products/KB-1
+wait_for http://127.0.0.1:18701/inventory/KB-1
 NAMES=("wasmhost user (own WIT)" "native axum" "wasmhost wasi:http hello")
 URLS=(http://127.0.0.1:18701/users/1 http://127.0.0.1:18702/users/1 http://127.0.0.1:18701/hello)
 if command -v wasmtime >/dev/null; then
@@ -48,6 +60,8 @@ if command -v wasmtime >/dev/null; then
 else
   echo "(wasmtime CLI not found: the \`wasmtime serve\` row is skipped; cargo install wasmtime-cli --version 48.0.8 --locked)"
 fi
+NAMES+=("wasmhost JavaScript catalog" "wasmhost Python inventory")
+URLS+=(http://127.0.0.1:18701/products/KB-1 http://127.0.0.1:18701/inventory/KB-1)
 
 echo "$MODE: $ROUNDS round(s) x ${SECONDS_EACH}s per contestant, $CONNECTIONS connections, load generator on the same machine ($(nproc) cores)"
 for round in $(seq "$ROUNDS"); do
@@ -66,7 +80,7 @@ for i, name in enumerate(names):
                  statistics.median(x["p99_ms"] for x in runs),
                  sum(x["errors"] for x in runs)))
 native = rows[1][1]
-serve = rows[3][1] if len(rows) > 3 else None
+serve = next((r[1] for r in rows if r[0].startswith("wasmtime serve")), None)
 print(f"{'contestant':28} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'/axum':>7} {'/serve':>7}")
 for name, rps, p50, p99, errors in rows:
     vs_serve = f"{rps / serve:7.2f}" if serve else "      -"

@@ -28,6 +28,9 @@ const MAX_MEMORIES_PER_COMPONENT: u32 = 4;
 /// next instance. With the kernel's PAGEMAP_SCAN (Linux 6.7+, used when
 /// present) only the pages the guest dirtied are reset, so this can be large.
 const KEEP_RESIDENT: usize = 8 * 1024 * 1024;
+/// Set (to anything) to write `/tmp/perf-PID.map` for `perf`, naming guest
+/// functions in profiles.
+pub const PERFMAP_ENV: &str = "WASMHOST_PERFMAP";
 /// Stack size of each guest call.
 const MAX_WASM_STACK: usize = 1024 * 1024;
 
@@ -69,6 +72,10 @@ pub fn build(limits: &Limits, cache_dir: &Path) -> Result<Engine> {
         .epoch_interruption(true)
         .max_wasm_stack(MAX_WASM_STACK)
         .cache(Some(cache));
+    // For profiling: `perf` can then name the guests' compiled functions.
+    if std::env::var_os(PERFMAP_ENV).is_some() {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     Engine::new(&config)
         .map_err(anyhow::Error::from)
         .context("failed to create the wasmtime engine")

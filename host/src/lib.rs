@@ -122,8 +122,14 @@ pub async fn run(
             .follow_outside_symlinks(config.follow_symlinks),
     );
     let release = rollout::ReleaseState::load(&state_dir)?;
-    let registry = initial_scan(&loader, &config.plugins_dir, &release).await?;
-    status::log_registry(&registry, &config.plugins_dir);
+    // Absolute, so the watcher's paths and the scan's paths are the same
+    // (a file renamed into place is recognised as such and loaded at once).
+    let plugins_dir = config
+        .plugins_dir
+        .canonicalize()
+        .unwrap_or_else(|_| config.plugins_dir.clone());
+    let registry = initial_scan(&loader, &plugins_dir, &release).await?;
+    status::log_registry(&registry, &plugins_dir);
     let dispatcher = dispatch::Dispatcher::new(
         engine,
         registry,
@@ -133,7 +139,7 @@ pub async fn run(
         state_dir.clone(),
     );
     let analyst = tokio::spawn(canary::analyst(dispatcher.clone()));
-    let _watcher = watcher::spawn(config.plugins_dir.clone(), loader, dispatcher.clone())?;
+    let _watcher = watcher::spawn(plugins_dir, loader, dispatcher.clone())?;
 
     let token_hint = if std::env::var_os("WASMHOST_ADMIN_TOKEN").is_some() {
         "from WASMHOST_ADMIN_TOKEN".to_string()

@@ -12,7 +12,7 @@ use crate::bindings::ServicePre;
 use crate::capabilities::{self, HostState};
 use crate::config::{Limits, Manifest};
 use crate::plugin::PluginName;
-use crate::registry::{LoadError, Pre, Registry, Version};
+use crate::registry::{FileStamp, LoadError, Pre, Registry, Version};
 use crate::rollout::ReleaseState;
 use crate::sandbox::Sandbox;
 use anyhow::{bail, Context, Result};
@@ -211,6 +211,19 @@ impl Loader {
         sandbox: Arc<Sandbox>,
         last: Option<&Version>,
     ) -> Result<Arc<Version>> {
+        // Unchanged on disk since it was loaded, same name and sandbox: keep
+        // it without reading and hashing the file again (a rescan must stay
+        // fast beside tens of MB of interpreters).
+        let stamp = FileStamp::of(path);
+        if let Some(v) = last {
+            if stamp.is_some()
+                && v.stamp == stamp
+                && v.sandbox == sandbox
+                && name.version.as_deref().is_none_or(|n| *v.version == *n)
+            {
+                return Ok(Arc::new(v.clone()));
+            }
+        }
         let bytes = read_plugin(dir, path, self.outside_symlinks)?;
         let digest = hex::encode(Sha256::digest(&bytes));
         let size = bytes.len() as u64;
@@ -237,6 +250,7 @@ impl Loader {
             digest,
             file: path.to_path_buf(),
             size,
+            stamp,
             pre,
             sandbox,
             metrics,

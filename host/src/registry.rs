@@ -50,12 +50,41 @@ pub struct Version {
     pub file: PathBuf,
     /// Size of the component in bytes.
     pub size: u64,
+    /// The file's identity and times when it was read: a rescan that finds
+    /// the same stamp reuses this version without reading the file again.
+    pub stamp: Option<FileStamp>,
     /// The component, type-checked against its world and pre-linked.
     pub pre: Pre,
     /// Its limits and grants, from the service's manifest.
     pub sandbox: Arc<Sandbox>,
     /// Request metrics; kept across reloads of the same version.
     pub metrics: Arc<VersionMetrics>,
+}
+
+/// What identifies one state of a file on disk: its device, inode, size and
+/// modification and change times. A rewrite or a rename changes one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    /// The stamp of `path` (following symlinks), if it can be read.
+    pub fn of(path: &std::path::Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
 }
 
 /// A service and its live versions.

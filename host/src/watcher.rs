@@ -19,7 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// Quiet time after the last event before the directory is rescanned.
+/// Quiet time after the last event before the directory is rescanned
+/// (a rename into place is loaded without waiting).
 pub const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// Keeps the directory watched; dropping it stops the watcher task.
@@ -39,6 +40,11 @@ pub fn spawn(dir: PathBuf, loader: Arc<Loader>, dispatcher: Arc<Dispatcher>) -> 
     let (tx, rx) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
+            // Opening or reading a file changes nothing, and the rescan's own
+            // reads would otherwise trigger the next rescan, forever.
+            if matches!(event.kind, notify::EventKind::Access(_)) {
+                return;
+            }
             let renamed = matches!(
                 event.kind,
                 notify::EventKind::Modify(notify::event::ModifyKind::Name(
@@ -46,6 +52,7 @@ pub fn spawn(dir: PathBuf, loader: Arc<Loader>, dispatcher: Arc<Dispatcher>) -> 
                 ))
             );
             if let Some(path) = event.paths.iter().rev().find(|p| is_relevant(p)) {
+                tracing::trace!(kind = ?event.kind, path = %path.display(), "plugins directory changed");
                 let _ = tx.send(renamed.then(|| path.clone()));
             }
         }
@@ -92,15 +99,33 @@ async fn run(
                 Some(event) => event,
             }
         };
+        // A file renamed into place is complete: load it at once, with
+        // whatever else is already queued. Other changes (a file being
+        // written, a manifest edited) wait for a quiet moment.
+        let quiet = if first.is_some() {
+            Duration::ZERO
+        } else {
+            DEBOUNCE
+        };
         renamed.extend(first);
         loop {
-            match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+            let next = if quiet.is_zero() {
+                match rx.try_recv() {
+                    Ok(event) => Ok(Some(event)),
+                    Err(mpsc::error::TryRecvError::Empty) => Err(()),
+                    Err(mpsc::error::TryRecvError::Disconnected) => Ok(None),
+                }
+            } else {
+                tokio::time::timeout(quiet, rx.recv()).await.map_err(|_| ())
+            };
+            match next {
                 Ok(Some(event)) => renamed.extend(event),
                 Ok(None) => return,
-                Err(_) => break,
+                Err(()) => break,
             }
         }
         let started = Instant::now();
+        tracing::debug!(renamed = renamed.len(), "rescanning the plugins directory");
         let writer = dispatcher.writer().await;
         let previous = dispatcher.registry();
         let (scan_loader, scan_dir, scan_prev) = (loader.clone(), dir.clone(), previous.clone());

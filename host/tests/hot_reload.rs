@@ -30,6 +30,44 @@ fn wait_for_version(host: &Host, path: &str, want: Option<&str>) {
 }
 
 #[test]
+fn an_idle_host_does_not_rescan_and_a_renamed_file_loads_at_once() {
+    // The plugins directory given as a relative path, as users type it.
+    let plugins = Plugins::new();
+    plugins
+        .add(USER, "user@1.0.0.wasm")
+        .copy_manifest("user.toml");
+    let cwd = std::env::current_dir().unwrap();
+    let up = "../".repeat(cwd.components().count() - 1);
+    let relative = std::path::Path::new(&up).join(plugins.path().strip_prefix("/").unwrap());
+    let state = state_dir();
+    let host = Host::start(BIN, &relative, state.path());
+    host.get("/users").expect_status(200);
+
+    // Reading its own files must not wake the watcher: nothing changed, so
+    // nothing is rescanned.
+    std::thread::sleep(Duration::from_millis(600));
+    let rescans = |log: &str| log.matches("rescanning the plugins directory").count();
+    assert_eq!(
+        rescans(&host.log()),
+        0,
+        "idle host rescanned:\n{}",
+        host.log()
+    );
+
+    // A file renamed into place is complete: loaded at once, never deferred
+    // as "still being written".
+    plugins.deploy(USER_V2, "user@1.1.0.wasm");
+    wait_for_version(&host, "/users", Some("1.1.0"));
+    std::thread::sleep(Duration::from_millis(600));
+    let log = host.log();
+    assert!(
+        !log.contains("still being written"),
+        "renamed file was deferred:\n{log}"
+    );
+    assert!(rescans(&log) <= 2, "rescans kept coming:\n{log}");
+}
+
+#[test]
 fn a_dropped_component_is_served_and_a_removed_one_retired() {
     let plugins = Plugins::examples();
     let state = state_dir();
