@@ -30,7 +30,9 @@ help:
 	@echo "make lint             rustfmt and clippy (host and guests), warnings are errors"
 	@echo "make component-check  build the example plugins with cargo-component too"
 	@echo "make fuzz             a long property-test run (CI runs a short one in make test)"
-	@echo "make bench            requests/s and latency: wasmhost vs native axum (vs wasmtime serve if installed)"
+	@echo "make bench            benchmarks: req/s and latency vs native axum (and wasmtime serve if installed),"
+	@echo "                      per-request cost, start-up, hot swap, memory (see bench/RESULTS.md)"
+	@echo "make bench-quick      check in seconds that every part of the benchmark harness runs"
 
 ## Install what a fresh machine lacks.
 setup:

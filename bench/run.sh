@@ -63,7 +63,8 @@ fi
 NAMES+=("wasmhost JavaScript catalog" "wasmhost Python inventory")
 URLS+=(http://127.0.0.1:18701/products/KB-1 http://127.0.0.1:18701/inventory/KB-1)
 
-echo "$MODE: $ROUNDS round(s) x ${SECONDS_EACH}s per contestant, $CONNECTIONS connections, load generator on the same machine ($(nproc) cores)"
+echo "$MODE: $ROUNDS round(s) x ${SECONDS_EACH}s per contestant, $CONNECTIONS connections, load generator on the same machine ($(nproc) cores), binaries from $BIN_DIR"
+[ "$MODE" = quick ] && echo "(quick mode checks that the harness runs: its figures are not measurements)"
 for round in $(seq "$ROUNDS"); do
   for i in "${!URLS[@]}"; do
     "$LOADGEN" "${URLS[$i]}" "$CONNECTIONS" "$SECONDS_EACH" > "$WORK/r$round-$i.json"

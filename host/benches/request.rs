@@ -118,8 +118,10 @@ fn native(kv: KvStore) -> axum::Router {
 }
 
 fn requests(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    // One thread, as one worker of the server: tasks a request spawns run
+    // beside it (a multi-thread runtime would add cross-thread wake-ups
+    // that `block_on` from outside the runtime incurs, and a server does not).
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
