@@ -8,6 +8,8 @@
 #   (d) `wasmtime serve` with the identical component, when `wasmtime` is on PATH
 #       (cargo install wasmtime-cli --version 48.0.8 --locked, ~14 min)
 #   (e) wasmhost serving the JavaScript catalog's and the Python inventory's GET
+#   (f) the user and Python services again with opt-in instance reuse
+#       (`requests-per-instance = 100`), on a second wasmhost
 # Usage: bench/run.sh [quick|full]   (make bench = full, make bench-quick = quick)
 # BIN_DIR (default target/release) holds wasmhost, loadgen and native-user;
 # CACHE_DIR (default target/bench-cache) keeps compiled components between runs.
@@ -62,6 +64,22 @@ else
 fi
 NAMES+=("wasmhost JavaScript catalog" "wasmhost Python inventory")
 URLS+=(http://127.0.0.1:18701/products/KB-1 http://127.0.0.1:18701/inventory/KB-1)
+
+# The same services with instance reuse, which trades isolation for speed.
+mkdir -p "$WORK/reuse"
+cp plugins/user@1.0.0.wasm plugins/inventory@1.0.0.wasm "$WORK/reuse/"
+for s in user inventory; do
+  { cat "plugins/$s.toml"; grep -q '^\[limits\]' "plugins/$s.toml" || echo '[limits]'; echo 'requests-per-instance = 100'; } > "$WORK/reuse/$s.toml"
+done
+"$BIN" serve --plugins "$WORK/reuse" --state "$WORK/state-reuse" --cache-dir "$CACHE_DIR" --listen 127.0.0.1:18704 --admin-listen 127.0.0.1:0 >/dev/null 2>"$WORK/host-reuse.log" &
+PIDS+=($!)
+until curl -sf -o /dev/null http://127.0.0.1:18704/users; do sleep 0.05; done
+curl -sf -o /dev/null -X POST http://127.0.0.1:18704/users -d '{"name":"Ada Lovelace","email":"ada@example.com"}'
+curl -sf -o /dev/null -X PUT http://127.0.0.1:18704/inventory/KB-1 -d '{"quantity":10}'
+wait_for http://127.0.0.1:18704/users/1
+wait_for http://127.0.0.1:18704/inventory/KB-1
+NAMES+=("wasmhost user, reuse 100" "wasmhost Python, reuse 100")
+URLS+=(http://127.0.0.1:18704/users/1 http://127.0.0.1:18704/inventory/KB-1)
 
 echo "$MODE: $ROUNDS round(s) x ${SECONDS_EACH}s per contestant, $CONNECTIONS connections, load generator on the same machine ($(nproc) cores), binaries from $BIN_DIR"
 [ "$MODE" = quick ] && echo "(quick mode checks that the harness runs: its figures are not measurements)"

@@ -39,6 +39,9 @@ pub const DEFAULT_CONCURRENCY: u32 = 64;
 pub const DEFAULT_LOG_BYTES: usize = 64 * 1024;
 /// Default number of entries in one request's resource table (open handles).
 pub const DEFAULT_RESOURCES: u32 = 1024;
+/// Default number of requests one instance serves: 1, a fresh instance for
+/// every request.
+pub const DEFAULT_REQUESTS_PER_INSTANCE: u32 = 1;
 /// Default ceiling of any service's linear memory (sizes the instance pool).
 pub const DEFAULT_MEMORY_CEILING: usize = 1024 * 1024 * 1024;
 
@@ -105,6 +108,11 @@ pub struct Limits {
     pub log_bytes: usize,
     /// Entries in one request's resource table (streams, handles…).
     pub resources: u32,
+    /// Requests one instance serves before it is dropped. 1 (the default):
+    /// every request gets a fresh instance. More trades isolation for speed:
+    /// an instance's memory and globals carry over from one request to the
+    /// next (see `SECURITY.md`). Applies to the wasmhost world, not wasi:http.
+    pub requests_per_instance: u32,
     /// Host-wide: instances alive at once (sizes the pooling allocator).
     pub max_instances: u32,
     /// Host-wide: the most memory any service may be given (sizes the pool).
@@ -123,6 +131,7 @@ impl Default for Limits {
             max_call_depth: DEFAULT_MAX_CALL_DEPTH,
             log_bytes: DEFAULT_LOG_BYTES,
             resources: DEFAULT_RESOURCES,
+            requests_per_instance: DEFAULT_REQUESTS_PER_INSTANCE,
             max_instances: DEFAULT_MAX_INSTANCES,
             memory_ceiling: DEFAULT_MEMORY_CEILING,
         }
@@ -148,6 +157,9 @@ impl Limits {
             max_call_depth: o.call_depth.unwrap_or(self.max_call_depth),
             log_bytes: bytes(o.log_bytes, self.log_bytes),
             resources: o.resources.unwrap_or(self.resources),
+            requests_per_instance: o
+                .requests_per_instance
+                .unwrap_or(self.requests_per_instance),
             max_instances: self.max_instances,
             memory_ceiling: self.memory_ceiling,
         };
@@ -175,6 +187,7 @@ impl Limits {
             "call-depth": self.max_call_depth,
             "log-bytes": size(self.log_bytes),
             "resources": self.resources,
+            "requests-per-instance": self.requests_per_instance,
         })
     }
 }
@@ -204,6 +217,7 @@ pub fn format_size(bytes: u64) -> String {
 /// call-depth = 4
 /// log-bytes = "16 KiB"
 /// resources = 256
+/// requests-per-instance = 1   # more reuses instances: faster, less isolated
 /// ```
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -228,6 +242,8 @@ pub struct LimitOverrides {
     pub log_bytes: Option<bytesize::ByteSize>,
     /// Resource-table entries per request.
     pub resources: Option<u32>,
+    /// Requests one instance serves (1: a fresh instance per request).
+    pub requests_per_instance: Option<u32>,
 }
 
 /// The `[grants]` table of a manifest: what a service may reach beyond its
@@ -444,10 +460,11 @@ impl Manifest {
             .with_context(|| format!("invalid manifest {origin}"))?;
         let l = &manifest.limits;
         if l.concurrency == Some(0)
+            || l.requests_per_instance == Some(0)
             || l.cpu_time.is_some_and(|d| d.is_zero())
             || l.timeout.is_some_and(|d| d.is_zero())
         {
-            bail!("invalid manifest {origin}: `concurrency`, `cpu-time` and `timeout` must be above zero");
+            bail!("invalid manifest {origin}: `concurrency`, `requests-per-instance`, `cpu-time` and `timeout` must be above zero");
         }
         Ok(manifest)
     }
@@ -567,6 +584,7 @@ mod tests {
                 Just("limits.concurrency"),
                 Just("limits.request-body"),
                 Just("limits.resources"),
+                Just("limits.requests-per-instance"),
                 Just("grants.services"),
                 Just("grants.http"),
                 Just("grants.env"),

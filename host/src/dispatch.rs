@@ -11,7 +11,7 @@ use crate::bindings::{Request, Response};
 use crate::capabilities::HostState;
 use crate::config::Limits;
 use crate::engine::TICK;
-use crate::registry::{Pre, Registry, Version};
+use crate::registry::{IdleInstance, Pre, Registry, Version};
 use crate::rollout::ReleaseState;
 use crate::store::KvStore;
 use arc_swap::ArcSwap;
@@ -278,11 +278,11 @@ impl Dispatcher {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         let budget = ticks(version.sandbox.limits.cpu_time);
-        let mut used = 0u64;
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            used += 1;
-            if used >= budget {
+        store.epoch_deadline_callback(move |mut ctx| {
+            let state = ctx.data_mut();
+            state.cpu_ticks += 1;
+            if state.cpu_ticks >= budget {
                 Err(CpuBudgetSpent.into())
             } else {
                 Ok(UpdateDeadline::Yield(1))
@@ -340,39 +340,60 @@ impl Dispatcher {
                 return crate::proxy::call_buffered(self, version.clone(), req, depth).await;
             }
         };
-        let mut store = match self.new_store(&version, depth) {
-            Ok(store) => store,
-            Err(failure) => {
-                in_flight.finish(500, false, started.elapsed());
-                return Err(fail(failure));
+        // A fresh instance, unless the service opted into reuse and an
+        // instance that served it without fault is waiting (outside
+        // requests only: a nested call always gets a fresh one).
+        let reuse = limits.requests_per_instance > 1 && depth == 0;
+        let (mut store, warm, served) = match reuse.then(|| version.idle.take()).flatten() {
+            Some(idle) => {
+                let mut store = idle.store;
+                store.data_mut().next_request();
+                store.set_epoch_deadline(1);
+                (store, Some(idle.service), idle.served)
             }
+            None => match self.new_store(&version, depth) {
+                Ok(store) => (store, None, 0),
+                Err(failure) => {
+                    in_flight.finish(500, false, started.elapsed());
+                    return Err(fail(failure));
+                }
+            },
         };
 
         let call = async {
-            let instance = pre.instantiate_async(&mut store).await.map_err(|e| {
-                if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
-                    .is_some()
-                {
-                    Failure::Capacity
-                } else {
-                    classify(e, limits)
-                }
-            })?;
-            instance
+            let service = match warm {
+                Some(service) => service,
+                None => pre.instantiate_async(&mut store).await.map_err(|e| {
+                    if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                        .is_some()
+                    {
+                        Failure::Capacity
+                    } else {
+                        classify(e, limits)
+                    }
+                })?,
+            };
+            let resp = service
                 .wasmhost_plugin_handler()
                 .call_handle(&mut store, &req)
                 .await
-                .map_err(|e| classify(e, limits))
+                .map_err(|e| classify(e, limits))?;
+            Ok((service, resp))
         };
         let outcome = tokio::time::timeout(limits.timeout, call).await;
         let memory_exhausted = store.data().limiter.memory_exhausted;
+        let mut keep = None;
         let result = match outcome {
-            Ok(Ok(resp)) if resp.body.len() > limits.max_response_body => {
+            Ok(Ok((_, resp))) if resp.body.len() > limits.max_response_body => {
                 Err(fail(Failure::ResponseTooLarge(limits.max_response_body)))
             }
-            Ok(Ok(resp)) => validate(&resp)
-                .map(|()| resp)
-                .map_err(|m| fail(Failure::Malformed(m))),
+            Ok(Ok((service, resp))) => match validate(&resp) {
+                Ok(()) => {
+                    keep = Some(service);
+                    Ok(resp)
+                }
+                Err(m) => Err(fail(Failure::Malformed(m))),
+            },
             // A guest whose allocation failed aborts: report the real cause.
             Ok(Err(Failure::Trap(_))) if memory_exhausted => {
                 Err(fail(Failure::OutOfMemory(limits.max_memory)))
@@ -385,6 +406,15 @@ impl Dispatcher {
             Err(e) => e.outcome(),
         };
         in_flight.finish(status, trapped, started.elapsed());
+        // Only an instance that answered well goes back, and only until it
+        // has served its quota; any fault drops it with its store.
+        if let Some(service) = keep.filter(|_| reuse && served + 1 < limits.requests_per_instance) {
+            version.idle.put(IdleInstance {
+                store,
+                service,
+                served: served + 1,
+            });
+        }
         result
     }
 }

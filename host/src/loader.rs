@@ -254,6 +254,7 @@ impl Loader {
             pre,
             sandbox,
             metrics,
+            idle: Arc::default(),
         }))
     }
 

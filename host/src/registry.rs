@@ -59,6 +59,56 @@ pub struct Version {
     pub sandbox: Arc<Sandbox>,
     /// Request metrics; kept across reloads of the same version.
     pub metrics: Arc<VersionMetrics>,
+    /// Instances waiting for their next request, when the service's
+    /// `requests-per-instance` is above 1 (empty otherwise).
+    pub idle: Arc<IdleInstances>,
+}
+
+/// Most instances of one version kept idle for reuse.
+pub const MAX_IDLE_INSTANCES: usize = 8;
+
+/// Instances of one version kept between requests (opt-in reuse).
+#[derive(Default)]
+pub struct IdleInstances {
+    instances: std::sync::Mutex<Vec<IdleInstance>>,
+}
+
+/// An instance between two requests: its store, its bindings, and how many
+/// requests it has served.
+pub struct IdleInstance {
+    pub(crate) store: wasmtime::Store<HostState>,
+    pub(crate) service: crate::bindings::Service,
+    pub(crate) served: u32,
+}
+
+impl IdleInstances {
+    /// Takes an idle instance, if there is one.
+    pub(crate) fn take(&self) -> Option<IdleInstance> {
+        self.instances.lock().ok()?.pop()
+    }
+
+    /// Keeps `instance` for a later request; dropped when enough are kept.
+    pub(crate) fn put(&self, instance: IdleInstance) {
+        let surplus = match self.instances.lock() {
+            Ok(mut idle) if idle.len() < MAX_IDLE_INSTANCES => {
+                idle.push(instance);
+                None
+            }
+            _ => Some(instance),
+        };
+        // Dropping a store takes microseconds: never under the lock.
+        drop(surplus);
+    }
+
+    /// How many instances wait now.
+    pub fn len(&self) -> usize {
+        self.instances.lock().map_or(0, |idle| idle.len())
+    }
+
+    /// Whether none waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// What identifies one state of a file on disk: its device, inode, size and

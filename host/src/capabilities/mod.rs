@@ -42,6 +42,8 @@ pub struct HostState {
     pub(crate) depth: u32,
     /// The guest's stdout, stderr and log budget.
     pub(crate) output: stdio::GuestOutput,
+    /// Epoch ticks of CPU time the current request has used.
+    pub(crate) cpu_ticks: u64,
 }
 
 impl HostState {
@@ -80,7 +82,16 @@ impl HostState {
             dispatcher,
             depth,
             output,
+            cpu_ticks: 0,
         })
+    }
+
+    /// Readies a reused instance's state for its next request: the full
+    /// CPU and log budgets, no memory refusal on record.
+    pub(crate) fn next_request(&mut self) {
+        self.cpu_ticks = 0;
+        self.output.reset();
+        self.limiter.memory_exhausted = false;
     }
 }
 

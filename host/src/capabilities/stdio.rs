@@ -81,6 +81,14 @@ impl GuestOutput {
         self.shared.take(n)
     }
 
+    /// Restores the whole budget, for the next request of a reused instance.
+    pub fn reset(&self) {
+        self.shared
+            .remaining
+            .store(self.shared.budget, Ordering::Relaxed);
+        self.shared.truncated.store(false, Ordering::Relaxed);
+    }
+
     /// The WASI stream for `stream`.
     pub fn stream(&self, stream: Stream) -> GuestStream {
         GuestStream {
