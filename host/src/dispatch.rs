@@ -224,7 +224,7 @@ impl Dispatcher {
         }
         next.save(&self.state_dir)
             .map_err(|e| format!("could not persist the release state: {e:#}"))?;
-        self.registry.store(Arc::new(registry.with_release(&next)));
+        self.swap_registry(registry.with_release(&next));
         *guard = next;
         Ok(())
     }
@@ -250,8 +250,19 @@ impl Dispatcher {
     }
 
     /// Replaces the registry snapshot; requests in flight keep their version.
+    /// Versions that left it drop their idle instances (opt-in reuse).
     pub fn swap_registry(&self, registry: Registry) {
-        self.registry.store(Arc::new(registry));
+        let kept: std::collections::HashSet<*const crate::registry::IdleInstances> = registry
+            .services()
+            .flat_map(|s| s.versions.iter())
+            .map(|v| Arc::as_ptr(&v.idle))
+            .collect();
+        let old = self.registry.swap(Arc::new(registry));
+        for version in old.services().flat_map(|s| s.versions.iter()) {
+            if !kept.contains(&Arc::as_ptr(&version.idle)) {
+                version.idle.retire();
+            }
+        }
     }
 
     /// The key-value store.

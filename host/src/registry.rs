@@ -68,9 +68,14 @@ pub struct Version {
 pub const MAX_IDLE_INSTANCES: usize = 8;
 
 /// Instances of one version kept between requests (opt-in reuse).
+///
+/// An idle store refers back to its version, so a retired version's idle
+/// instances must be dropped explicitly ([`IdleInstances::retire`]) or the
+/// version and its pool slots would never be freed.
 #[derive(Default)]
 pub struct IdleInstances {
     instances: std::sync::Mutex<Vec<IdleInstance>>,
+    retired: std::sync::atomic::AtomicBool,
 }
 
 /// An instance between two requests: its store, its bindings, and how many
@@ -90,7 +95,7 @@ impl IdleInstances {
     /// Keeps `instance` for a later request; dropped when enough are kept.
     pub(crate) fn put(&self, instance: IdleInstance) {
         let surplus = match self.instances.lock() {
-            Ok(mut idle) if idle.len() < MAX_IDLE_INSTANCES => {
+            Ok(mut idle) if idle.len() < MAX_IDLE_INSTANCES && !self.is_retired() => {
                 idle.push(instance);
                 None
             }
@@ -98,6 +103,23 @@ impl IdleInstances {
         };
         // Dropping a store takes microseconds: never under the lock.
         drop(surplus);
+    }
+
+    /// Drops every idle instance and keeps none from now on: the version
+    /// left the registry (requests still running on it finish normally).
+    pub fn retire(&self) {
+        self.retired
+            .store(true, std::sync::atomic::Ordering::Release);
+        let idle = self
+            .instances
+            .lock()
+            .map(|mut idle| std::mem::take(&mut *idle))
+            .unwrap_or_default();
+        drop(idle);
+    }
+
+    fn is_retired(&self) -> bool {
+        self.retired.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// How many instances wait now.

@@ -52,3 +52,37 @@ fn a_zero_quota_is_refused_with_its_reason() {
         std::time::Duration::from_secs(10),
     );
 }
+
+#[test]
+fn a_retired_version_frees_its_idle_instances() {
+    // Two instance slots in the whole host: idle instances left behind by
+    // retired versions would soon take them all.
+    let plugins = Plugins::new();
+    plugins
+        .add(PROBE, "probe@0.1.0.wasm")
+        .write("probe.toml", "[limits]\nrequests-per-instance = 5\n");
+    let state = state_dir();
+    let host = Host::start_with(BIN, plugins.path(), state.path(), &["--max-instances", "2"]);
+    for round in 1..=4u64 {
+        // Leaves one instance idle for reuse...
+        assert_eq!(served(&host), 1, "round {round}");
+        assert_eq!(served(&host), 2, "round {round}");
+        // ...then a changed manifest makes a new version of the service.
+        let cpu = format!("{}ms", 900 + round);
+        plugins.write(
+            "probe.toml",
+            format!("[limits]\nrequests-per-instance = 5\ncpu-time = \"{cpu}\"\n"),
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while host.service("probe")["limits"]["cpu-time"] != cpu.as_str() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "manifest not applied:\n{}",
+                host.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+    }
+    // The new version starts fresh, and a slot is free for it.
+    assert_eq!(served(&host), 1);
+}
