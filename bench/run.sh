@@ -36,7 +36,23 @@ mkdir -p "$WORK/plugins"
 cp plugins/user@1.0.0.wasm plugins/user.toml "$WORK/plugins/"
 cp plugins/catalog@1.0.0.wasm plugins/catalog.toml plugins/inventory@1.0.0.wasm plugins/inventory.toml "$WORK/plugins/"
 cp "$HELLO" "$WORK/plugins/hello@1.0.0.wasm"
-wait_for() { for _ in $(seq 600); do curl -sf -o /dev/null "$1" && return 0; sleep 0.05; done; echo "no answer from $1" >&2; exit 1; }
+# req METHOD URL [BODY]: succeeds on a 2xx answer (Python, so no curl needed).
+req() {
+  python3 -c 'import sys, urllib.request as u
+r = u.Request(sys.argv[2], data=sys.argv[3].encode() if len(sys.argv) > 3 else None, method=sys.argv[1])
+try:
+    sys.exit(0 if u.urlopen(r, timeout=5).status < 300 else 1)
+except Exception:
+    sys.exit(1)' "$@"
+}
+# wait_for URL [SECONDS]: until URL answers 2xx (default 180 s: a first start compiles the interpreters).
+wait_for() {
+  local deadline=$(( $(date +%s) + ${2:-180} ))
+  until req GET "$1"; do
+    [ "$(date +%s)" -lt "$deadline" ] || { echo "no answer from $1; host log:" >&2; cat "$WORK"/host*.log >&2; exit 1; }
+    sleep 0.1
+  done
+}
 
 mkdir -p "$CACHE_DIR"
 echo "starting wasmhost (the first run compiles the Python and JavaScript services, ~40 s; later runs reuse $CACHE_DIR)"
@@ -45,11 +61,11 @@ PIDS+=($!)
 "$NATIVE" 127.0.0.1:18702 >/dev/null 2>&1 &
 PIDS+=($!)
 wait_for http://127.0.0.1:18702/users/1
-until curl -sf -o /dev/null http://127.0.0.1:18701/users; do sleep 0.05; done
-curl -sf -o /dev/null -X POST http://127.0.0.1:18701/users -d '{"name":"Ada Lovelace","email":"ada@example.com"}'
+wait_for http://127.0.0.1:18701/users
+req POST http://127.0.0.1:18701/users '{"name":"Ada Lovelace","email":"ada@example.com"}'
 wait_for http://127.0.0.1:18701/users/1
-curl -sf -o /dev/null -X POST http://127.0.0.1:18701/products -d '{"sku":"KB-1","name":"Keyboard","price_cents":4999}'
-curl -sf -o /dev/null -X PUT http://127.0.0.1:18701/inventory/KB-1 -d '{"quantity":10}'
+req POST http://127.0.0.1:18701/products '{"sku":"KB-1","name":"Keyboard","price_cents":4999}'
+req PUT http://127.0.0.1:18701/inventory/KB-1 '{"quantity":10}'
 wait_for http://127.0.0.1:18701/products/KB-1
 wait_for http://127.0.0.1:18701/inventory/KB-1
 NAMES=("wasmhost user (own WIT)" "native axum" "wasmhost wasi:http hello")
@@ -73,9 +89,9 @@ for s in user inventory; do
 done
 "$BIN" serve --plugins "$WORK/reuse" --state "$WORK/state-reuse" --cache-dir "$CACHE_DIR" --listen 127.0.0.1:18704 --admin-listen 127.0.0.1:0 >/dev/null 2>"$WORK/host-reuse.log" &
 PIDS+=($!)
-until curl -sf -o /dev/null http://127.0.0.1:18704/users; do sleep 0.05; done
-curl -sf -o /dev/null -X POST http://127.0.0.1:18704/users -d '{"name":"Ada Lovelace","email":"ada@example.com"}'
-curl -sf -o /dev/null -X PUT http://127.0.0.1:18704/inventory/KB-1 -d '{"quantity":10}'
+wait_for http://127.0.0.1:18704/users
+req POST http://127.0.0.1:18704/users '{"name":"Ada Lovelace","email":"ada@example.com"}'
+req PUT http://127.0.0.1:18704/inventory/KB-1 '{"quantity":10}'
 wait_for http://127.0.0.1:18704/users/1
 wait_for http://127.0.0.1:18704/inventory/KB-1
 NAMES+=("wasmhost user, reuse 100" "wasmhost Python, reuse 100")
