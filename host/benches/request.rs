@@ -16,6 +16,7 @@
 
 use axum::body::Body;
 use axum::extract::{Path, State};
+use axum::response::IntoResponse;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
@@ -111,7 +112,6 @@ fn native(kv: KvStore) -> axum::Router {
             None => axum::http::StatusCode::NOT_FOUND.into_response(),
         }
     }
-    use axum::response::IntoResponse;
     axum::Router::new()
         .route("/users/{id}", axum::routing::get(get_user))
         .with_state(kv)

@@ -374,22 +374,17 @@ impl Dispatcher {
         let call = async {
             let service = match warm {
                 Some(service) => service,
-                None => pre.instantiate_async(&mut store).await.map_err(|e| {
-                    if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
-                        .is_some()
-                    {
-                        Failure::Capacity
-                    } else {
-                        classify(e, limits)
-                    }
-                })?,
+                None => pre
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(|e| classify(e, limits))?,
             };
             let resp = service
                 .wasmhost_plugin_handler()
                 .call_handle(&mut store, &req)
                 .await
                 .map_err(|e| classify(e, limits))?;
-            Ok((service, resp))
+            Ok::<_, Failure>((service, resp))
         };
         let outcome = tokio::time::timeout(limits.timeout, call).await;
         let memory_exhausted = store.data().limiter.memory_exhausted;
@@ -405,11 +400,7 @@ impl Dispatcher {
                 }
                 Err(m) => Err(fail(Failure::Malformed(m))),
             },
-            // A guest whose allocation failed aborts: report the real cause.
-            Ok(Err(Failure::Trap(_))) if memory_exhausted => {
-                Err(fail(Failure::OutOfMemory(limits.max_memory)))
-            }
-            Ok(Err(failure)) => Err(fail(failure)),
+            Ok(Err(failure)) => Err(fail(failure.explained(memory_exhausted, limits))),
             Err(_) => Err(fail(Failure::Timeout(limits.timeout))),
         };
         let (status, trapped) = match &result {
@@ -475,8 +466,24 @@ impl Picked {
     }
 }
 
-/// Sorts a wasmtime error into a [`Failure`].
+impl Failure {
+    /// This failure with its real cause when the guest's memory growth was
+    /// refused: a guest whose allocation fails aborts, which looks like a trap.
+    pub(crate) fn explained(self, memory_exhausted: bool, limits: &Limits) -> Failure {
+        match self {
+            Failure::Trap(_) if memory_exhausted => Failure::OutOfMemory(limits.max_memory),
+            failure => failure,
+        }
+    }
+}
+
+/// Sorts a wasmtime error (from instantiating or calling) into a [`Failure`].
 pub(crate) fn classify(e: wasmtime::Error, limits: &Limits) -> Failure {
+    if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+        .is_some()
+    {
+        return Failure::Capacity;
+    }
     if e.downcast_ref::<CpuBudgetSpent>().is_some() {
         return Failure::CpuTime(limits.cpu_time);
     }

@@ -75,15 +75,10 @@ where
     let task_limits = limits.clone();
     let task = tokio::spawn(async move {
         let run = async {
-            let proxy = pre.instantiate_async(&mut store).await.map_err(|e| {
-                if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
-                    .is_some()
-                {
-                    Failure::Capacity
-                } else {
-                    classify(e, &task_limits)
-                }
-            })?;
+            let proxy = pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| classify(e, &task_limits))?;
             proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, guest_req, out)
@@ -93,10 +88,10 @@ where
         let outcome = tokio::time::timeout(task_limits.timeout, run).await;
         match outcome {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(Failure::Trap(_))) if store.data().limiter.memory_exhausted => {
-                Err(Failure::OutOfMemory(task_limits.max_memory))
+            Ok(Err(failure)) => {
+                let exhausted = store.data().limiter.memory_exhausted;
+                Err(failure.explained(exhausted, &task_limits))
             }
-            Ok(Err(failure)) => Err(failure),
             Err(_) => Err(Failure::Timeout(task_limits.timeout)),
         }
     });

@@ -108,20 +108,12 @@ async fn run(
             DEBOUNCE
         };
         renamed.extend(first);
+        // (A zero timeout still takes an event that is already queued.)
         loop {
-            let next = if quiet.is_zero() {
-                match rx.try_recv() {
-                    Ok(event) => Ok(Some(event)),
-                    Err(mpsc::error::TryRecvError::Empty) => Err(()),
-                    Err(mpsc::error::TryRecvError::Disconnected) => Ok(None),
-                }
-            } else {
-                tokio::time::timeout(quiet, rx.recv()).await.map_err(|_| ())
-            };
-            match next {
+            match tokio::time::timeout(quiet, rx.recv()).await {
                 Ok(Some(event)) => renamed.extend(event),
                 Ok(None) => return,
-                Err(()) => break,
+                Err(_) => break,
             }
         }
         let started = Instant::now();
