@@ -1,5 +1,5 @@
 //! Per-request cost of the host without the network: one request through the
-//! HTTP front (`wasmhost::http::app`) as a tower `oneshot`, each in a fresh
+//! HTTP front (`wasmhost::front::app`) as a tower `oneshot`, each in a fresh
 //! instance with every limit on — store, instantiate, call, drop.
 //!
 //! Contestants, measured in the same run so their ratio is meaningful on a
@@ -21,7 +21,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 use wasmhost::config::Limits;
-use wasmhost::store::{KvStore, Namespace};
+use wasmhost::kv::{KvStore, Namespace};
 use wasmhost_test_support as support;
 
 /// A loaded host: its HTTP front and its key-value store.
@@ -39,31 +39,33 @@ fn host(rt: &tokio::runtime::Runtime) -> Bench {
         .copy_manifest("user.toml");
     let state = tempfile::tempdir().unwrap();
     let limits = Limits::default();
+    let _ = &limits;
     let cache = std::path::PathBuf::from(support::TEST_CACHE_DIR);
     std::fs::create_dir_all(&cache).unwrap();
     let engine = wasmhost::engine::build(&limits, &cache.canonicalize().unwrap()).unwrap();
     wasmhost::engine::start_epoch_ticker(&engine).unwrap();
     let loader = wasmhost::loader::Loader::new(engine.clone(), limits.clone()).unwrap();
-    let release = wasmhost::rollout::ReleaseState::default();
+    let release = wasmhost::release_state::ReleaseState::default();
     // The files were just copied in: load them at once, as if renamed into place.
     let fresh = ["user@1.0.0.wasm", "hello@1.0.0.wasm"]
         .map(|f| plugins.path().join(f))
         .into();
     let scan = loader
-        .load_dir(plugins.path(), &Default::default(), &release, &fresh)
+        .load_dir(
+            plugins.path(),
+            &Default::default(),
+            &release,
+            &fresh,
+            &mut |_| {},
+        )
         .unwrap();
     let errors: Vec<String> = scan.registry.errors().map(|e| format!("{e:?}")).collect();
     assert!(errors.is_empty(), "{errors:?}");
     let kv = KvStore::open(&state.path().join("kv.redb")).unwrap();
-    let dispatcher = wasmhost::dispatch::Dispatcher::new(
-        engine,
-        scan.registry,
-        kv.clone(),
-        limits,
-        release,
-        state.path().to_path_buf(),
-    );
-    let app = wasmhost::http::app(dispatcher, std::time::Duration::from_secs(30));
+    let control =
+        wasmhost::control::Control::new(scan.registry, release, state.path().to_path_buf());
+    let dispatcher = wasmhost::dispatch::Dispatcher::new(engine, control.handle(), kv.clone());
+    let app = wasmhost::front::app(dispatcher, std::time::Duration::from_secs(30));
     let created = rt.block_on(send(
         &app,
         "POST",

@@ -8,14 +8,14 @@
 //! - `POST /admin/services/{name}/rollback`      the stable version takes 100%
 //! - `GET  /metrics`                              Prometheus text, labelled by service and version
 //!
-//! Invariant: a change is validated in full before anything moves; bad
-//! input is a 4xx with a JSON error and changes nothing. Accepted changes
-//! are persisted before they take effect.
+//! Invariant: reads load the snapshot and never wait (not even behind a
+//! compile); every change goes to the control plane, whose typed error
+//! gives the status — bad input is a 4xx with a JSON error and changes
+//! nothing, and an accepted change is persisted before it takes effect.
 
-use crate::dispatch::Dispatcher;
-use crate::http::error_response;
-use crate::registry::{Registry, ServiceEntry};
-use crate::release::{validate_weights, Sticky};
+use crate::control::{Change, Control};
+use crate::front::error_response;
+use crate::registry::{Loading, ServiceEntry};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
@@ -32,14 +32,14 @@ use std::sync::Arc;
 /// Shared state of the admin handlers.
 #[derive(Clone)]
 struct Admin {
-    dispatcher: Arc<Dispatcher>,
+    control: Arc<Control>,
     token: Arc<str>,
 }
 
 /// The admin app; every route requires `token`.
-pub fn app(dispatcher: Arc<Dispatcher>, token: &str) -> axum::Router {
+pub fn app(control: Arc<Control>, token: &str) -> axum::Router {
     let state = Admin {
-        dispatcher,
+        control,
         token: token.into(),
     };
     axum::Router::new()
@@ -79,29 +79,46 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn list(State(admin): State<Admin>) -> Json<Value> {
-    let registry = admin.dispatcher.registry();
+    let snapshot = admin.control.snapshot();
+    let registry = &snapshot.registry;
     let services: Vec<Value> = registry.services().map(describe).collect();
     let errors: Vec<Value> = registry
         .errors()
         .map(|e| json!({"file": e.file, "error": e.error}))
         .collect();
-    Json(json!({ "services": services, "load_errors": errors }))
+    let loading: Vec<Value> = snapshot.loading.iter().map(loading_view).collect();
+    Json(json!({ "services": services, "loading": loading, "load_errors": errors }))
+}
+
+/// A version being compiled, as the admin API lists it.
+fn loading_view(l: &Loading) -> Value {
+    let elapsed_ms = l.since.elapsed().map_or(0, |d| d.as_millis() as u64);
+    json!({
+        "service": l.service,
+        "version": l.version,
+        "file": l.file,
+        "state": "loading",
+        "elapsed_ms": elapsed_ms,
+    })
 }
 
 async fn show(State(admin): State<Admin>, Path(name): Path<String>) -> Response {
-    let registry = admin.dispatcher.registry();
-    let Some(service) = registry.service(&name) else {
-        return not_found(&name);
+    let snapshot = admin.control.snapshot();
+    let registry = &snapshot.registry;
+    let loading: Vec<Value> = snapshot
+        .loading
+        .iter()
+        .filter(|l| l.service == name)
+        .map(loading_view)
+        .collect();
+    let mut body = match registry.service(&name) {
+        Some(service) => describe(service),
+        // Still compiling its first version: shown, with nothing to serve yet.
+        None if !loading.is_empty() => json!({"name": name, "versions": [], "routes": []}),
+        None => return not_found(&name),
     };
-    let mut body = describe(service);
-    let release = admin
-        .dispatcher
-        .writer()
-        .await
-        .services
-        .get(&name)
-        .cloned()
-        .unwrap_or_default();
+    let release = snapshot.release.services.get(&name).cloned().unwrap_or_default();
+    body["loading"] = json!(loading);
     body["canary"] = json!(release.canary);
     body["history"] = json!(release.history);
     body["load_errors"] = json!(registry
@@ -139,38 +156,12 @@ async fn release(
         Ok(b) => b,
         Err(resp) => return *resp,
     };
-    let result = admin
-        .dispatcher
-        .change_release(|registry, state| {
-            let service = service_of(registry, &name)?;
-            validate_weights(&body.weights).map_err(|e| e.to_string())?;
-            for version in body.weights.keys() {
-                if service.version(version).is_none() {
-                    return Err(format!(
-                        "service `{name}` has no loaded version `{version}`"
-                    ));
-                }
-            }
-            if let Some(spec) = &body.sticky {
-                Sticky::parse(spec).map_err(|e| e.to_string())?;
-            }
-            let entry = state.services.entry(name.clone()).or_default();
-            let detail = body
-                .weights
-                .iter()
-                .map(|(v, w)| format!("{v}={w}"))
-                .collect::<Vec<_>>()
-                .join(",");
-            entry.weights = Some(body.weights);
-            entry.canary = None;
-            if body.sticky.is_some() {
-                entry.sticky = body.sticky;
-            }
-            entry.record("release", detail.clone());
-            Ok(detail)
-        })
-        .await;
-    respond(&admin, &name, "release", result)
+    let change = Change::SetWeights {
+        service: name.clone(),
+        weights: body.weights,
+        sticky: body.sticky,
+    };
+    respond(&admin, &name, "release", change).await
 }
 
 async fn promote(
@@ -182,104 +173,34 @@ async fn promote(
         Ok(b) => b,
         Err(resp) => return *resp,
     };
-    let result = admin
-        .dispatcher
-        .change_release(|registry, state| {
-            let service = service_of(registry, &name)?;
-            if service.version(&body.version).is_none() {
-                return Err(format!(
-                    "service `{name}` has no loaded version `{}`",
-                    body.version
-                ));
-            }
-            let live = service.live().map(|v| v.version.to_string());
-            let entry = state.services.entry(name.clone()).or_default();
-            let before = entry.stable.clone().or(live);
-            if before.as_deref() != Some(body.version.as_str()) {
-                entry.previous = before;
-            }
-            entry.weights = Some([(body.version.clone(), 100)].into());
-            entry.canary = None;
-            entry.stable = Some(body.version.clone());
-            entry.record("promote", body.version.clone());
-            Ok(body.version.clone())
-        })
-        .await;
-    respond(&admin, &name, "promote", result)
+    let change = Change::Promote {
+        service: name.clone(),
+        version: body.version,
+    };
+    respond(&admin, &name, "promote", change).await
 }
 
 async fn rollback(State(admin): State<Admin>, Path(name): Path<String>) -> Response {
-    let result = admin
-        .dispatcher
-        .change_release(|registry, state| {
-            let service = service_of(registry, &name)?;
-            let live = service.live().map(|v| v.version.to_string());
-            let entry = state.services.entry(name.clone()).or_default();
-            let loaded = |v: &String| service.version(v).is_some();
-            // During a gray release, back to the stable version; right after a
-            // promotion (the stable one is live), back to the one before it;
-            // with no history, the highest version below the live one.
-            let just_promoted = entry.stable.as_ref().is_some_and(|st| {
-                entry
-                    .weights
-                    .as_ref()
-                    .is_some_and(|w| w.len() == 1 && w.get(st) == Some(&100))
-            });
-            let stable = if just_promoted {
-                entry.previous.clone().filter(loaded)
-            } else {
-                entry.stable.clone().filter(loaded)
-            }
-            .or_else(|| {
-                let live = live.clone()?;
-                service
-                    .names
-                    .iter()
-                    .rev()
-                    .find(|v| crate::registry::compare_versions(v, &live).is_lt())
-                    .map(|v| v.to_string())
-            });
-            let Some(stable) = stable else {
-                return Err(format!(
-                    "service `{name}` has no stable version to roll back to"
-                ));
-            };
-            entry.weights = Some([(stable.clone(), 100)].into());
-            entry.stable = Some(stable.clone());
-            entry.previous = None;
-            entry.canary = None;
-            entry.record("rollback", stable.clone());
-            Ok(stable)
-        })
-        .await;
-    respond(&admin, &name, "rollback", result)
+    let change = Change::Rollback {
+        service: name.clone(),
+    };
+    respond(&admin, &name, "rollback", change).await
 }
 
 async fn pause(State(admin): State<Admin>, Path(name): Path<String>) -> Response {
-    set_paused(admin, name, true).await
+    let change = Change::Pause {
+        service: name.clone(),
+        paused: true,
+    };
+    respond(&admin, &name, "pause", change).await
 }
 
 async fn resume(State(admin): State<Admin>, Path(name): Path<String>) -> Response {
-    set_paused(admin, name, false).await
-}
-
-async fn set_paused(admin: Admin, name: String, paused: bool) -> Response {
-    let action = if paused { "pause" } else { "resume" };
-    let result = admin
-        .dispatcher
-        .change_release(|registry, state| {
-            service_of(registry, &name)?;
-            let entry = state.services.entry(name.clone()).or_default();
-            let Some(canary) = entry.canary.as_mut() else {
-                return Err(format!("service `{name}` has no canary in progress"));
-            };
-            canary.paused = paused;
-            let detail = canary.candidate.clone();
-            entry.record(action, detail.clone());
-            Ok(detail)
-        })
-        .await;
-    respond(&admin, &name, action, result)
+    let change = Change::Pause {
+        service: name.clone(),
+        paused: false,
+    };
+    respond(&admin, &name, "resume", change).await
 }
 
 /// The parsed body, or a 400 saying what is wrong with it.
@@ -293,24 +214,18 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Box<Response>
     })
 }
 
-fn service_of<'a>(registry: &'a Registry, name: &str) -> Result<&'a ServiceEntry, String> {
-    registry
-        .service(name)
-        .ok_or_else(|| format!("no service named `{name}`"))
-}
-
-fn respond(admin: &Admin, name: &str, action: &str, result: Result<String, String>) -> Response {
-    match result {
-        Ok(detail) => {
-            tracing::info!(service = %name, action, detail = %detail, "release changed");
-            let registry = admin.dispatcher.registry();
-            match registry.service(name) {
+/// Applies `change` and answers with the service as it is now, or with the
+/// error's own status.
+async fn respond(admin: &Admin, name: &str, action: &str, change: Change) -> Response {
+    match admin.control.apply(change).await {
+        Ok(applied) => {
+            tracing::info!(service = %name, action, detail = %applied.detail, "release changed");
+            match applied.after.registry.service(name) {
                 Some(s) => Json(describe(s)).into_response(),
                 None => not_found(name),
             }
         }
-        Err(message) if message.starts_with("no service named") => not_found(name),
-        Err(message) => error_response(StatusCode::UNPROCESSABLE_ENTITY, &message, None),
+        Err(error) => error_response(error.status(), &error.to_string(), None),
     }
 }
 
@@ -348,10 +263,7 @@ fn describe(service: &ServiceEntry) -> Value {
             })
         })
         .collect();
-    let sticky = service.policy.sticky.as_ref().map(|s| match s {
-        Sticky::Header(h) => format!("header:{h}"),
-        Sticky::Cookie(c) => format!("cookie:{c}"),
-    });
+    let sticky = service.policy.sticky.as_ref().map(ToString::to_string);
     // Every version of a service shares its manifest, so one sandbox speaks for all.
     let sandbox = service.versions.last().map(|v| &v.sandbox);
     json!({
@@ -366,7 +278,8 @@ fn describe(service: &ServiceEntry) -> Value {
 }
 
 async fn metrics(State(admin): State<Admin>) -> Response {
-    let registry = admin.dispatcher.registry();
+    let snapshot = admin.control.snapshot();
+    let registry = &snapshot.registry;
     let mut out = String::new();
     let families = [
         ("wasmhost_requests_total", "counter", "Requests finished."),

@@ -2,7 +2,9 @@
 //!
 //! Imports that touch the disk or other services are async so they never
 //! block a runtime thread; every import is trappable so a host fault becomes a
-//! trap of that one request, never a panic.
+//! trap of that one request, never a panic. The key-value resource and
+//! error types the bindings map to live here too, beside the generated code,
+//! so the bindings depend on no capability.
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -14,11 +16,38 @@ wasmtime::component::bindgen!({
     },
     exports: { default: async },
     with: {
-        "wasi:keyvalue/store.bucket": crate::capabilities::keyvalue::Bucket,
+        "wasi:keyvalue/store.bucket": Bucket,
     },
     trappable_error_type: {
-        "wasi:keyvalue/store.error" => crate::capabilities::keyvalue::KvError,
+        "wasi:keyvalue/store.error" => KvError,
     },
 });
 
 pub use self::wasmhost::plugin::types::{Request, Response};
+
+/// The host side of an open bucket.
+pub struct Bucket {
+    pub(crate) ns: crate::kv::Namespace,
+}
+
+/// A key-value failure, turned into the interface's `error` for the guest.
+#[derive(Debug)]
+pub enum KvError {
+    /// The request is invalid (e.g. a key too long) or access is refused.
+    AccessDenied,
+    /// Anything else, with a message for the guest.
+    Other(String),
+}
+
+impl From<anyhow::Error> for KvError {
+    fn from(e: anyhow::Error) -> Self {
+        KvError::Other(format!("{e:#}"))
+    }
+}
+
+impl From<wasmtime::component::ResourceTableError> for KvError {
+    fn from(e: wasmtime::component::ResourceTableError) -> Self {
+        KvError::Other(e.to_string())
+    }
+}
+

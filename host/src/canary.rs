@@ -4,14 +4,16 @@
 //! version's, and it advances, holds (too few requests) or is rolled back to
 //! 0% by the host itself, with the reason in the release history.
 //!
-//! Every decision is a change of the release state made under the writer
-//! lock, persisted, then swapped in atomically like any other release change.
+//! The analyst reads the snapshot without a lock; every decision it takes
+//! is a [`Change::Canary`] for the control plane, which applies it only if
+//! the canary is still at the step the analyst saw, persists it, and swaps
+//! it in like any other release change.
 
-use crate::config::{Manifest, Rollout};
-use crate::dispatch::Dispatcher;
+use crate::config::Manifest;
+use crate::control::{Change, Control};
 use crate::metrics::Snapshot;
 use crate::registry::Registry;
-use crate::rollout::{Canary, ReleaseState};
+use crate::release_state::{CanaryDecision, CanaryVerdict, ReleaseState};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,67 +25,8 @@ pub const LATENCY_NOISE_MS: f64 = 5.0;
 /// How often the analyst looks at running canaries.
 pub const TICK: Duration = Duration::from_millis(250);
 
-/// Starts a canary for every service whose manifest asks for one and that
-/// gained a new version between `previous` and `next`. Returns whether the
-/// release state changed.
-pub fn on_new_versions(previous: &Registry, next: &Registry, state: &mut ReleaseState) -> bool {
-    let mut changed = false;
-    for service in next.services() {
-        let manifest = next.manifest(&service.name).cloned().unwrap_or_default();
-        if manifest.rollout != Rollout::Canary {
-            continue;
-        }
-        let Some(old) = previous.service(&service.name) else {
-            continue;
-        };
-        let Some(stable) = old.live().map(|v| v.version.to_string()) else {
-            continue;
-        };
-        // The newest version that was not loaded before is the candidate.
-        let Some(candidate) = service
-            .names
-            .iter()
-            .rev()
-            .find(|v| old.version(v).is_none())
-            .map(|v| v.to_string())
-        else {
-            continue;
-        };
-        if crate::registry::compare_versions(&candidate, &stable).is_le() {
-            continue;
-        }
-        let first = manifest.steps[0];
-        let entry = state.services.entry(service.name.clone()).or_default();
-        entry.weights = Some(weights(&stable, &candidate, first));
-        entry.canary = Some(Canary {
-            candidate: candidate.clone(),
-            stable: stable.clone(),
-            step: 0,
-            paused: false,
-        });
-        entry.record(
-            "canary",
-            format!("{candidate} gets {first}% beside {stable}"),
-        );
-        tracing::info!(service = %service.name, version = %candidate, stable = %stable, weight = first, "canary started");
-        changed = true;
-    }
-    changed
-}
-
-fn weights(stable: &str, candidate: &str, share: u32) -> std::collections::BTreeMap<String, u32> {
-    if share >= 100 {
-        [(candidate.to_string(), 100)].into()
-    } else {
-        [
-            (stable.to_string(), 100 - share),
-            (candidate.to_string(), share),
-        ]
-        .into()
-    }
-}
-
 /// The start of the current analysis window of one canary.
+#[derive(Clone)]
 struct Window {
     started: Instant,
     step: usize,
@@ -91,128 +34,112 @@ struct Window {
     stable: Snapshot,
 }
 
-/// Runs forever, analysing canaries every [`TICK`].
-pub async fn analyst(dispatcher: Arc<Dispatcher>) {
+/// Runs forever, analysing canaries every [`TICK`]: it reads the snapshot
+/// (never waiting on a writer) and hands its decisions to the control plane.
+pub async fn analyst(control: Arc<Control>) {
     let mut windows: HashMap<String, Window> = HashMap::new();
     loop {
         tokio::time::sleep(TICK).await;
-        // Most of the time no canary runs: do not copy the release state then.
-        if !dispatcher
-            .writer()
-            .await
-            .services
-            .values()
-            .any(|s| s.canary.is_some())
-        {
+        let snapshot = control.snapshot();
+        if !snapshot.release.services.values().any(|s| s.canary.is_some()) {
             windows.clear();
             continue;
         }
-        let result = dispatcher
-            .maybe_change_release(|registry, state| Ok(analyse(registry, state, &mut windows)))
-            .await;
-        if let Err(e) = result {
-            tracing::error!("canary analysis could not be applied: {e}");
+        let decisions = analyse(&snapshot.registry, &snapshot.release, &mut windows, Instant::now());
+        if decisions.is_empty() {
+            continue;
+        }
+        for d in &decisions {
+            log_decision(d);
+        }
+        if let Err(error) = control.apply(Change::Canary(decisions)).await {
+            tracing::error!(%error, "canary analysis could not be applied");
         }
     }
 }
 
-/// One pass over every canary; returns whether anything changed.
+fn log_decision(d: &CanaryDecision) {
+    let (service, version) = (&d.service, &d.candidate);
+    match &d.verdict {
+        CanaryVerdict::Advance { share, summary } if *share >= 100 => {
+            tracing::info!(%service, %version, %summary, "canary promoted")
+        }
+        CanaryVerdict::Advance { share, summary } => {
+            tracing::info!(%service, %version, weight = share, %summary, "canary advances")
+        }
+        CanaryVerdict::Rollback { reason } => {
+            tracing::warn!(%service, %version, %reason, "canary rolled back")
+        }
+        CanaryVerdict::End => tracing::info!(%service, %version, "canary ended: a version was removed"),
+    }
+}
+
+/// One pass over every canary at `now`: the decisions whose window is over
+/// (holds are logged, not returned). Pure but for the windows it keeps.
 fn analyse(
     registry: &Registry,
-    state: &mut ReleaseState,
+    state: &ReleaseState,
     windows: &mut HashMap<String, Window>,
-) -> bool {
-    let mut changed = false;
+    now: Instant,
+) -> Vec<CanaryDecision> {
+    let mut decisions = Vec::new();
     windows.retain(|name, _| state.services.get(name).is_some_and(|s| s.canary.is_some()));
-    for (name, release) in state.services.iter_mut() {
+    for (name, release) in &state.services {
         let Some(canary) = release.canary.clone() else {
             continue;
         };
-        let (Some(service), manifest) = (
-            registry.service(name),
-            registry.manifest(name).cloned().unwrap_or_default(),
-        ) else {
+        let Some(service) = registry.service(name) else {
             continue;
+        };
+        let manifest = registry.manifest(name).cloned().unwrap_or_default();
+        let decide = |verdict| CanaryDecision {
+            service: name.clone(),
+            candidate: canary.candidate.clone(),
+            step: canary.step,
+            verdict,
         };
         let (Some(cand), Some(stable)) = (
             service.version(&canary.candidate),
             service.version(&canary.stable),
         ) else {
             // One side is gone: the canary cannot go on.
-            release.canary = None;
-            release.record("canary", "ended: a version of it was removed".into());
-            changed = true;
+            decisions.push(decide(CanaryVerdict::End));
             continue;
         };
-        let now = (cand.metrics.snapshot(), stable.metrics.snapshot());
-        let window = windows.entry(name.clone()).or_insert_with(|| Window {
-            started: Instant::now(),
+        let current = Window {
+            started: now,
             step: canary.step,
-            candidate: now.0.clone(),
-            stable: now.1.clone(),
-        });
+            candidate: cand.metrics.snapshot(),
+            stable: stable.metrics.snapshot(),
+        };
+        let window = windows.entry(name.clone()).or_insert_with(|| current.clone());
         if canary.paused || window.step != canary.step {
-            *window = Window {
-                started: Instant::now(),
-                step: canary.step,
-                candidate: now.0,
-                stable: now.1,
-            };
+            *window = current;
             continue;
         }
-        if window.started.elapsed() < Duration::from_secs(manifest.step_interval_secs) {
+        if now.duration_since(window.started) < Duration::from_secs(manifest.step_interval_secs) {
             continue;
         }
-        let verdict = judge(&manifest, &now.0, &window.candidate, &now.1, &window.stable);
-        *window = Window {
-            started: Instant::now(),
-            step: canary.step,
-            candidate: now.0,
-            stable: now.1,
-        };
+        let verdict = judge(
+            &manifest,
+            &current.candidate,
+            &window.candidate,
+            &current.stable,
+            &window.stable,
+        );
+        *window = current;
         match verdict {
             Verdict::Hold(reason) => {
-                tracing::info!(service = %name, version = %canary.candidate, "canary holds: {reason}");
+                tracing::info!(service = %name, version = %canary.candidate, %reason, "canary holds");
             }
-            Verdict::Rollback(reason) => {
-                release.weights = Some([(canary.stable.clone(), 100)].into());
-                release.canary = None;
-                release.record(
-                    "rollback",
-                    format!("{} rolled back automatically: {reason}", canary.candidate),
-                );
-                tracing::warn!(service = %name, version = %canary.candidate, "canary rolled back: {reason}");
-                changed = true;
-            }
+            Verdict::Rollback(reason) => decisions.push(decide(CanaryVerdict::Rollback { reason })),
             Verdict::Advance(summary) => {
-                let step = canary.step + 1;
-                let share = manifest.steps.get(step).copied().unwrap_or(100);
-                release.weights = Some(weights(&canary.stable, &canary.candidate, share));
-                if share >= 100 {
-                    release.canary = None;
-                    release.previous = Some(canary.stable.clone());
-                    release.stable = Some(canary.candidate.clone());
-                    release.record(
-                        "promote",
-                        format!("{} promoted after its canary ({summary})", canary.candidate),
-                    );
-                    tracing::info!(service = %name, version = %canary.candidate, "canary promoted: {summary}");
-                } else {
-                    release.canary = Some(Canary {
-                        step,
-                        ..canary.clone()
-                    });
-                    release.record(
-                        "canary",
-                        format!("{} advances to {share}% ({summary})", canary.candidate),
-                    );
-                    tracing::info!(service = %name, version = %canary.candidate, weight = share, "canary advances: {summary}");
-                }
-                changed = true;
+                let share = manifest.steps.get(canary.step + 1).copied().unwrap_or(100);
+                decisions.push(decide(CanaryVerdict::Advance { share, summary }));
             }
         }
     }
-    changed
+    decisions
 }
 
 enum Verdict {

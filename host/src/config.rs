@@ -4,6 +4,7 @@
 //! unknown key, a route that is not an absolute path, or a malformed value is
 //! a load error naming the file, and the request path never parses strings.
 
+use crate::spec::{validate_service_name, HostPattern, Route, Sticky, Weights};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -60,7 +61,7 @@ pub struct ServeConfig {
     /// The default limits of every service, and the host-wide ones.
     pub limits: Limits,
     /// Limits of the plugin-traffic listener.
-    pub http: crate::server::HttpLimits,
+    pub http: HttpLimits,
     /// Load symlinks that lead outside the plugins directory.
     pub follow_symlinks: bool,
     /// Where compiled artifacts are cached; default `STATE/cache`.
@@ -79,9 +80,50 @@ impl Default for ServeConfig {
                 .unwrap_or_else(|_| ([127, 0, 0, 1], 9090).into()),
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             limits: Limits::default(),
-            http: crate::server::HttpLimits::default(),
+            http: HttpLimits::default(),
             follow_symlinks: false,
             cache_dir: None,
+        }
+    }
+}
+
+/// Default number of client connections open at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default number of header fields in one request (more → 431).
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Default size of one request's head in bytes (more → 431).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Default time a client has to send a request head (also the keep-alive idle timeout).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a client has to send a request body.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Limits of the plugin-traffic listener.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// Connections open at once; further clients wait in the kernel's
+    /// accept queue until one closes.
+    pub max_connections: usize,
+    /// Header fields in one request (more → 431).
+    pub max_headers: usize,
+    /// Bytes of one request's head (more → 431).
+    pub max_header_bytes: usize,
+    /// Time a client has to send a request head, counted from the end of
+    /// the previous response on a keep-alive connection (so it is also the
+    /// idle timeout).
+    pub header_timeout: Duration,
+    /// Time a client has to send a request body (over → 408).
+    pub body_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
         }
     }
 }
@@ -268,7 +310,7 @@ pub struct Grants {
     /// Private, loopback and link-local addresses are refused unless their
     /// IP (or `localhost`) is listed itself.
     #[serde(default)]
-    pub http: Vec<String>,
+    pub http: Vec<HostPattern>,
     /// Environment variables the service sees.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -295,10 +337,7 @@ fn default_guest_dir() -> String {
 impl Grants {
     fn validate(&self) -> Result<()> {
         for service in &self.services {
-            crate::plugin::validate_service_name(service).context("in [grants] services")?;
-        }
-        for host in &self.http {
-            crate::capabilities::outbound::HostPattern::parse(host).context("in [grants] http")?;
+            validate_service_name(service).context("in [grants] services")?;
         }
         for key in self.env.keys() {
             if key.is_empty() || key.contains(['=', '\0']) {
@@ -330,7 +369,7 @@ impl Grants {
 pub struct Manifest {
     /// Path prefixes the service owns. Default: `["/NAME"]`.
     #[serde(default)]
-    pub routes: Option<Vec<String>>,
+    pub routes: Option<Vec<Route>>,
     /// Values the service reads through `wasi:config/store`.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
@@ -338,10 +377,10 @@ pub struct Manifest {
     /// e.g. `{ "1.0.0" = 90, "1.1.0" = 10 }`. Default: the highest version
     /// takes everything.
     #[serde(default)]
-    pub weights: Option<BTreeMap<String, u32>>,
+    pub weights: Option<Weights>,
     /// Keeps one client on one version: `header:NAME` or `cookie:NAME`.
     #[serde(default)]
-    pub sticky: Option<String>,
+    pub sticky: Option<Sticky>,
     /// What a newly dropped version gets: `immediate` (all traffic at once,
     /// blue-green; the default) or `canary` (stepwise, with analysis).
     #[serde(default)]
@@ -424,13 +463,6 @@ impl Manifest {
             if routes.is_empty() {
                 bail!("invalid manifest {origin}: `routes` must list at least one prefix");
             }
-            for route in routes {
-                validate_route(route).with_context(|| format!("invalid manifest {origin}"))?;
-            }
-        }
-        if let Some(weights) = &manifest.weights {
-            crate::release::validate_weights(weights)
-                .with_context(|| format!("invalid manifest {origin}"))?;
         }
         let steps = &manifest.steps;
         if steps.is_empty()
@@ -449,10 +481,6 @@ impl Manifest {
             || manifest.max_p99_ratio < 1.0
         {
             bail!("invalid manifest {origin}: `step-interval-secs` must be > 0, `max-error-rate` >= 0 and `max-p99-ratio` >= 1");
-        }
-        if let Some(sticky) = &manifest.sticky {
-            crate::release::Sticky::parse(sticky)
-                .with_context(|| format!("invalid manifest {origin}"))?;
         }
         manifest
             .grants
@@ -479,32 +507,12 @@ impl Manifest {
         }
     }
 
-    /// The route prefixes of `service`, normalised (no trailing slash).
-    pub fn routes_for(&self, service: &str) -> Vec<String> {
+    /// The route prefixes of `service` (default: `/NAME`).
+    pub fn routes_for(&self, service: &str) -> Vec<Route> {
         match &self.routes {
-            Some(routes) => routes.iter().map(|r| normalize_route(r)).collect(),
-            None => vec![format!("/{service}")],
+            Some(routes) => routes.clone(),
+            None => vec![Route::of_service(service)],
         }
-    }
-}
-
-/// A route is an absolute path prefix without query, fragment or `..`.
-fn validate_route(route: &str) -> Result<()> {
-    if !route.starts_with('/') {
-        bail!("route `{route}` must start with `/`");
-    }
-    if route.contains(['?', '#', ' ']) || route.split('/').any(|s| s == "..") {
-        bail!("route `{route}` must be a plain path prefix");
-    }
-    Ok(())
-}
-
-fn normalize_route(route: &str) -> String {
-    let trimmed = route.trim_end_matches('/');
-    if trimmed.is_empty() {
-        "/".to_string()
-    } else {
-        trimmed.to_string()
     }
 }
 
@@ -519,13 +527,13 @@ mod tests {
             "t",
         )
         .unwrap();
-        assert_eq!(m.routes_for("user"), vec!["/users", "/user"]);
+        assert_eq!(m.routes_for("user"), vec![Route::parse("/users").unwrap(), Route::parse("/user").unwrap()]);
         assert_eq!(m.config.get("a").map(String::as_str), Some("b"));
     }
 
     #[test]
     fn default_route_is_the_service_name() {
-        assert_eq!(Manifest::default().routes_for("order"), vec!["/order"]);
+        assert_eq!(Manifest::default().routes_for("order"), vec![Route::of_service("order")]);
     }
 
     #[test]
@@ -550,7 +558,7 @@ mod tests {
     #[test]
     fn root_route_stays_root() {
         let m = Manifest::parse("routes = [\"/\"]", "t").unwrap();
-        assert_eq!(m.routes_for("x"), vec!["/"]);
+        assert_eq!(m.routes_for("x")[0].as_str(), "/");
     }
 
     mod fuzz {
@@ -615,7 +623,7 @@ mod tests {
 
             #[test]
             fn host_patterns_parse_or_are_refused(entry in ".{0,40}") {
-                let _ = crate::capabilities::outbound::HostPattern::parse(&entry);
+                let _ = crate::spec::HostPattern::parse(&entry);
             }
         }
     }

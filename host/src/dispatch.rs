@@ -1,268 +1,55 @@
-//! Dispatch: runs one request in a fresh instance of one version.
+//! Dispatch: the request path. It picks the version of a service that
+//! serves a request (pin ▸ sticky ▸ weights), claims one of the service's
+//! concurrency slots, and runs the request in an instance of that version.
 //!
-//! Invariants: every request gets its own `Store` and instance, dropped when
-//! the request ends, so nothing survives from one request to the next and a
-//! trap cannot harm anything but its own request. The epoch deadline and the
-//! wall-clock timeout are set before the guest runs. The request path takes
-//! no lock: it loads the registry snapshot and clones the `Arc<Version>` it
-//! runs.
+//! Invariants: by default every request gets its own `Store` and instance,
+//! dropped when it ends (with opt-in reuse an instance that answered well
+//! serves the next outside request of its version, see
+//! [`crate::instance::IdleInstances`]). The epoch deadline and the wall-clock
+//! timeout are set before the guest runs. The request path takes no lock on
+//! what is served: it loads the snapshot and clones the `Arc<Version>` it
+//! runs, so a swap never cuts a request off. The dispatcher never writes
+//! the snapshot; the control plane does.
+
+pub use crate::error::{DispatchError, Failure};
 
 use crate::bindings::{Request, Response};
-use crate::capabilities::HostState;
-use crate::config::Limits;
-use crate::engine::TICK;
-use crate::registry::{IdleInstance, Pre, Registry, Version};
-use crate::rollout::ReleaseState;
-use crate::store::KvStore;
+use crate::capabilities::{CallError, Calls, HostState, ServiceId};
+use crate::contract::validate;
+use crate::instance::{classify, new_store, IdleInstance};
+use crate::kv::KvStore;
+use crate::registry::{Pre, ServiceEntry, Snapshot, Version};
 use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
-use http::StatusCode;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
-use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+use wasmtime::{Engine, Store};
 
-/// Why a request produced no response from a service.
-#[derive(Debug, thiserror::Error)]
-pub enum DispatchError {
-    /// No service owns the path.
-    #[error("no service serves `{path}`")]
-    NoRoute {
-        /// The request path.
-        path: String,
-    },
-    /// No service has that name (for `services.call`).
-    #[error("no service named `{0}`")]
-    UnknownService(String),
-    /// The service ran but failed.
-    #[error("{service}@{version}: {failure}")]
-    Failed {
-        /// Service name.
-        service: Arc<str>,
-        /// Version name.
-        version: Arc<str>,
-        /// What went wrong.
-        failure: Failure,
-    },
-}
-
-/// How a service failed a request.
-#[derive(Debug, thiserror::Error)]
-pub enum Failure {
-    /// The guest trapped (a panic, `unreachable`, out of bounds, stack overflow…).
-    #[error("the service trapped: {0}")]
-    Trap(String),
-    /// The guest used more CPU time than its limit.
-    #[error("the service exceeded its CPU time limit of {0:?}")]
-    CpuTime(Duration),
-    /// The request took longer than its wall-clock limit.
-    #[error("the service did not answer within {0:?}")]
-    Timeout(Duration),
-    /// The guest returned a response that is not valid HTTP.
-    #[error("the service returned a malformed response: {0}")]
-    Malformed(String),
-    /// No instance slot was free in the host.
-    #[error("the host is at its instance capacity")]
-    Capacity,
-    /// The service already runs as many requests as its limit allows.
-    #[error("the service is at its concurrency limit of {0} requests")]
-    Saturated(u32),
-    /// The guest's memory growth was refused and it could not go on.
-    #[error("the service ran out of memory (limit {})", crate::config::format_size(*.0 as u64))]
-    OutOfMemory(usize),
-    /// The guest recursed past its stack.
-    #[error("the service exhausted its call stack")]
-    StackOverflow,
-    /// The response body was larger than the limit.
-    #[error("the service returned a body over its {}-byte limit", .0)]
-    ResponseTooLarge(usize),
-    /// The guest held more resources (handles, streams…) than its limit.
-    #[error("the service opened more than {0} resources at once")]
-    TooManyResources(u32),
-    /// A `services.call` chain went past the depth limit (a loop).
-    #[error("service call loop: the chain went deeper than {0} calls")]
-    CallLoop(u32),
-    /// The host could not run the guest.
-    #[error("the service could not be run: {0}")]
-    Internal(String),
-}
-
-impl DispatchError {
-    /// The HTTP status this error is answered with.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            DispatchError::NoRoute { .. } | DispatchError::UnknownService(_) => {
-                StatusCode::NOT_FOUND
-            }
-            DispatchError::Failed { failure, .. } => match failure {
-                Failure::CpuTime(_) | Failure::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-                Failure::Capacity | Failure::Saturated(_) => StatusCode::SERVICE_UNAVAILABLE,
-                Failure::CallLoop(_) => StatusCode::LOOP_DETECTED,
-                Failure::Trap(_)
-                | Failure::OutOfMemory(_)
-                | Failure::StackOverflow
-                | Failure::ResponseTooLarge(_)
-                | Failure::TooManyResources(_)
-                | Failure::Malformed(_)
-                | Failure::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            },
-        }
-    }
-}
-
-impl DispatchError {
-    /// `failure` of a request to `version`.
-    pub fn failed(version: &Version, failure: Failure) -> Self {
-        DispatchError::Failed {
-            service: version.service.clone(),
-            version: version.version.clone(),
-            failure,
-        }
-    }
-
-    /// The status and whether the guest failed while running, as a
-    /// version's metrics count them.
-    pub(crate) fn outcome(&self) -> (u16, bool) {
-        let trapped = matches!(self, DispatchError::Failed { failure, .. } if failure.is_trap());
-        (self.status().as_u16(), trapped)
-    }
-}
-
-impl Failure {
-    /// The limit this failure hit, named as in a manifest's `[limits]`.
-    pub fn limit(&self) -> Option<&'static str> {
-        Some(match self {
-            Failure::CpuTime(_) => "cpu-time",
-            Failure::Timeout(_) => "timeout",
-            Failure::Capacity => "max-instances",
-            Failure::Saturated(_) => "concurrency",
-            Failure::OutOfMemory(_) => "memory",
-            Failure::StackOverflow => "stack",
-            Failure::ResponseTooLarge(_) => "response-body",
-            Failure::CallLoop(_) => "call-depth",
-            Failure::TooManyResources(_) => "resources",
-            Failure::Trap(_) | Failure::Malformed(_) | Failure::Internal(_) => return None,
-        })
-    }
-
-    /// Whether the guest failed while running (counted as a trap in metrics).
-    fn is_trap(&self) -> bool {
-        matches!(
-            self,
-            Failure::Trap(_)
-                | Failure::CpuTime(_)
-                | Failure::Timeout(_)
-                | Failure::OutOfMemory(_)
-                | Failure::StackOverflow
-                | Failure::TooManyResources(_)
-                | Failure::CallLoop(_)
-        )
-    }
-}
-
-/// Marker error returned by the epoch callback when the CPU budget is spent.
-#[derive(Debug, thiserror::Error)]
-#[error("CPU time limit exceeded")]
-struct CpuBudgetSpent;
-
-/// Runs requests against the current registry snapshot.
+/// Runs requests against the current snapshot.
 pub struct Dispatcher {
     engine: Engine,
-    registry: ArcSwap<Registry>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
     kv: KvStore,
-    limits: Limits,
-    /// The release state; its lock also makes every registry change a
-    /// single writer (watcher rescans and admin changes take turns).
-    release: tokio::sync::Mutex<ReleaseState>,
-    state_dir: PathBuf,
+    /// How the services this dispatcher runs reach each other.
+    calls: Arc<dyn Calls>,
 }
 
 impl Dispatcher {
-    /// A dispatcher serving `registry`.
-    pub fn new(
-        engine: Engine,
-        registry: Registry,
-        kv: KvStore,
-        limits: Limits,
-        release: ReleaseState,
-        state_dir: PathBuf,
-    ) -> Arc<Self> {
-        Arc::new(Self {
+    /// A dispatcher serving whatever `snapshot` holds (written by the
+    /// control plane).
+    pub fn new(engine: Engine, snapshot: Arc<ArcSwap<Snapshot>>, kv: KvStore) -> Arc<Self> {
+        Arc::new_cyclic(|me: &Weak<Dispatcher>| Self {
             engine,
-            registry: ArcSwap::from_pointee(registry),
+            snapshot,
             kv,
-            limits,
-            release: tokio::sync::Mutex::new(release),
-            state_dir,
+            calls: Arc::new(DispatchCalls(me.clone())),
         })
     }
 
-    /// Takes the writer lock: the release state, for building the next
-    /// registry. Hold it until the new registry is swapped in.
-    pub async fn writer(&self) -> tokio::sync::MutexGuard<'_, ReleaseState> {
-        self.release.lock().await
-    }
-
-    /// The state directory (where the release state is persisted).
-    pub fn state_dir(&self) -> &std::path::Path {
-        &self.state_dir
-    }
-
-    /// Applies `change` to a copy of the release state. When it returns
-    /// `Ok(true)` the copy is persisted, then a registry with the new
-    /// policies is swapped in; on `Ok(false)` or an error nothing changes.
-    pub async fn maybe_change_release(
-        &self,
-        change: impl FnOnce(&Registry, &mut ReleaseState) -> Result<bool, String>,
-    ) -> Result<(), String> {
-        let mut guard = self.release.lock().await;
-        let registry = self.registry.load_full();
-        let mut next = guard.clone();
-        if !change(&registry, &mut next)? {
-            return Ok(());
-        }
-        next.save(&self.state_dir)
-            .map_err(|e| format!("could not persist the release state: {e:#}"))?;
-        self.swap_registry(registry.with_release(&next));
-        *guard = next;
-        Ok(())
-    }
-
-    /// Applies `change` to the release state: on success persists it and
-    /// swaps in a registry with the new policies; on error changes nothing.
-    pub async fn change_release<R>(
-        &self,
-        change: impl FnOnce(&Registry, &mut ReleaseState) -> Result<R, String>,
-    ) -> Result<R, String> {
-        let mut out = None;
-        self.maybe_change_release(|registry, state| {
-            out = Some(change(registry, state)?);
-            Ok(true)
-        })
-        .await?;
-        out.ok_or_else(|| "the release change did not run".to_string())
-    }
-
-    /// The current registry snapshot.
-    pub fn registry(&self) -> Arc<Registry> {
-        self.registry.load_full()
-    }
-
-    /// Replaces the registry snapshot; requests in flight keep their version.
-    /// Versions that left it drop their idle instances (opt-in reuse).
-    pub fn swap_registry(&self, registry: Registry) {
-        let kept: std::collections::HashSet<*const crate::registry::IdleInstances> = registry
-            .services()
-            .flat_map(|s| s.versions.iter())
-            .map(|v| Arc::as_ptr(&v.idle))
-            .collect();
-        let old = self.registry.swap(Arc::new(registry));
-        for version in old.services().flat_map(|s| s.versions.iter()) {
-            if !kept.contains(&Arc::as_ptr(&version.idle)) {
-                version.idle.retire();
-            }
-        }
+    /// What is served now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
     }
 
     /// The key-value store.
@@ -270,47 +57,51 @@ impl Dispatcher {
         &self.kv
     }
 
-    /// The host's default limits (each service's own are in its sandbox).
-    pub fn limits(&self) -> &Limits {
-        &self.limits
-    }
-
-    /// A fresh store for one request to `version`: its sandbox, its memory
-    /// limiter, and an epoch callback that counts the CPU time the guest
-    /// actually runs (not time spent waiting on the host, such as nested
-    /// service calls) against its budget, yielding every tick.
+    /// A fresh store for one request to `version`, `depth` calls deep,
+    /// serving the outside request `request_id`.
     pub(crate) fn new_store(
-        self: &Arc<Self>,
-        version: &Arc<Version>,
+        &self,
+        version: &Version,
         depth: u32,
+        request_id: Arc<str>,
     ) -> Result<Store<HostState>, Failure> {
-        let state = HostState::new(version.clone(), self.clone(), depth)
-            .map_err(|e| Failure::Internal(format!("{e:#}")))?;
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        let budget = ticks(version.sandbox.limits.cpu_time);
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |mut ctx| {
-            let state = ctx.data_mut();
-            state.cpu_ticks += 1;
-            if state.cpu_ticks >= budget {
-                Err(CpuBudgetSpent.into())
-            } else {
-                Ok(UpdateDeadline::Yield(1))
-            }
-        });
-        Ok(store)
+        let id = ServiceId {
+            service: version.service.clone(),
+            version: version.version.clone(),
+        };
+        let state = HostState::new(
+            id,
+            version.sandbox.clone(),
+            self.kv.clone(),
+            self.calls.clone(),
+            request_id,
+            depth,
+        )
+        .map_err(|e| Failure::Internal(format!("{e:#}")))?;
+        Ok(new_store(
+            &self.engine,
+            state,
+            version.sandbox.limits.cpu_time,
+        ))
     }
 
+impl Dispatcher {
     /// Chooses the version that serves an outside request for `path` with
     /// `headers`. It takes no concurrency slot yet: the caller claims one once
     /// the request body has arrived, so slow clients cannot fill a service.
     pub fn pick(&self, path: &str, headers: &[(String, String)]) -> Result<Picked, DispatchError> {
-        let registry = self.registry.load();
-        let service = registry.route(path).ok_or_else(|| DispatchError::NoRoute {
-            path: path.to_string(),
-        })?;
-        Picked::from(service, headers)
+        let snapshot = self.snapshot.load();
+        let Some(service) = snapshot.registry.route(path) else {
+            if let Some(loading) = snapshot.loading_route(path) {
+                return Err(DispatchError::Loading {
+                    service: loading.service.clone(),
+                });
+            }
+            return Err(DispatchError::NoRoute {
+                path: path.to_string(),
+            });
+        };
+        Picked::of(service, headers)
     }
 
     /// Runs `req` on the live version of the service `name`, `depth` calls
@@ -323,12 +114,15 @@ impl Dispatcher {
     ) -> BoxFuture<'static, Result<Response, DispatchError>> {
         Box::pin(async move {
             let (version, _permit) = {
-                let registry = self.registry.load();
-                let service = registry
+                let snapshot = self.snapshot.load();
+                let service = snapshot
+                    .registry
                     .service(&name)
                     .ok_or_else(|| DispatchError::UnknownService(name.clone()))?;
-                Picked::from(service, &req.headers)?.claim()?
+                Picked::of(service, &req.headers)?.claim()?
             };
+            let span = tracing::Span::current();
+            span.record("version", &*version.version);
             self.run(version, req, depth).await
         })
     }
@@ -348,7 +142,8 @@ impl Dispatcher {
             Pre::Service(pre) => pre.clone(),
             Pre::Proxy(_) => {
                 drop(in_flight);
-                return crate::proxy::call_buffered(self, version.clone(), req, depth).await;
+                let store = self.new_store(&version, depth, request_id(&req.headers));
+                return crate::proxy::call_buffered(store, version.clone(), req).await;
             }
         };
         // A fresh instance, unless the service opted into reuse and an
@@ -362,7 +157,7 @@ impl Dispatcher {
                 store.set_epoch_deadline(1);
                 (store, Some(idle.service), idle.served)
             }
-            None => match self.new_store(&version, depth) {
+            None => match self.new_store(&version, depth, request_id(&req.headers)) {
                 Ok(store) => (store, None, 0),
                 Err(failure) => {
                     in_flight.finish(500, false, started.elapsed());
@@ -432,8 +227,8 @@ pub struct Picked {
 
 impl Picked {
     /// Picks the version of `service` for a request with `headers`.
-    fn from(
-        service: &crate::registry::ServiceEntry,
+    fn of(
+        service: &ServiceEntry,
         headers: &[(String, String)],
     ) -> Result<Self, DispatchError> {
         let version = service
@@ -466,95 +261,48 @@ impl Picked {
     }
 }
 
-impl Failure {
-    /// This failure with its real cause when the guest's memory growth was
-    /// refused: a guest whose allocation fails aborts, which looks like a trap.
-    pub(crate) fn explained(self, memory_exhausted: bool, limits: &Limits) -> Failure {
-        match self {
-            Failure::Trap(_) if memory_exhausted => Failure::OutOfMemory(limits.max_memory),
-            failure => failure,
-        }
-    }
+
+/// The id of the outside request, from the `x-request-id` header the front
+/// sets (or the caller passed on).
+pub(crate) fn request_id(headers: &[(String, String)]) -> Arc<str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(crate::capabilities::services::REQUEST_ID_HEADER))
+        .map_or_else(|| Arc::from("-"), |(_, v)| Arc::from(v.as_str()))
 }
 
-/// Sorts a wasmtime error (from instantiating or calling) into a [`Failure`].
-pub(crate) fn classify(e: wasmtime::Error, limits: &Limits) -> Failure {
-    if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
-        .is_some()
-    {
-        return Failure::Capacity;
-    }
-    if e.downcast_ref::<CpuBudgetSpent>().is_some() {
-        return Failure::CpuTime(limits.cpu_time);
-    }
-    if let Some(looped) = e.downcast_ref::<crate::capabilities::services::CallLoop>() {
-        return Failure::CallLoop(looped.max);
-    }
-    if let Some(wasmtime::component::ResourceTableError::Full) = e.downcast_ref() {
-        return Failure::TooManyResources(limits.resources);
-    }
-    match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => Failure::CpuTime(limits.cpu_time),
-        Some(Trap::StackOverflow) => Failure::StackOverflow,
-        Some(trap) => Failure::Trap(trap.to_string()),
-        None => Failure::Internal(
-            format!("{e:#}")
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_string(),
-        ),
-    }
-}
+/// [`Calls`] for the services of one dispatcher. It holds the dispatcher
+/// weakly: the dispatcher's snapshot holds versions, whose idle stores hold
+/// this.
+struct DispatchCalls(Weak<Dispatcher>);
 
-/// Epoch ticks in `d` (at least one).
-fn ticks(d: Duration) -> u64 {
-    (d.as_millis() / TICK.as_millis()).max(1) as u64
-}
-
-/// Checks that a guest response can be sent as HTTP.
-pub fn validate(resp: &Response) -> Result<(), String> {
-    if !(100..=599).contains(&resp.status) {
-        return Err(format!("status {} is not between 100 and 599", resp.status));
-    }
-    for (name, value) in &resp.headers {
-        http::HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| format!("invalid header name `{}`", name.escape_debug()))?;
-        http::HeaderValue::from_str(value)
-            .map_err(|_| format!("invalid value for header `{name}`"))?;
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn resp(status: u16, headers: &[(&str, &str)]) -> Response {
-        Response {
-            status,
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            body: vec![],
-        }
-    }
-
-    #[test]
-    fn validate_rejects_bad_status_and_headers() {
-        assert!(validate(&resp(200, &[("content-type", "application/json")])).is_ok());
-        assert!(validate(&resp(99, &[])).unwrap_err().contains("99"));
-        assert!(validate(&resp(1000, &[])).is_err());
-        assert!(validate(&resp(200, &[("bad header", "x")]))
-            .unwrap_err()
-            .contains("bad header"));
-        assert!(validate(&resp(200, &[("x", "a\nb")])).is_err());
-    }
-
-    #[test]
-    fn ticks_round_down_but_never_to_zero() {
-        assert_eq!(ticks(Duration::from_secs(1)), 100);
-        assert_eq!(ticks(Duration::from_millis(1)), 1);
+impl Calls for DispatchCalls {
+    fn call(
+        &self,
+        callee: String,
+        req: Request,
+        depth: u32,
+    ) -> BoxFuture<'static, Result<Response, CallError>> {
+        let Some(dispatcher) = self.0.upgrade() else {
+            return Box::pin(async { Err(CallError::Failed("the host is stopping".into())) });
+        };
+        Box::pin(async move {
+            dispatcher
+                .call_service(callee.clone(), req, depth)
+                .await
+                .map_err(|e| {
+                    tracing::debug!(%callee, error = %e, "service call failed");
+                    match e {
+                        DispatchError::Failed {
+                            failure: Failure::CallLoop(max),
+                            ..
+                        } => CallError::Loop(max),
+                        DispatchError::UnknownService(_)
+                        | DispatchError::NoRoute { .. }
+                        | DispatchError::Loading { .. } => CallError::NotFound(callee),
+                        other => CallError::Failed(other.to_string()),
+                    }
+                })
+        })
     }
 }

@@ -3,7 +3,16 @@
 //! Services are Wasm components that target the `wasmhost:plugin/service`
 //! world (see `wit/`). The host loads every `NAME@VERSION.wasm` in its plugins
 //! directory, routes HTTP requests to them by path prefix, and runs each
-//! request in a fresh, sandboxed instance.
+//! request in a sandboxed instance (a fresh one, unless the service opts
+//! into reuse).
+//!
+//! Layers, each importing only its own or a lower one (checked by
+//! `tests/layers.rs`): data (`spec`, `config`, `release`, `release_state`,
+//! `metrics`, `kv`), the Wasm runtime (`engine`, `sandbox`, `capabilities`,
+//! `instance`, `contract`), loaded code (`registry`, `loader`), the request
+//! path (`dispatch`, `proxy`, `error`), and the edges (`control` — the only
+//! writer of what is served — `watcher`, `canary`, `front`, `server`,
+//! `admin`, `client`).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -18,22 +27,27 @@ pub mod canary;
 mod capabilities;
 pub mod client;
 pub mod config;
+pub mod contract;
+pub mod control;
 pub mod dispatch;
 pub mod engine;
-pub mod http;
+pub mod error;
+pub mod front;
+pub mod instance;
 pub mod loader;
 pub mod metrics;
 pub mod plugin;
 pub mod proxy;
 pub mod registry;
 pub mod release;
-pub mod rollout;
+pub mod release_state;
 pub mod router;
 pub mod sandbox;
+pub mod spec;
 pub mod server;
 pub mod shutdown;
 pub mod status;
-pub mod store;
+pub mod kv;
 pub mod watcher;
 
 pub use config::{Manifest, ServeConfig};
@@ -45,29 +59,6 @@ use std::time::{Duration, Instant};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Scans the plugins directory at start, waiting (bounded) for files that
-/// are still being written.
-async fn initial_scan(
-    loader: &Arc<loader::Loader>,
-    dir: &std::path::Path,
-    release: &rollout::ReleaseState,
-) -> Result<registry::Registry> {
-    let mut registry = registry::Registry::default();
-    for _ in 0..20 {
-        let (l, d, prev, rel) = (loader.clone(), dir.to_path_buf(), registry, release.clone());
-        let scan =
-            tokio::task::spawn_blocking(move || l.load_dir(&d, &prev, &rel, &Default::default()))
-                .await
-                .context("the loader thread failed")??;
-        registry = scan.registry;
-        if scan.pending.is_empty() {
-            break;
-        }
-        tokio::time::sleep(loader::STABLE_AGE).await;
-    }
-    Ok(registry)
-}
 
 /// Loads the plugins directory and serves it until `shutdown` resolves, then
 /// finishes the requests in flight (for at most [`DRAIN_TIMEOUT`]).
@@ -89,7 +80,7 @@ pub async fn run(
             config.state_dir.display()
         )
     })?;
-    let kv = store::KvStore::open(&state_dir.join("kv.redb"))?;
+    let kv = kv::KvStore::open(&state_dir.join("kv.redb"))?;
     // Bind before loading, so a taken port fails at once, not after compiling.
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -121,42 +112,40 @@ pub async fn run(
         loader::Loader::new(engine.clone(), config.limits.clone())?
             .follow_outside_symlinks(config.follow_symlinks),
     );
-    let release = rollout::ReleaseState::load(&state_dir)?;
+    let release = release_state::ReleaseState::load(&state_dir)?;
     // Absolute, so the watcher's paths and the scan's paths are the same
     // (a file renamed into place is recognised as such and loaded at once).
     let plugins_dir = config
         .plugins_dir
         .canonicalize()
         .unwrap_or_else(|_| config.plugins_dir.clone());
-    let registry = initial_scan(&loader, &plugins_dir, &release).await?;
-    status::log_registry(&registry, &plugins_dir);
-    let dispatcher = dispatch::Dispatcher::new(
-        engine,
-        registry,
-        kv,
-        config.limits.clone(),
+    let control = Arc::new(control::Control::new(
+        registry::Registry::default(),
         release,
         state_dir.clone(),
-    );
-    let analyst = tokio::spawn(canary::analyst(dispatcher.clone()));
-    let _watcher = watcher::spawn(plugins_dir, loader, dispatcher.clone())?;
+    ));
+    let dispatcher = dispatch::Dispatcher::new(engine, control.handle(), kv);
+    let analyst = tokio::spawn(canary::analyst(control.clone()));
 
     let token_hint = if std::env::var_os("WASMHOST_ADMIN_TOKEN").is_some() {
         "from WASMHOST_ADMIN_TOKEN".to_string()
     } else {
         format!("in {}", state_dir.join("admin-token").display())
     };
-    tracing::info!("admin API on http://{admin_addr} (bearer token {token_hint})");
-    let admin_server = axum::serve(admin_listener, admin::app(dispatcher.clone(), &token));
+    tracing::info!(token = %token_hint, "admin API on http://{admin_addr}");
+    let admin_server = axum::serve(admin_listener, admin::app(control.clone(), &token));
     let admin_task = tokio::spawn(admin_server.into_future());
     tracing::info!(
         startup_ms = started.elapsed().as_millis() as u64,
         "listening on http://{addr}"
     );
+    // The first scan runs in the watcher: each service is served as soon as
+    // its version has compiled, and the log says `ready` once all have.
+    let _watcher = watcher::spawn(plugins_dir, loader, control.clone())?;
 
     server::serve(
         listener,
-        http::app(dispatcher, config.http.body_timeout),
+        front::app(dispatcher, config.http.body_timeout),
         config.http.clone(),
         shutdown,
         DRAIN_TIMEOUT,

@@ -12,8 +12,8 @@ use crate::bindings::ServicePre;
 use crate::capabilities::{self, HostState};
 use crate::config::{Limits, Manifest};
 use crate::plugin::PluginName;
-use crate::registry::{FileStamp, LoadError, Pre, Registry, Version};
-use crate::rollout::ReleaseState;
+use crate::registry::{FileStamp, LoadError, Loading, Pre, Registry, Version};
+use crate::release_state::ReleaseState;
 use crate::sandbox::Sandbox;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -41,6 +41,21 @@ const COMPONENT_LAYER: [u8; 2] = [1, 0];
 /// A file modified more recently than this is still being written and is
 /// loaded on a later scan.
 pub const STABLE_AGE: Duration = Duration::from_millis(300);
+
+/// What a scan reports while it runs, so the control plane can list what
+/// is compiling and serve each version as soon as it is ready.
+pub enum Progress {
+    /// These versions will be compiled in this scan.
+    Loading(Vec<Loading>),
+    /// A version finished compiling: everything loaded so far (the rest as
+    /// it was), and what is still to compile.
+    Loaded {
+        /// The interim snapshot.
+        registry: Registry,
+        /// Still to compile.
+        loading: Vec<Loading>,
+    },
+}
 
 /// The result of scanning the plugins directory.
 pub struct Scan {
@@ -98,12 +113,14 @@ impl Loader {
     /// listed in [`Scan::pending`]; a file that no longer loads keeps its last
     /// good build, and so does a service whose manifest became invalid.
     /// Files in `renamed` were just renamed into place and are loaded at once.
+    /// `progress` hears which versions will compile, then each one that did.
     pub fn load_dir(
         &self,
         dir: &Path,
         previous: &Registry,
         release: &ReleaseState,
         renamed: &std::collections::HashSet<PathBuf>,
+        progress: &mut dyn FnMut(Progress),
     ) -> Result<Scan> {
         let canonical_dir = dir
             .canonicalize()
@@ -114,6 +131,11 @@ impl Loader {
             .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
             .collect();
         files.sort();
+        let ready = |path: &PathBuf| renamed.contains(path) || is_stable(path);
+        let mut loading = to_compile(dir, &files, previous, &ready);
+        if !loading.is_empty() {
+            progress(Progress::Loading(loading.clone()));
+        }
 
         let mut versions = Vec::new();
         let mut errors = Vec::new();
@@ -121,7 +143,8 @@ impl Loader {
         let mut manifests: BTreeMap<String, Manifest> = BTreeMap::new();
         let mut sandboxes: BTreeMap<String, Arc<Sandbox>> = BTreeMap::new();
         let mut bad_manifests = BTreeMap::new();
-        for path in files {
+        for (index, path) in files.iter().enumerate() {
+            let path = path.clone();
             let file = display_name(&path);
             let last_good = previous.version_from(&path);
             let name = match PluginName::from_path(&path) {
@@ -176,15 +199,47 @@ impl Loader {
             };
             // A file renamed into place is complete (the documented way to
             // deploy); any other file must first stop changing.
-            if !renamed.contains(&path) && !is_stable(&path) {
+            if !ready(&path) {
                 pending.push(file);
                 versions.extend(last_good);
                 continue;
             }
             let sandbox = sandbox.clone();
-            match self.load_file(&canonical_dir, &path, name, sandbox, last_good.as_deref()) {
-                Ok(v) => versions.push(v),
+            let was_loading = loading.iter().position(|l| l.file == file);
+            match self.load_file(&canonical_dir, &path, name, sandbox, last_good.as_ref()) {
+                Ok(v) => {
+                    versions.push(v);
+                    if let Some(at) = was_loading {
+                        loading.remove(at);
+                        // Serve it now, beside the rest as it was.
+                        let rest = &files[index + 1..];
+                        let mut interim = versions.clone();
+                        interim.extend(rest.iter().filter_map(|p| previous.version_from(p)));
+                        let mut interim_manifests = manifests.clone();
+                        for v in &interim {
+                            if let Some(m) = previous.manifest(&v.service) {
+                                interim_manifests
+                                    .entry(v.service.to_string())
+                                    .or_insert_with(|| m.clone());
+                            }
+                        }
+                        let registry = Registry::build(
+                            interim,
+                            interim_manifests,
+                            errors.clone(),
+                            Some(previous),
+                            release,
+                        );
+                        progress(Progress::Loaded {
+                            registry,
+                            loading: loading.clone(),
+                        });
+                    }
+                }
                 Err(e) => {
+                    if let Some(at) = was_loading {
+                        loading.remove(at);
+                    }
                     let mut error = format!("{e:#}");
                     if let Some(good) = last_good {
                         error.push_str(&format!(
@@ -202,14 +257,15 @@ impl Loader {
     }
 
     /// Loads one component file as `name`; `last` is the version this file
-    /// held before, reused when neither its content nor its config changed.
+    /// held before, kept (the same `Arc`) when neither its content nor its
+    /// config changed.
     pub fn load_file(
         &self,
         dir: &Path,
         path: &Path,
         name: PluginName,
         sandbox: Arc<Sandbox>,
-        last: Option<&Version>,
+        last: Option<&Arc<Version>>,
     ) -> Result<Arc<Version>> {
         // Unchanged on disk since it was loaded, same name and sandbox: keep
         // it without reading and hashing the file again (a rescan must stay
@@ -221,7 +277,7 @@ impl Loader {
                 && v.sandbox == sandbox
                 && name.version.as_deref().is_none_or(|n| *v.version == *n)
             {
-                return Ok(Arc::new(v.clone()));
+                return Ok(v.clone());
             }
         }
         let bytes = read_plugin(dir, path, self.outside_symlinks)?;
@@ -238,7 +294,7 @@ impl Loader {
         let pre = match last {
             Some(v) if v.digest == digest && *v.version == *version => {
                 if v.sandbox == sandbox {
-                    return Ok(Arc::new(v.clone()));
+                    return Ok(v.clone());
                 }
                 v.pre.clone()
             }
@@ -353,6 +409,39 @@ fn check_header(bytes: &[u8]) -> Result<()> {
         bail!("unsupported WebAssembly binary (unknown version or layer)");
     }
     Ok(())
+}
+
+/// The files of this scan that will be read and compiled (new, or changed
+/// on disk since their version was loaded), as the admin API lists them.
+fn to_compile(
+    dir: &Path,
+    files: &[PathBuf],
+    previous: &Registry,
+    ready: &dyn Fn(&PathBuf) -> bool,
+) -> Vec<Loading> {
+    let since = std::time::SystemTime::now();
+    files
+        .iter()
+        .filter(|path| ready(path))
+        .filter(|path| {
+            previous
+                .version_from(path)
+                .is_none_or(|v| v.stamp.is_none() || v.stamp != FileStamp::of(path))
+        })
+        .filter_map(|path| {
+            let name = PluginName::from_path(path).ok()?;
+            let routes = Manifest::load(dir, &name.service)
+                .map(|m| m.routes_for(&name.service))
+                .unwrap_or_default();
+            Some(Loading {
+                service: name.service,
+                version: name.version,
+                file: display_name(path),
+                routes,
+                since,
+            })
+        })
+        .collect()
 }
 
 fn first_line(s: &str) -> &str {

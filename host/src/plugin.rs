@@ -6,6 +6,7 @@
 //! lines and key-value namespaces); a version is letters, digits, `.`, `-`, `+`
 //! and `_`.
 
+pub use crate::spec::{validate_service_name, validate_version};
 use anyhow::{bail, Result};
 use std::path::Path;
 
@@ -48,33 +49,6 @@ impl PluginName {
             version: version.map(str::to_string),
         })
     }
-}
-
-/// Checks a service name: 1–64 of `a-z`, `0-9`, `-`, starting with a letter.
-pub fn validate_service_name(name: &str) -> Result<()> {
-    let valid = (1..=64).contains(&name.len())
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if !valid {
-        bail!(
-            "service name `{name}` must be 1-64 lowercase letters, digits or `-`, starting with a letter"
-        );
-    }
-    Ok(())
-}
-
-/// Checks a version: 1–64 of letters, digits, `.`, `-`, `+`, `_`.
-pub fn validate_version(version: &str) -> Result<()> {
-    let valid = (1..=64).contains(&version.len())
-        && version
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+' | '_'));
-    if !valid {
-        bail!("version `{version}` must be 1-64 letters, digits, `.`, `-`, `+` or `_`");
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -12,7 +12,9 @@
 //! such a component gets the whole response, bounded the same way.
 
 use crate::bindings::{Request, Response};
-use crate::dispatch::{classify, DispatchError, Dispatcher, Failure};
+use crate::capabilities::HostState;
+use crate::error::{DispatchError, Failure};
+use crate::instance::classify;
 use crate::registry::{Pre, Version};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -22,13 +24,12 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::WasiHttpView;
 
-/// Runs `req` in a fresh instance of the wasi:http component `version`; the
-/// response body streams from the guest.
+/// Runs `req` in `store`, a fresh store for the wasi:http component
+/// `version`; the response body streams from the guest.
 pub async fn handle<B>(
-    dispatcher: &Arc<Dispatcher>,
+    store: Result<wasmtime::Store<HostState>, Failure>,
     version: Arc<Version>,
     req: http::Request<B>,
-    depth: u32,
 ) -> Result<http::Response<HyperOutgoingBody>, DispatchError>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
@@ -42,7 +43,7 @@ where
     let limits = version.sandbox.limits.clone();
     let started = Instant::now();
     let in_flight = version.metrics.start();
-    let mut store = match dispatcher.new_store(&version, depth) {
+    let mut store = match store {
         Ok(store) => store,
         Err(failure) => {
             in_flight.finish(500, false, started.elapsed());
@@ -52,7 +53,7 @@ where
     // The guest reads at most `request-body` bytes; past that its stream fails.
     let (parts, body) = req.into_parts();
     let body = Limited::new(body, limits.max_request_body).map_err(|e| {
-        tracing::debug!("request body stopped: {e}");
+        tracing::debug!(error = %e, "request body stopped");
         wasmtime_wasi_http::Error::HttpRequestBodySize(None)
     });
     let req = http::Request::from_parts(parts, body);
@@ -101,7 +102,7 @@ where
             Ok(resp.map(|body| {
                 Limited::new(body, max)
                     .map_err(move |e| {
-                        tracing::warn!("response body cut: {e} (limit {max} bytes)");
+                        tracing::warn!(error = %e, limit = max, "response body cut");
                         wasmtime_wasi_http::Error::HttpResponseBodySize(Some(max as u64))
                     })
                     .boxed_unsync()
@@ -130,10 +131,9 @@ where
 /// Runs a contract `Request` on a wasi:http component and collects its
 /// response (for `services.call` and the buffered path).
 pub async fn call_buffered(
-    dispatcher: &Arc<Dispatcher>,
+    store: Result<wasmtime::Store<HostState>, Failure>,
     version: Arc<Version>,
     req: Request,
-    depth: u32,
 ) -> Result<Response, DispatchError> {
     let fail = |failure| DispatchError::failed(&version, failure);
     let uri = if req.query.is_empty() {
@@ -151,7 +151,7 @@ pub async fn call_buffered(
         .body(Full::new(Bytes::from(req.body)))
         .map_err(|e| fail(Failure::Internal(format!("invalid request: {e}"))))?;
     let limits = version.sandbox.limits.clone();
-    let resp = handle(dispatcher, version.clone(), request, depth).await?;
+    let resp = handle(store, version.clone(), request).await?;
     let (parts, body) = resp.into_parts();
     let collected = tokio::time::timeout(limits.timeout, body.collect())
         .await
@@ -166,7 +166,7 @@ pub async fn call_buffered(
         })?;
     Ok(Response {
         status: parts.status.as_u16(),
-        headers: crate::http::wit_headers(&parts.headers),
+        headers: crate::contract::wit_headers(&parts.headers),
         body: collected.to_bytes().to_vec(),
     })
 }

@@ -8,12 +8,13 @@
 use crate::bindings::ServicePre;
 use crate::capabilities::HostState;
 use crate::config::Manifest;
+use crate::instance::IdleInstances;
 use crate::metrics::VersionMetrics;
-use crate::release::{Policy, Sticky};
-use crate::rollout::ReleaseState;
+use crate::release::Policy;
+use crate::spec::{compare_versions, Route, Weights};
+use crate::release_state::ReleaseState;
 use crate::router::RouteTable;
 use crate::sandbox::Sandbox;
-use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -64,75 +65,6 @@ pub struct Version {
     pub idle: Arc<IdleInstances>,
 }
 
-/// Most instances of one version kept idle for reuse.
-pub const MAX_IDLE_INSTANCES: usize = 8;
-
-/// Instances of one version kept between requests (opt-in reuse).
-///
-/// An idle store refers back to its version, so a retired version's idle
-/// instances must be dropped explicitly ([`IdleInstances::retire`]) or the
-/// version and its pool slots would never be freed.
-#[derive(Default)]
-pub struct IdleInstances {
-    instances: std::sync::Mutex<Vec<IdleInstance>>,
-    retired: std::sync::atomic::AtomicBool,
-}
-
-/// An instance between two requests: its store, its bindings, and how many
-/// requests it has served.
-pub struct IdleInstance {
-    pub(crate) store: wasmtime::Store<HostState>,
-    pub(crate) service: crate::bindings::Service,
-    pub(crate) served: u32,
-}
-
-impl IdleInstances {
-    /// Takes an idle instance, if there is one.
-    pub(crate) fn take(&self) -> Option<IdleInstance> {
-        self.instances.lock().ok()?.pop()
-    }
-
-    /// Keeps `instance` for a later request; dropped when enough are kept.
-    pub(crate) fn put(&self, instance: IdleInstance) {
-        let surplus = match self.instances.lock() {
-            Ok(mut idle) if idle.len() < MAX_IDLE_INSTANCES && !self.is_retired() => {
-                idle.push(instance);
-                None
-            }
-            _ => Some(instance),
-        };
-        // Dropping a store takes microseconds: never under the lock.
-        drop(surplus);
-    }
-
-    /// Drops every idle instance and keeps none from now on: the version
-    /// left the registry (requests still running on it finish normally).
-    pub fn retire(&self) {
-        self.retired
-            .store(true, std::sync::atomic::Ordering::Release);
-        let idle = self
-            .instances
-            .lock()
-            .map(|mut idle| std::mem::take(&mut *idle))
-            .unwrap_or_default();
-        drop(idle);
-    }
-
-    fn is_retired(&self) -> bool {
-        self.retired.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// How many instances wait now.
-    pub fn len(&self) -> usize {
-        self.instances.lock().map_or(0, |idle| idle.len())
-    }
-
-    /// Whether none waits.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 /// What identifies one state of a file on disk: its device, inode, size and
 /// modification and change times. A rewrite or a rename changes one of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,7 +97,7 @@ pub struct ServiceEntry {
     /// Service name.
     pub name: String,
     /// Route prefixes it owns.
-    pub routes: Vec<String>,
+    pub routes: Vec<Route>,
     /// Loaded versions, oldest first.
     pub versions: Vec<Arc<Version>>,
     /// Their names, in the same order.
@@ -201,6 +133,53 @@ impl ServiceEntry {
     pub fn pick(&self, headers: &[(String, String)], roll: u64) -> Option<&Arc<Version>> {
         let name = self.policy.pick(&self.names, headers, roll)?;
         self.version(name)
+    }
+}
+
+/// A version whose file is being read and compiled: listed by the admin
+/// API, and, for a service with nothing loaded yet, answered with 503 and
+/// `retry-after` on its routes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loading {
+    /// Service name.
+    pub service: String,
+    /// The version the file name declares (`None` for a bare `NAME.wasm`).
+    pub version: Option<String>,
+    /// The file name, relative to the plugins directory.
+    pub file: String,
+    /// The routes its manifest gives.
+    pub routes: Vec<Route>,
+    /// When its compile started.
+    pub since: std::time::SystemTime,
+}
+
+/// What is served at one moment: the loaded code (with policies built from
+/// the release state), the release state itself, and what is compiling.
+/// The control plane swaps a whole new snapshot in; readers never wait.
+#[derive(Default)]
+pub struct Snapshot {
+    /// Services, versions, routes and load errors.
+    pub registry: Registry,
+    /// The release state the registry's policies were built from.
+    pub release: ReleaseState,
+    /// Versions being compiled now.
+    pub loading: Vec<Loading>,
+}
+
+impl Snapshot {
+    /// The service still compiling its first version that would own `path`.
+    pub fn loading_route(&self, path: &str) -> Option<&Loading> {
+        self.loading
+            .iter()
+            .filter(|l| self.registry.service(&l.service).is_none())
+            .find(|l| {
+                l.routes.iter().any(|r| {
+                    let r = r.as_str();
+                    r == "/"
+                        || path == r
+                        || path.strip_prefix(r).is_some_and(|rest| rest.starts_with('/'))
+                })
+            })
     }
 }
 
@@ -253,7 +232,7 @@ impl Registry {
         };
 
         // Who claims each prefix.
-        let mut claims: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut claims: BTreeMap<Route, BTreeSet<String>> = BTreeMap::new();
         for name in by_service.keys() {
             for prefix in routes_of(name) {
                 claims.entry(prefix).or_default().insert(name.clone());
@@ -263,7 +242,7 @@ impl Registry {
         for (prefix, owners) in claims.iter().filter(|(_, o)| o.len() > 1) {
             let list: Vec<_> = owners.iter().map(|o| format!("`{o}`")).collect();
             let incumbent = previous
-                .and_then(|p| p.routes.lookup_exact(prefix))
+                .and_then(|p| p.routes.lookup_exact(prefix.as_str()))
                 .filter(|owner| owners.contains(*owner))
                 .map(str::to_string);
             for owner in owners {
@@ -297,7 +276,7 @@ impl Registry {
             let routes = routes_of(&name);
             for prefix in &routes {
                 // Cannot fail: conflicting services were refused above.
-                let _ = table.insert(prefix, &name);
+                let _ = table.insert(prefix.as_str(), &name);
             }
             let names: Vec<Arc<str>> = versions.iter().map(|v| v.version.clone()).collect();
             let concurrency = versions
@@ -420,13 +399,15 @@ fn policy_for(
     errors: &mut Vec<LoadError>,
 ) -> Policy {
     let operator = release.services.get(name);
-    let sticky_spec = operator
+    let sticky = operator
         .and_then(|r| r.sticky.clone())
         .or_else(|| manifest.and_then(|m| m.sticky.clone()));
-    let sticky = sticky_spec.as_deref().and_then(|s| Sticky::parse(s).ok());
     let (weights, origin) = match operator.and_then(|r| r.weights.as_ref()) {
         Some(w) => (Some(w), "the release state"),
-        None => (manifest.and_then(|m| m.weights.as_ref()), "the manifest"),
+        None => (
+            manifest.and_then(|m| m.weights.as_ref()).map(Weights::as_map),
+            "the manifest",
+        ),
     };
     match Policy::resolve(names, weights, sticky.clone()) {
         Ok(p) => p,
@@ -439,29 +420,5 @@ fn policy_for(
             });
             Policy::resolve(names, None, sticky).unwrap_or_default()
         }
-    }
-}
-
-/// Orders versions: semantic versions by precedence and above any other
-/// name; other names alphabetically.
-pub fn compare_versions(a: &str, b: &str) -> Ordering {
-    match (semver::Version::parse(a), semver::Version::parse(b)) {
-        (Ok(x), Ok(y)) => x.cmp(&y),
-        (Ok(_), Err(_)) => Ordering::Greater,
-        (Err(_), Ok(_)) => Ordering::Less,
-        (Err(_), Err(_)) => a.cmp(b),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn semver_orders_numerically() {
-        assert_eq!(compare_versions("1.10.0", "1.9.0"), Ordering::Greater);
-        assert_eq!(compare_versions("1.0.0-rc.1", "1.0.0"), Ordering::Less);
-        assert_eq!(compare_versions("1.0.0", "a1b2c3"), Ordering::Greater);
-        assert_eq!(compare_versions("abc", "abd"), Ordering::Less);
     }
 }

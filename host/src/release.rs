@@ -11,6 +11,7 @@
 //! newer version's weight rises, sticky keys only move from older versions to
 //! it, never back.
 
+use crate::spec::{validate_weights, Sticky};
 use anyhow::{bail, Result};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,35 +20,6 @@ use std::sync::Arc;
 pub const PIN_HEADER: &str = "x-wasmhost-version";
 /// Cookie that pins a request to a version.
 pub const PIN_COOKIE: &str = "wasmhost-version";
-
-/// Where the sticky key of a request comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Sticky {
-    /// A request header (lowercase name).
-    Header(String),
-    /// A cookie.
-    Cookie(String),
-}
-
-impl Sticky {
-    /// Parses `header:NAME` or `cookie:NAME`.
-    pub fn parse(spec: &str) -> Result<Self> {
-        match spec.split_once(':') {
-            Some(("header", name)) if !name.is_empty() => {
-                Ok(Sticky::Header(name.to_ascii_lowercase()))
-            }
-            Some(("cookie", name)) if !name.is_empty() => Ok(Sticky::Cookie(name.to_string())),
-            _ => bail!("sticky must be `header:NAME` or `cookie:NAME`, not `{spec}`"),
-        }
-    }
-
-    fn key<'a>(&self, headers: &'a [(String, String)]) -> Option<&'a str> {
-        match self {
-            Sticky::Header(name) => header(headers, name),
-            Sticky::Cookie(name) => cookie(headers, name),
-        }
-    }
-}
 
 /// The resolved policy of one service: (version, weight) newest first.
 #[derive(Debug, Clone, Default)]
@@ -105,7 +77,7 @@ impl Policy {
                 return Some(v);
             }
         }
-        let bucket = match self.sticky.as_ref().and_then(|s| s.key(headers)) {
+        let bucket = match self.sticky.as_ref().and_then(|s| sticky_key(s, headers)) {
             Some(key) => fnv1a(key.as_bytes()) % 100,
             None => roll % 100,
         };
@@ -120,17 +92,12 @@ impl Policy {
     }
 }
 
-/// Weights must be percentages summing to exactly 100.
-pub fn validate_weights(weights: &BTreeMap<String, u32>) -> Result<()> {
-    if let Some((version, weight)) = weights.iter().find(|(_, w)| **w > 100) {
-        bail!("weight {weight} of `{version}` is over 100");
+/// The value a request's sticky key is taken from, if it has one.
+fn sticky_key<'a>(sticky: &Sticky, headers: &'a [(String, String)]) -> Option<&'a str> {
+    match sticky {
+        Sticky::Header(name) => header(headers, name),
+        Sticky::Cookie(name) => cookie(headers, name),
     }
-    // Summed in u64: at most 100 each, so no overflow for any map size.
-    let sum: u64 = weights.values().map(|w| u64::from(*w)).sum();
-    if weights.is_empty() || sum != 100 {
-        bail!("weights must sum to 100, not {sum}");
-    }
-    Ok(())
 }
 
 /// FNV-1a, 64-bit: a stable hash, the same in every run and release.

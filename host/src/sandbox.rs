@@ -5,7 +5,7 @@
 //! sockets, no outbound HTTP, no calls to other services. A service always
 //! has its own key-value namespace, its `[config]` values and logging.
 
-use crate::capabilities::outbound::HostPattern;
+use crate::spec::HostPattern;
 use crate::config::{Grants, Limits, Manifest};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -58,13 +58,7 @@ impl Sandbox {
         origin: &str,
     ) -> Result<Self> {
         let limits = defaults.with_overrides(&manifest.limits, origin)?;
-        let http = manifest
-            .grants
-            .http
-            .iter()
-            .map(|h| HostPattern::parse(h))
-            .collect::<Result<Vec<_>>>()
-            .with_context(|| format!("invalid manifest {origin}"))?;
+        let http: Vec<HostPattern> = manifest.grants.http.clone();
         let dir = match &manifest.grants.dir {
             None => None,
             Some(grant) => {
@@ -102,7 +96,7 @@ impl Sandbox {
     pub fn grants_json(&self) -> serde_json::Value {
         serde_json::json!({
             "services": self.grants.services,
-            "http": self.grants.http,
+            "http": self.grants.http.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "env": self.grants.env.keys().collect::<Vec<_>>(),
             "dir": self.grants.dir.as_ref().map(|d| serde_json::json!({
                 "host": self.dir.as_ref().map(|p| p.display().to_string()),

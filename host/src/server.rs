@@ -5,8 +5,9 @@
 //! flight finish.
 //!
 //! (The request body is read with its own size and time bounds in
-//! [`crate::http`], once the service — and so its body limit — is known.)
+//! [`crate::front`], once the service — and so its body limit — is known.)
 
+use crate::config::HttpLimits;
 use anyhow::Result;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -15,36 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-
-/// Limits of the plugin-traffic listener.
-#[derive(Debug, Clone)]
-pub struct HttpLimits {
-    /// Connections open at once; further clients wait in the kernel's
-    /// accept queue until one closes.
-    pub max_connections: usize,
-    /// Header fields in one request (more → 431).
-    pub max_headers: usize,
-    /// Bytes of one request's head (more → 431).
-    pub max_header_bytes: usize,
-    /// Time a client has to send a request head, counted from the end of
-    /// the previous response on a keep-alive connection (so it is also the
-    /// idle timeout).
-    pub header_timeout: Duration,
-    /// Time a client has to send a request body (over → 408).
-    pub body_timeout: Duration,
-}
-
-impl Default for HttpLimits {
-    fn default() -> Self {
-        Self {
-            max_connections: 1024,
-            max_headers: 100,
-            max_header_bytes: 16 * 1024,
-            header_timeout: Duration::from_secs(10),
-            body_timeout: Duration::from_secs(30),
-        }
-    }
-}
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops
 /// accepting and waits (at most `drain`) for open requests to finish.

@@ -19,7 +19,7 @@ pub fn log_registry(registry: &Registry, plugins_dir: &Path) {
             tracing::info!(
                 service = %v.service,
                 version = %v.version,
-                routes = %service.routes.join(","),
+                routes = %service.routes.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(","),
                 size_kib = v.size / 1024,
                 digest = %&v.digest[..12],
                 world = v.pre.world(),
@@ -29,7 +29,7 @@ pub fn log_registry(registry: &Registry, plugins_dir: &Path) {
         }
     }
     for e in registry.errors() {
-        tracing::error!(file = %e.file, "not loaded: {}", e.error);
+        tracing::error!(file = %e.file, error = %e.error, "not loaded");
     }
     if served == 0 {
         tracing::warn!(

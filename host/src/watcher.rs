@@ -2,14 +2,14 @@
 //! restart.
 //!
 //! notify reports file events; they are debounced, then the directory is
-//! rescanned off the async runtime by the single writer (this task) and the
-//! new registry snapshot is swapped in atomically. Requests in flight keep
+//! rescanned off the async runtime (compiling without any lock held) and
+//! the result goes to the control plane, which swaps it in atomically. Requests in flight keep
 //! the `Arc<Version>` they started with, so a swap never cuts one off, and a
 //! removed version is freed once its last request ends. Unchanged files keep
 //! their compiled version; files still being written are retried shortly.
 
-use crate::dispatch::Dispatcher;
-use crate::loader::{Loader, STABLE_AGE};
+use crate::control::{Change, Control};
+use crate::loader::{Loader, Progress, STABLE_AGE};
 use crate::registry::Registry;
 use anyhow::{Context, Result};
 use notify::{RecursiveMode, Watcher as _};
@@ -35,8 +35,9 @@ impl Drop for Watcher {
     }
 }
 
-/// Starts watching `dir`; every change is loaded and swapped into `dispatcher`.
-pub fn spawn(dir: PathBuf, loader: Arc<Loader>, dispatcher: Arc<Dispatcher>) -> Result<Watcher> {
+/// Starts watching `dir`: scans it once, serving each version as it
+/// compiles, then loads every change through `control`.
+pub fn spawn(dir: PathBuf, loader: Arc<Loader>, control: Arc<Control>) -> Result<Watcher> {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
@@ -61,7 +62,7 @@ pub fn spawn(dir: PathBuf, loader: Arc<Loader>, dispatcher: Arc<Dispatcher>) -> 
     watcher
         .watch(&dir, RecursiveMode::NonRecursive)
         .with_context(|| format!("failed to watch plugins directory {}", dir.display()))?;
-    let task = tokio::spawn(run(dir, loader, dispatcher, rx));
+    let task = tokio::spawn(run(dir, loader, control, rx));
     Ok(Watcher {
         _watcher: watcher,
         task,
@@ -77,12 +78,92 @@ fn is_relevant(path: &Path) -> bool {
     !name.starts_with('.') && (name.ends_with(".wasm") || name.ends_with(".toml"))
 }
 
+/// Scans `dir` off the async runtime and hands the result to the control
+/// plane: which versions will compile (listed as loading), each version as
+/// soon as it compiled, then the whole scan. The writer lock is taken only
+/// for those hand-overs, never across a compile. Returns the files still
+/// being written, or `None` when the scan failed.
+async fn scan(
+    dir: &Path,
+    loader: &Arc<Loader>,
+    control: &Arc<Control>,
+    renamed: std::collections::HashSet<PathBuf>,
+) -> Option<Vec<String>> {
+    let started = Instant::now();
+    let before = control.snapshot();
+    let (l, d, c) = (loader.clone(), dir.to_path_buf(), control.clone());
+    let runtime = tokio::runtime::Handle::current();
+    let task = tokio::task::spawn_blocking(move || {
+        let mut progress = |p: Progress| {
+            let change = match p {
+                Progress::Loading(loading) => {
+                    for l in &loading {
+                        tracing::info!(service = %l.service, file = %l.file, "compiling");
+                    }
+                    Change::Loading(loading)
+                }
+                Progress::Loaded { registry, loading } => Change::Rescan {
+                    registry,
+                    loading,
+                    complete: false,
+                },
+            };
+            if let Err(error) = runtime.block_on(c.apply(change)) {
+                tracing::error!(%error, "could not apply scan progress");
+            }
+        };
+        let now = c.snapshot();
+        l.load_dir(&d, &now.registry, &now.release, &renamed, &mut progress)
+    });
+    let scan = match task.await {
+        Ok(Ok(scan)) => scan,
+        Ok(Err(e)) => {
+            tracing::error!(error = format_args!("{e:#}"), "rescan failed, keeping what is live");
+            return None;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "rescan task failed, keeping what is live");
+            return None;
+        }
+    };
+    let change = Change::Rescan {
+        registry: scan.registry,
+        loading: Vec::new(),
+        complete: scan.pending.is_empty(),
+    };
+    match control.apply(change).await {
+        Ok(applied) => log_changes(&before.registry, &applied.after.registry, started),
+        Err(error) => tracing::error!(%error, "rescan could not be applied"),
+    }
+    Some(scan.pending)
+}
+
+/// The first scan: every version is served as soon as it has compiled;
+/// files still being written are waited for (bounded).
+async fn initial(dir: &Path, loader: &Arc<Loader>, control: &Arc<Control>) {
+    let started = Instant::now();
+    for _ in 0..20 {
+        match scan(dir, loader, control, Default::default()).await {
+            Some(pending) if !pending.is_empty() => tokio::time::sleep(STABLE_AGE).await,
+            _ => break,
+        }
+    }
+    let snapshot = control.snapshot();
+    crate::status::log_registry(&snapshot.registry, dir);
+    tracing::info!(
+        services = snapshot.registry.services().count(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "ready: every service in the plugins directory is loaded"
+    );
+}
+
 async fn run(
     dir: PathBuf,
     loader: Arc<Loader>,
-    dispatcher: Arc<Dispatcher>,
+    control: Arc<Control>,
     mut rx: mpsc::UnboundedReceiver<Option<PathBuf>>,
 ) {
+    initial(&dir, &loader, &control).await;
     let mut retry = false;
     loop {
         let mut renamed = std::collections::HashSet::new();
@@ -116,48 +197,12 @@ async fn run(
                 Err(_) => break,
             }
         }
-        let started = Instant::now();
         tracing::debug!(renamed = renamed.len(), "rescanning the plugins directory");
-        let writer = dispatcher.writer().await;
-        let previous = dispatcher.registry();
-        let (scan_loader, scan_dir, scan_prev) = (loader.clone(), dir.clone(), previous.clone());
-        let release = writer.clone();
-        let scan = match tokio::task::spawn_blocking(move || {
-            scan_loader.load_dir(&scan_dir, &scan_prev, &release, &renamed)
-        })
-        .await
-        {
-            Ok(Ok(scan)) => scan,
-            Ok(Err(e)) => {
-                tracing::error!("rescan failed, keeping what is live: {e:#}");
-                continue;
-            }
-            Err(e) => {
-                tracing::error!("rescan task failed, keeping what is live: {e}");
-                continue;
-            }
-        };
-        log_changes(&previous, &scan.registry, started);
-        retry = !scan.pending.is_empty();
+        let pending = scan(&dir, &loader, &control, renamed).await;
+        retry = pending.as_ref().is_some_and(|p| !p.is_empty());
         if retry {
-            tracing::debug!(files = ?scan.pending, "waiting for files still being written");
+            tracing::debug!(files = ?pending, "waiting for files still being written");
         }
-        let mut registry = scan.registry;
-        let mut writer = writer;
-        let mut next = writer.clone();
-        if crate::canary::on_new_versions(&previous, &registry, &mut next) {
-            match next.save(dispatcher.state_dir()) {
-                Ok(()) => {
-                    registry = registry.with_release(&next);
-                    *writer = next;
-                }
-                Err(e) => {
-                    tracing::error!("could not persist the canary start, serving without it: {e:#}")
-                }
-            }
-        }
-        dispatcher.swap_registry(registry);
-        drop(writer);
     }
 }
 
@@ -190,7 +235,7 @@ fn log_changes(old: &Registry, new: &Registry, started: Instant) {
     let old_errors: BTreeSet<_> = old.errors().map(|e| (&e.file, &e.error)).collect();
     for e in new.errors() {
         if !old_errors.contains(&(&e.file, &e.error)) {
-            tracing::error!(file = %e.file, "not loaded: {}", e.error);
+            tracing::error!(file = %e.file, error = %e.error, "not loaded");
         }
     }
 }

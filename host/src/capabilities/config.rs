@@ -5,12 +5,11 @@ use crate::bindings::wasi::config::store::{Error, Host};
 
 impl Host for HostState {
     fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<String>, Error>> {
-        Ok(Ok(self.version.sandbox.config.get(&key).cloned()))
+        Ok(Ok(self.sandbox.config.get(&key).cloned()))
     }
 
     fn get_all(&mut self) -> wasmtime::Result<Result<Vec<(String, String)>, Error>> {
         Ok(Ok(self
-            .version
             .sandbox
             .config
             .iter()

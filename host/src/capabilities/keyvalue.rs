@@ -1,39 +1,14 @@
 //! `wasi:keyvalue/store` and `wasi:keyvalue/atomics` over the embedded store.
 //!
 //! `open(name)` hands out a bucket inside the calling service's own namespace
-//! (see [`crate::store::Namespace`]); the guest cannot name another's. Writes
+//! (see [`crate::kv::Namespace`]); the guest cannot name another's. Writes
 //! run on the blocking pool, since each one waits for the disk.
 
 use super::HostState;
 use crate::bindings::wasi::keyvalue::{atomics, store};
-use crate::store::Namespace;
+pub use crate::bindings::{Bucket, KvError};
+use crate::kv::Namespace;
 use wasmtime::component::Resource;
-
-/// The host side of an open bucket.
-pub struct Bucket {
-    ns: Namespace,
-}
-
-/// A key-value failure, turned into the interface's `error` for the guest.
-#[derive(Debug)]
-pub enum KvError {
-    /// The request is invalid (e.g. a key too long) or access is refused.
-    AccessDenied,
-    /// Anything else, with a message for the guest.
-    Other(String),
-}
-
-impl From<anyhow::Error> for KvError {
-    fn from(e: anyhow::Error) -> Self {
-        KvError::Other(format!("{e:#}"))
-    }
-}
-
-impl From<wasmtime::component::ResourceTableError> for KvError {
-    fn from(e: wasmtime::component::ResourceTableError) -> Self {
-        KvError::Other(e.to_string())
-    }
-}
 
 impl HostState {
     fn bucket_ns(&self, bucket: &Resource<Bucket>) -> Result<Namespace, KvError> {
@@ -44,9 +19,9 @@ impl HostState {
     /// must not borrow `self`, which is not `Sync`.)
     fn blocking<R: Send + 'static>(
         &self,
-        op: impl FnOnce(&crate::store::KvStore) -> anyhow::Result<R> + Send + 'static,
+        op: impl FnOnce(&crate::kv::KvStore) -> anyhow::Result<R> + Send + 'static,
     ) -> impl std::future::Future<Output = Result<R, KvError>> + Send + 'static {
-        let kv = self.dispatcher.kv().clone();
+        let kv = self.kv.clone();
         async move {
             tokio::task::spawn_blocking(move || op(&kv))
                 .await
@@ -58,7 +33,7 @@ impl HostState {
 
 impl store::Host for HostState {
     async fn open(&mut self, identifier: String) -> Result<Resource<Bucket>, KvError> {
-        let ns = Namespace::new(&self.version.service, &identifier)?;
+        let ns = Namespace::new(&self.id.service, &identifier)?;
         Ok(self.table.push(Bucket { ns })?)
     }
 
@@ -77,7 +52,7 @@ impl store::HostBucket for HostState {
         key: String,
     ) -> Result<Option<Vec<u8>>, KvError> {
         let ns = self.bucket_ns(&bucket)?;
-        Ok(self.dispatcher.kv().get(&ns, &key)?)
+        Ok(self.kv.get(&ns, &key)?)
     }
 
     async fn set(
@@ -97,7 +72,7 @@ impl store::HostBucket for HostState {
 
     async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Result<bool, KvError> {
         let ns = self.bucket_ns(&bucket)?;
-        Ok(self.dispatcher.kv().exists(&ns, &key)?)
+        Ok(self.kv.exists(&ns, &key)?)
     }
 
     async fn list_keys(
@@ -106,7 +81,7 @@ impl store::HostBucket for HostState {
         cursor: Option<u64>,
     ) -> Result<store::KeyResponse, KvError> {
         let ns = self.bucket_ns(&bucket)?;
-        let (keys, cursor) = self.dispatcher.kv().list_keys(&ns, cursor)?;
+        let (keys, cursor) = self.kv.list_keys(&ns, cursor)?;
         Ok(store::KeyResponse { keys, cursor })
     }
 

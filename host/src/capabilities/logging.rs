@@ -9,8 +9,8 @@ const MAX_MESSAGE: usize = 4096;
 
 impl Host for HostState {
     fn log(&mut self, level: Level, context: String, message: String) -> wasmtime::Result<()> {
-        let service = &*self.version.service;
-        let version = &*self.version.version;
+        let service = &*self.id.service;
+        let version = &*self.id.version;
         let message = truncate(&message, MAX_MESSAGE);
         let context = truncate(&context, 128);
         let allowed = self.output.take(message.len() + context.len());

@@ -8,7 +8,13 @@
 //! environment variables or outbound HTTP only when the service's manifest
 //! grants them (see [`crate::sandbox`]); stdout and stderr go to the host's
 //! log, within the service's log budget.
+//!
+//! Capabilities never see the request path: a `HostState` holds the
+//! service's identity, sandbox and handles, and reaches other services only
+//! through the [`Calls`] trait (the `WasiHttpHooks` pattern), so nothing in
+//! a store refers back to the version it runs or to the dispatcher.
 
+pub mod calls;
 pub mod config;
 pub mod keyvalue;
 pub mod logging;
@@ -16,9 +22,11 @@ pub mod outbound;
 pub mod services;
 pub mod stdio;
 
+pub use calls::{CallError, Calls, ServiceId};
+
 use crate::bindings::Service;
-use crate::dispatch::Dispatcher;
-use crate::registry::Version;
+use crate::kv::KvStore;
+use crate::sandbox::Sandbox;
 use anyhow::{Context, Result};
 use std::sync::Arc;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
@@ -34,10 +42,16 @@ pub struct HostState {
     table: ResourceTable,
     /// Memory and table limits of this store.
     pub(crate) limiter: Limiter,
-    /// The version being run: whose namespace, config and log tag apply.
-    pub(crate) version: Arc<Version>,
-    /// The dispatcher, for `services.call`.
-    pub(crate) dispatcher: Arc<Dispatcher>,
+    /// The service and version being run: whose namespace and log tag apply.
+    pub(crate) id: ServiceId,
+    /// Its limits, grants and config.
+    pub(crate) sandbox: Arc<Sandbox>,
+    /// The key-value store (the service sees its own namespace only).
+    pub(crate) kv: KvStore,
+    /// The way to other services (`services.call`, `http://NAME.internal`).
+    pub(crate) calls: Arc<dyn Calls>,
+    /// The id of the outside request this one serves, passed on to nested calls.
+    pub(crate) request_id: Arc<str>,
     /// How many `services.call` hops led to this request (0 from outside).
     pub(crate) depth: u32,
     /// The guest's stdout, stderr and log budget.
@@ -47,12 +61,19 @@ pub struct HostState {
 }
 
 impl HostState {
-    /// State for one request to `version`, `depth` calls deep.
-    pub fn new(version: Arc<Version>, dispatcher: Arc<Dispatcher>, depth: u32) -> Result<Self> {
-        let sandbox = &version.sandbox;
+    /// State for one request to the service `id` with `sandbox`, `depth`
+    /// calls deep, reaching other services through `calls`.
+    pub fn new(
+        id: ServiceId,
+        sandbox: Arc<Sandbox>,
+        kv: KvStore,
+        calls: Arc<dyn Calls>,
+        request_id: Arc<str>,
+        depth: u32,
+    ) -> Result<Self> {
         let output = stdio::GuestOutput::new(
-            version.service.clone(),
-            version.version.clone(),
+            id.service.clone(),
+            id.version.clone(),
             sandbox.limits.log_bytes,
         );
         let mut wasi = WasiCtx::builder();
@@ -71,15 +92,24 @@ impl HostState {
         }
         let mut table = ResourceTable::new();
         table.set_max_capacity(sandbox.limits.resources as usize);
-        let outbound = outbound::OutboundHttp::new(version.clone(), dispatcher.clone(), depth);
+        let outbound = outbound::OutboundHttp::new(
+            id.clone(),
+            sandbox.clone(),
+            calls.clone(),
+            request_id.clone(),
+            depth,
+        );
         Ok(Self {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             outbound,
             table,
             limiter: Limiter::new(sandbox.limits.max_memory),
-            version,
-            dispatcher,
+            id,
+            sandbox,
+            kv,
+            calls,
+            request_id,
             depth,
             output,
             cpu_ticks: 0,

@@ -10,175 +10,37 @@
 //! them elsewhere. A refused request gets the interface's
 //! `HTTP-request-denied` error (never a trap) and a log line.
 
-use crate::dispatch::Dispatcher;
-use crate::registry::Version;
-use anyhow::{bail, Result};
+use super::{CallError, Calls, ServiceId};
+use crate::sandbox::Sandbox;
+use crate::spec::{is_internal, HostPattern, INTERNAL_DOMAIN};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use tracing::Instrument;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
-
-/// Which hosts a pattern matches.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum HostMatch {
-    /// `*`: any host.
-    Any,
-    /// `*.example.org`: any subdomain (the suffix keeps its leading dot).
-    Suffix(String),
-    /// One host name or IP literal.
-    Exact(String),
-}
-
-/// Which ports a pattern matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PortMatch {
-    /// No port given: 80 and 443.
-    Default,
-    /// `:*`.
-    Any,
-    /// `:8080`.
-    Exact(u16),
-}
-
-/// One entry of `[grants] http`: `host`, `host:port`, `host:*`,
-/// `*.domain` or `*`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostPattern {
-    host: HostMatch,
-    port: PortMatch,
-}
-
-impl HostPattern {
-    /// Parses one allow-list entry.
-    pub fn parse(entry: &str) -> Result<Self> {
-        let lower = entry.trim().to_ascii_lowercase();
-        if lower.contains("://") || lower.contains('/') {
-            bail!("`{entry}` must be a host such as `api.example.com` or `api.example.com:8443`, without scheme or path");
-        }
-        let (host, port) = split_host_port(&lower)
-            .ok_or_else(|| anyhow::anyhow!("`{entry}` is not a host or host:port"))?;
-        let port = match port {
-            None => PortMatch::Default,
-            Some("*") => PortMatch::Any,
-            Some(p) => PortMatch::Exact(
-                p.parse()
-                    .map_err(|_| anyhow::anyhow!("`{entry}`: `{p}` is not a port"))?,
-            ),
-        };
-        let host = if host == "*" {
-            HostMatch::Any
-        } else if let Some(domain) = host.strip_prefix("*.") {
-            check_name(domain, entry)?;
-            HostMatch::Suffix(format!(".{domain}"))
-        } else if host.parse::<IpAddr>().is_ok() {
-            HostMatch::Exact(host.to_string())
-        } else {
-            check_name(host, entry)?;
-            HostMatch::Exact(host.to_string())
-        };
-        Ok(Self { host, port })
-    }
-
-    /// Whether the pattern covers `host:port`.
-    fn matches(&self, host: &str, port: u16) -> bool {
-        let port_ok = match self.port {
-            PortMatch::Default => port == 80 || port == 443,
-            PortMatch::Any => true,
-            PortMatch::Exact(p) => p == port,
-        };
-        port_ok
-            && match &self.host {
-                HostMatch::Any => true,
-                HostMatch::Suffix(s) => host.ends_with(s.as_str()),
-                HostMatch::Exact(h) => h == host,
-            }
-    }
-
-    /// Whether the pattern names this host itself (not through a wildcard).
-    fn is_exact(&self) -> bool {
-        matches!(self.host, HostMatch::Exact(_))
-    }
-}
-
-/// Splits `host[:port]`, with IPv6 literals in brackets or bare.
-fn split_host_port(s: &str) -> Option<(&str, Option<&str>)> {
-    if let Some(rest) = s.strip_prefix('[') {
-        let (host, after) = rest.split_once(']')?;
-        return match after {
-            "" => Some((host, None)),
-            _ => Some((host, Some(after.strip_prefix(':')?))),
-        };
-    }
-    match s.matches(':').count() {
-        0 => Some((s, None)),
-        1 => s.split_once(':').map(|(h, p)| (h, Some(p))),
-        _ => s.parse::<IpAddr>().ok().map(|_| (s, None)),
-    }
-}
-
-fn check_name(name: &str, entry: &str) -> Result<()> {
-    let valid = !name.is_empty()
-        && name.len() <= 253
-        && name
-            .split('.')
-            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
-    if !valid {
-        bail!("`{entry}` is not a valid host name");
-    }
-    Ok(())
-}
-
-/// Whether `ip` is an address a sandboxed service must not reach by default:
-/// loopback, private, link-local (cloud metadata), carrier-grade NAT,
-/// unspecified, broadcast, multicast, documentation or unique-local.
-pub fn is_internal(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || a == 0
-                || (a == 100 && (64..128).contains(&b))
-                || (a == 192 && b == 0)
-                || a >= 240
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_internal(IpAddr::V4(v4));
-            }
-            let first = v6.segments()[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-                || first == 0x2001 && v6.segments()[1] == 0xdb8
-        }
-    }
-}
-
-/// Host names under this domain are services of this host: a request to
-/// `http://user.internal/users/1` goes to the `user` service in-process,
-/// through the release policy, if `[grants] services` lists it.
-pub const INTERNAL_DOMAIN: &str = ".internal";
 
 /// The outbound-HTTP policy of one request: the service's grants.
 pub struct OutboundHttp {
-    version: Arc<Version>,
-    dispatcher: Arc<Dispatcher>,
+    id: ServiceId,
+    sandbox: Arc<Sandbox>,
+    calls: Arc<dyn Calls>,
+    request_id: Arc<str>,
     depth: u32,
 }
 
 impl OutboundHttp {
-    /// The policy of one request to `version`, `depth` calls deep.
-    pub fn new(version: Arc<Version>, dispatcher: Arc<Dispatcher>, depth: u32) -> Self {
+    /// The policy of one request to the service `id`, `depth` calls deep.
+    pub fn new(
+        id: ServiceId,
+        sandbox: Arc<Sandbox>,
+        calls: Arc<dyn Calls>,
+        request_id: Arc<str>,
+        depth: u32,
+    ) -> Self {
         Self {
-            version,
-            dispatcher,
+            id,
+            sandbox,
+            calls,
+            request_id,
             depth,
         }
     }
@@ -186,41 +48,46 @@ impl OutboundHttp {
 
 /// Sends a request for `http://NAME.internal/…` to the service NAME.
 async fn call_internal(
-    caller: Arc<Version>,
-    dispatcher: Arc<Dispatcher>,
+    caller: ServiceId,
+    sandbox: Arc<Sandbox>,
+    calls: Arc<dyn Calls>,
+    request_id: Arc<str>,
     depth: u32,
     name: String,
     request: http::Request<WasiBody>,
 ) -> Result<http::Response<WasiBody>, Error> {
-    use super::services::{check_call, Refusal};
+    use super::services::{check_call, pass_request_id, Refusal};
     use http_body_util::BodyExt;
     let (service, version) = (&caller.service, &caller.version);
-    match check_call(&caller, &name, depth) {
+    match check_call(&caller, &sandbox, &name, depth) {
         Ok(()) => {}
         Err(Refusal::NotGranted) => return Err(Error::HttpRequestDenied),
         Err(Refusal::TooDeep(_)) => return Err(Error::LoopDetected),
     }
-    let limits = &caller.sandbox.limits;
+    let limits = &sandbox.limits;
     let (parts, body) = request.into_parts();
     let body = http_body_util::Limited::new(body, limits.max_request_body)
         .collect()
         .await
         .map_err(|_| Error::HttpRequestBodySize(Some(limits.max_request_body as u64)))?
         .to_bytes();
-    let req = crate::bindings::Request {
-        method: parts.method.to_string(),
-        path: parts.uri.path().to_string(),
-        query: parts.uri.query().unwrap_or_default().to_string(),
-        headers: crate::http::wit_headers(&parts.headers),
-        body: body.to_vec(),
-    };
-    let resp = dispatcher
-        .call_service(name.clone(), req, depth + 1)
+    let mut req = crate::contract::request(&parts, body.to_vec());
+    pass_request_id(&mut req.headers, &request_id);
+    let span = tracing::info_span!(
+        "call",
+        callee = %name,
+        depth = depth + 1,
+        internal = true,
+        version = tracing::field::Empty
+    );
+    let resp = calls
+        .call(name.clone(), req, depth + 1)
+        .instrument(span)
         .await
         .map_err(|e| {
-            tracing::debug!(%service, %version, callee = %name, "internal call failed: {e}");
+            tracing::debug!(%service, %version, callee = %name, error = %e, "internal call failed");
             match e {
-                crate::dispatch::DispatchError::UnknownService(_) => Error::DestinationNotFound,
+                CallError::NotFound(_) => Error::DestinationNotFound,
                 _ => Error::DestinationUnavailable,
             }
         })?;
@@ -291,18 +158,25 @@ impl WasiHttpHooks for OutboundHttp {
         fut: Box<dyn std::future::Future<Output = Result<(), Error>> + Send>,
     ) -> SendFuture {
         drop(fut);
-        let allowed = self.version.sandbox.http.clone();
-        let (service, version) = (self.version.service.clone(), self.version.version.clone());
+        let allowed = self.sandbox.http.clone();
+        let (service, version) = (self.id.service.clone(), self.id.version.clone());
         let internal = request
             .uri()
             .host()
             .and_then(|h| h.strip_suffix(INTERNAL_DOMAIN))
             .map(str::to_string);
         if let Some(name) = internal {
-            let (caller, dispatcher, depth) =
-                (self.version.clone(), self.dispatcher.clone(), self.depth);
+            let (caller, sandbox, calls, request_id, depth) = (
+                self.id.clone(),
+                self.sandbox.clone(),
+                self.calls.clone(),
+                self.request_id.clone(),
+                self.depth,
+            );
             return Box::new(async move {
-                let resp = call_internal(caller, dispatcher, depth, name, request).await?;
+                let resp =
+                    call_internal(caller, sandbox, calls, request_id, depth, name, request)
+                        .await?;
                 let done: Box<dyn std::future::Future<Output = Result<(), Error>> + Send> =
                     Box::new(async { Ok(()) });
                 Ok((resp, done))
@@ -313,7 +187,7 @@ impl WasiHttpHooks for OutboundHttp {
             let uri = request.uri().clone();
             match check(&allowed, &uri).await {
                 Err(reason) => {
-                    tracing::warn!(%service, %version, uri = %uri, "outbound HTTP refused: {reason}");
+                    tracing::warn!(%service, %version, uri = %uri, %reason, "outbound HTTP refused");
                     return Err(Error::HttpRequestDenied);
                 }
                 Ok(Some(addr)) => {
@@ -349,55 +223,6 @@ mod tests {
 
     async fn verdict(entries: &[&str], uri: &str) -> Result<Option<SocketAddr>, String> {
         check(&allowed(entries), &uri.parse().unwrap()).await
-    }
-
-    #[test]
-    fn patterns_parse_and_refuse_nonsense() {
-        for good in [
-            "api.example.com",
-            "a.b:8080",
-            "x.org:*",
-            "*.example.org",
-            "*",
-            "10.0.0.7:9000",
-            "[::1]:80",
-            "::1",
-        ] {
-            assert!(HostPattern::parse(good).is_ok(), "{good}");
-        }
-        for bad in [
-            "http://x.org",
-            "x.org/path",
-            "x.org:http",
-            "",
-            "a..b",
-            "*x.org",
-            "x.org:99999",
-        ] {
-            assert!(HostPattern::parse(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn internal_addresses_are_recognised() {
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "::1",
-            "fd00::1",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-        ] {
-            assert!(is_internal(ip.parse().unwrap()), "{ip}");
-        }
-        for ip in ["93.184.216.34", "8.8.8.8", "2606:4700::1111"] {
-            assert!(!is_internal(ip.parse().unwrap()), "{ip}");
-        }
     }
 
     #[tokio::test]

@@ -11,19 +11,20 @@
 use super::HostState;
 use crate::bindings::wasmhost::plugin::services::{Error, Host};
 use crate::bindings::{Request, Response};
-use crate::dispatch::{DispatchError, Failure};
-use crate::registry::Version;
+use super::{CallError, ServiceId};
+use crate::sandbox::Sandbox;
+use tracing::Instrument;
 
 impl Host for HostState {
     async fn call(
         &mut self,
         name: String,
-        req: Request,
+        mut req: Request,
     ) -> wasmtime::Result<Result<Response, Error>> {
-        match check_call(&self.version, &name, self.depth) {
+        match check_call(&self.id, &self.sandbox, &name, self.depth) {
             Ok(()) => {}
             Err(Refusal::NotGranted) => {
-                let service = &self.version.service;
+                let service = &self.id.service;
                 return Ok(Err(Error::Denied(format!(
                     "calling `{name}` is not granted to `{service}` (add it to [grants] services in {service}.toml)"
                 ))));
@@ -32,23 +33,36 @@ impl Host for HostState {
             // so the outside caller gets 508 whatever the services do.
             Err(Refusal::TooDeep(max)) => return Err(CallLoop { max }.into()),
         }
+        pass_request_id(&mut req.headers, &self.request_id);
         let depth = self.depth + 1;
-        let dispatcher = self.dispatcher.clone();
-        let result = dispatcher.call_service(name.clone(), req, depth).await;
+        let span = tracing::info_span!("call", callee = %name, depth, version = tracing::field::Empty);
+        let result = self
+            .calls
+            .call(name.clone(), req, depth)
+            .instrument(span)
+            .await;
         match result {
             Ok(resp) => Ok(Ok(resp)),
-            Err(DispatchError::Failed {
-                failure: Failure::CallLoop(max),
-                ..
-            }) => Err(CallLoop { max }.into()),
-            Err(DispatchError::UnknownService(s)) => {
+            Err(CallError::Loop(max)) => Err(CallLoop { max }.into()),
+            Err(CallError::NotFound(s)) => {
                 Ok(Err(Error::NotFound(format!("no service named `{s}`"))))
             }
-            Err(DispatchError::NoRoute { .. }) => {
-                Ok(Err(Error::NotFound(format!("no service named `{name}`"))))
-            }
-            Err(other) => Ok(Err(Error::Failed(other.to_string()))),
+            Err(CallError::Failed(message)) => Ok(Err(Error::Failed(message))),
         }
+    }
+}
+
+/// Header carrying the id of the outside request through nested calls.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Gives a nested request the id of the outside request it serves, unless
+/// the guest set one itself.
+pub(crate) fn pass_request_id(headers: &mut Vec<(String, String)>, id: &str) {
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case(REQUEST_ID_HEADER))
+    {
+        headers.push((REQUEST_ID_HEADER.to_string(), id.to_string()));
     }
 }
 
@@ -63,13 +77,18 @@ pub(crate) enum Refusal {
 /// Checks a call from `caller`, itself `depth` calls deep, to `callee` —
 /// through `services.call` or `http://CALLEE.internal` alike — and logs a
 /// refusal.
-pub(crate) fn check_call(caller: &Version, callee: &str, depth: u32) -> Result<(), Refusal> {
+pub(crate) fn check_call(
+    caller: &ServiceId,
+    sandbox: &Sandbox,
+    callee: &str,
+    depth: u32,
+) -> Result<(), Refusal> {
     let (service, version) = (&caller.service, &caller.version);
-    if !caller.sandbox.may_call(callee) {
+    if !sandbox.may_call(callee) {
         tracing::warn!(%service, %version, %callee, "service call refused: not granted");
         return Err(Refusal::NotGranted);
     }
-    let max = caller.sandbox.limits.max_call_depth;
+    let max = sandbox.limits.max_call_depth;
     if depth + 1 > max {
         tracing::warn!(%service, %version, %callee, depth = depth + 1, "service call refused: call depth limit reached");
         return Err(Refusal::TooDeep(max));

@@ -145,6 +145,8 @@ impl Host {
         let sink = log.clone();
         let admin = Arc::new(Mutex::new(String::new()));
         let admin_sink = admin.clone();
+        let listen = Arc::new(Mutex::new(String::new()));
+        let listen_sink = listen.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("admin API on http://").nth(1) {
@@ -155,12 +157,16 @@ impl Host {
                         .to_string();
                 }
                 if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = rest
+                    *listen_sink.lock().unwrap() = rest
                         .split_whitespace()
                         .next()
                         .unwrap_or_default()
                         .to_string();
-                    let _ = tx.send(addr);
+                }
+                // Services are served as each compiles; tests start once
+                // the first scan has loaded them all.
+                if line.contains("ready: every service") {
+                    let _ = tx.send(listen_sink.lock().unwrap().clone());
                 }
                 sink.lock().unwrap().push(line);
             }
@@ -170,7 +176,7 @@ impl Host {
             Err(_) => {
                 let _ = child.kill();
                 panic!(
-                    "wasmhost did not start listening within {START_TIMEOUT:?}; log:\n{}",
+                    "wasmhost was not ready within {START_TIMEOUT:?}; log:\n{}",
                     log.lock().unwrap().join("\n")
                 );
             }

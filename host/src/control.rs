@@ -1,0 +1,288 @@
+//! The control plane: the one writer of what is served.
+//!
+//! Every change — an operator's weights, promote, rollback, pause and
+//! resume, the result of a rescan, a version starting to compile, a canary
+//! step — is a [`Change`] given to [`Control::apply`]. It takes the writer
+//! lock, applies the rule (a pure function of `crate::release_state`) to a
+//! copy of the release state, persists the copy, builds the next
+//! [`Snapshot`] and swaps it in. A refused change is a typed
+//! [`ReleaseError`] that knows its HTTP status, and nothing moves.
+//!
+//! Invariants: the lock is held only while a change is applied — never
+//! across a compile (the loader compiles first, then hands its result in) —
+//! and readers never take it: admin reads, `wasmhost status` and the canary
+//! analyst load the snapshot. A release change is persisted before it takes
+//! effect.
+
+use crate::config::Rollout;
+use crate::registry::{Loading, Registry, ServiceEntry, Snapshot};
+use crate::release_state::{self, CanaryDecision, Loaded, ReleaseError, ReleaseState};
+use crate::spec::compare_versions;
+use arc_swap::ArcSwap;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// One change of what is served.
+pub enum Change {
+    /// `PUT …/release`: operator weights and, optionally, stickiness.
+    SetWeights {
+        /// Service name.
+        service: String,
+        /// Version → percent (checked here: they must sum to 100).
+        weights: BTreeMap<String, u32>,
+        /// `header:NAME` or `cookie:NAME`.
+        sticky: Option<String>,
+    },
+    /// `POST …/promote`.
+    Promote {
+        /// Service name.
+        service: String,
+        /// The version that takes everything.
+        version: String,
+    },
+    /// `POST …/rollback`.
+    Rollback {
+        /// Service name.
+        service: String,
+    },
+    /// `POST …/pause` (`paused`) and `…/resume`.
+    Pause {
+        /// Service name.
+        service: String,
+        /// Pause or resume.
+        paused: bool,
+    },
+    /// Versions whose compile is starting (they are listed as loading).
+    Loading(Vec<Loading>),
+    /// What a scan of the plugins directory loaded.
+    Rescan {
+        /// The registry the loader built (its policies are rebuilt here
+        /// from the release state in effect).
+        registry: Registry,
+        /// Versions still to compile in this scan.
+        loading: Vec<Loading>,
+        /// Whether the scan is finished and saw every file (none was still
+        /// being written): only then are weights of removed versions pruned.
+        complete: bool,
+    },
+    /// The canary analyst's decisions, applied where still current.
+    Canary(Vec<CanaryDecision>),
+}
+
+/// What an accepted change did.
+pub struct Applied {
+    /// The snapshot before the change.
+    pub before: Arc<Snapshot>,
+    /// The snapshot after it.
+    pub after: Arc<Snapshot>,
+    /// The history detail of a release change (`1.0.0=90,1.1.0=10`, the
+    /// promoted version…); empty for other changes.
+    pub detail: String,
+}
+
+/// The single writer of the snapshot.
+pub struct Control {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    write: tokio::sync::Mutex<()>,
+    state_dir: PathBuf,
+}
+
+impl Control {
+    /// A control plane serving `registry` with `release`, persisting the
+    /// release state in `state_dir`.
+    pub fn new(registry: Registry, release: ReleaseState, state_dir: PathBuf) -> Self {
+        let registry = registry.with_release(&release);
+        Self {
+            snapshot: Arc::new(ArcSwap::from_pointee(Snapshot {
+                registry,
+                release,
+                loading: Vec::new(),
+            })),
+            write: tokio::sync::Mutex::new(()),
+            state_dir,
+        }
+    }
+
+    /// The handle readers load the snapshot from (the dispatcher's).
+    pub fn handle(&self) -> Arc<ArcSwap<Snapshot>> {
+        self.snapshot.clone()
+    }
+
+    /// What is served now; never waits.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Applies `change`: on success the new snapshot is in effect (and a
+    /// release change persisted); on error nothing changed.
+    pub async fn apply(&self, change: Change) -> Result<Applied, ReleaseError> {
+        let _writer = self.write.lock().await;
+        let before = self.snapshot.load_full();
+        let mut release = before.release.clone();
+        let (registry, loading, detail, persist) = match change {
+            Change::Loading(loading) => (None, loading, String::new(), false),
+            Change::Rescan {
+                registry,
+                loading,
+                complete,
+            } => {
+                let changed = rescan_rules(&before.registry, &registry, &mut release, complete);
+                (Some(registry), loading, String::new(), changed)
+            }
+            Change::Canary(decisions) => {
+                let mut changed = false;
+                for decision in &decisions {
+                    if let Some(entry) = release.services.get_mut(&decision.service) {
+                        changed |= release_state::apply_canary(entry, decision);
+                    }
+                }
+                (None, before.loading.clone(), String::new(), changed)
+            }
+            operator => {
+                let detail = operator_change(&before.registry, &mut release, operator)?;
+                (None, before.loading.clone(), detail, true)
+            }
+        };
+        if persist {
+            if let Err(e) = release.save(&self.state_dir) {
+                let error = ReleaseError::Persist(format!("{e:#}"));
+                if registry.is_none() {
+                    return Err(error);
+                }
+                // A rescan still takes effect, without its release change.
+                tracing::error!(%error, "serving the rescan without its release change");
+                release = before.release.clone();
+            }
+        }
+        let registry = registry
+            .as_ref()
+            .unwrap_or(&before.registry)
+            .with_release(&release);
+        let after = Arc::new(Snapshot {
+            registry,
+            release,
+            loading,
+        });
+        self.snapshot.store(after.clone());
+        Ok(Applied {
+            before,
+            after,
+            detail,
+        })
+    }
+}
+
+/// What a rule sees of `service`.
+fn loaded(service: &ServiceEntry) -> Loaded<'_> {
+    Loaded {
+        service: &service.name,
+        names: &service.names,
+        live: service.live().map(|v| &*v.version),
+    }
+}
+
+/// Applies an operator's change to `release`; returns the history detail.
+fn operator_change(
+    registry: &Registry,
+    release: &mut ReleaseState,
+    change: Change,
+) -> Result<String, ReleaseError> {
+    let name = match &change {
+        Change::SetWeights { service, .. }
+        | Change::Promote { service, .. }
+        | Change::Rollback { service }
+        | Change::Pause { service, .. } => service.clone(),
+        _ => return Ok(String::new()),
+    };
+    let service = registry
+        .service(&name)
+        .ok_or_else(|| ReleaseError::UnknownService(name.clone()))?;
+    let entry = release.services.entry(name).or_default();
+    let loaded = loaded(service);
+    match change {
+        Change::SetWeights {
+            weights, sticky, ..
+        } => release_state::set_weights(entry, loaded, weights, sticky.as_deref()),
+        Change::Promote { version, .. } => release_state::promote(entry, loaded, &version),
+        Change::Rollback { .. } => release_state::rollback(entry, loaded),
+        Change::Pause { paused, .. } => release_state::set_paused(entry, loaded, paused),
+        _ => Ok(String::new()),
+    }
+}
+
+/// The release rules a rescan triggers: a canary for a newcomer whose
+/// manifest asks for one, the version it replaced recorded as stable when a
+/// newcomer takes over, and (once the scan is complete) operator weights of
+/// removed versions pruned. Returns whether `release` changed.
+fn rescan_rules(
+    previous: &Registry,
+    next: &Registry,
+    release: &mut ReleaseState,
+    complete: bool,
+) -> bool {
+    let mut changed = on_new_versions(previous, next, release);
+    let next = next.with_release(release);
+    for service in next.services() {
+        let entry = release.services.entry(service.name.clone()).or_default();
+        if complete {
+            changed |= release_state::prune_removed(entry, loaded(service));
+        }
+        let (Some(old), Some(now)) = (
+            previous.service(&service.name).and_then(|s| s.live()),
+            service.live(),
+        ) else {
+            continue;
+        };
+        let newcomer = previous
+            .service(&service.name)
+            .is_some_and(|s| s.version(&now.version).is_none());
+        if newcomer && old.version != now.version {
+            changed |= release_state::on_takeover(entry, &old.version, &now.version);
+        }
+    }
+    // Entries created only to look are not kept.
+    release
+        .services
+        .retain(|_, s| !(s.weights.is_none() && s.sticky.is_none() && s.stable.is_none() && s.previous.is_none() && s.canary.is_none() && s.history.is_empty()));
+    changed
+}
+
+/// Starts a canary for every service whose manifest asks for one and that
+/// gained a new version between `previous` and `next`. Returns whether the
+/// release state changed.
+pub fn on_new_versions(previous: &Registry, next: &Registry, state: &mut ReleaseState) -> bool {
+    let mut changed = false;
+    for service in next.services() {
+        let manifest = next.manifest(&service.name).cloned().unwrap_or_default();
+        if manifest.rollout != Rollout::Canary {
+            continue;
+        }
+        let Some(old) = previous.service(&service.name) else {
+            continue;
+        };
+        let Some(stable) = old.live().map(|v| v.version.to_string()) else {
+            continue;
+        };
+        // The newest version that was not loaded before is the candidate.
+        let Some(candidate) = service
+            .names
+            .iter()
+            .rev()
+            .find(|v| old.version(v).is_none())
+            .map(|v| v.to_string())
+        else {
+            continue;
+        };
+        if compare_versions(&candidate, &stable).is_le() {
+            continue;
+        }
+        let first = manifest.steps[0];
+        let entry = state.services.entry(service.name.clone()).or_default();
+        release_state::start_canary(entry, &stable, &candidate, first);
+        tracing::info!(service = %service.name, version = %candidate, %stable, weight = first, "canary started");
+        changed = true;
+    }
+    changed
+}
+
