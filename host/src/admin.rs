@@ -15,7 +15,10 @@
 
 use crate::control::{Change, Control};
 use crate::front::error_response;
-use crate::registry::{Loading, ServiceEntry};
+use crate::registry::{LoadError, Loading, ServiceEntry};
+use crate::views::{
+    LimitsView, LoadErrorView, LoadingView, ServiceView, ServicesView, VersionView,
+};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
@@ -24,7 +27,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -78,57 +80,71 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn list(State(admin): State<Admin>) -> Json<Value> {
+async fn list(State(admin): State<Admin>) -> Json<ServicesView> {
     let snapshot = admin.control.snapshot();
     let registry = &snapshot.registry;
-    let services: Vec<Value> = registry.services().map(describe).collect();
-    let errors: Vec<Value> = registry
-        .errors()
-        .map(|e| json!({"file": e.file, "error": e.error}))
-        .collect();
-    let loading: Vec<Value> = snapshot.loading.iter().map(loading_view).collect();
-    Json(json!({ "services": services, "loading": loading, "load_errors": errors }))
+    Json(ServicesView {
+        services: registry.services().map(describe).collect(),
+        loading: snapshot.loading.iter().map(loading_view).collect(),
+        load_errors: registry.errors().map(load_error_view).collect(),
+    })
 }
 
 /// A version being compiled, as the admin API lists it.
-fn loading_view(l: &Loading) -> Value {
-    let elapsed_ms = l.since.elapsed().map_or(0, |d| d.as_millis() as u64);
-    json!({
-        "service": l.service,
-        "version": l.version,
-        "file": l.file,
-        "state": "loading",
-        "elapsed_ms": elapsed_ms,
-    })
+fn loading_view(l: &Loading) -> LoadingView {
+    LoadingView {
+        service: l.service.clone(),
+        version: l.version.clone(),
+        file: l.file.clone(),
+        state: "loading".into(),
+        elapsed_ms: l.since.elapsed().map_or(0, |d| d.as_millis() as u64),
+    }
+}
+
+fn load_error_view(e: &LoadError) -> LoadErrorView {
+    LoadErrorView {
+        file: e.file.clone(),
+        error: e.error.clone(),
+    }
 }
 
 async fn show(State(admin): State<Admin>, Path(name): Path<String>) -> Response {
     let snapshot = admin.control.snapshot();
     let registry = &snapshot.registry;
-    let loading: Vec<Value> = snapshot
+    let loading: Vec<LoadingView> = snapshot
         .loading
         .iter()
         .filter(|l| l.service == name)
         .map(loading_view)
         .collect();
-    let mut body = match registry.service(&name) {
+    let mut view = match registry.service(&name) {
         Some(service) => describe(service),
         // Still compiling its first version: shown, with nothing to serve yet.
-        None if !loading.is_empty() => json!({"name": name, "versions": [], "routes": []}),
+        None if !loading.is_empty() => ServiceView {
+            name: name.clone(),
+            ..ServiceView::default()
+        },
         None => return not_found(&name),
     };
-    let release = snapshot.release.services.get(&name).cloned().unwrap_or_default();
-    body["loading"] = json!(loading);
-    body["canary"] = json!(release.canary);
-    body["history"] = json!(release.history);
-    body["load_errors"] = json!(registry
+    let release = snapshot
+        .release
+        .services
+        .get(&name)
+        .cloned()
+        .unwrap_or_default();
+    view.loading = loading;
+    view.canary = release.canary;
+    view.history = release.history;
+    view.load_errors = registry
         .errors()
-        .filter(|e| e.file.starts_with(&format!("{name}@"))
-            || e.file == format!("{name}.toml")
-            || e.file == format!("{name}.wasm"))
-        .map(|e| json!({"file": e.file, "error": e.error}))
-        .collect::<Vec<_>>());
-    Json(body).into_response()
+        .filter(|e| {
+            e.file.starts_with(&format!("{name}@"))
+                || e.file == format!("{name}.toml")
+                || e.file == format!("{name}.wasm")
+        })
+        .map(load_error_view)
+        .collect();
+    Json(view).into_response()
 }
 
 /// The body of `PUT …/release`.
@@ -238,7 +254,7 @@ fn not_found(name: &str) -> Response {
 }
 
 /// A service as the admin API shows it.
-fn describe(service: &ServiceEntry) -> Value {
+fn describe(service: &ServiceEntry) -> ServiceView {
     let weight = |v: &str| {
         service
             .policy
@@ -248,33 +264,31 @@ fn describe(service: &ServiceEntry) -> Value {
             .map(|(_, w)| *w)
             .unwrap_or(0)
     };
-    let versions: Vec<Value> = service
+    let versions = service
         .versions
         .iter()
         .rev()
-        .map(|v| {
-            json!({
-                "version": &*v.version,
-                "weight": weight(&v.version),
-                "digest": v.digest,
-                "size": v.size,
-                "world": v.pre.world(),
-                "metrics": v.metrics.snapshot(),
-            })
+        .map(|v| VersionView {
+            version: v.version.to_string(),
+            weight: weight(&v.version),
+            digest: v.digest.clone(),
+            size: v.size,
+            world: v.pre.world().to_string(),
+            metrics: v.metrics.snapshot(),
         })
         .collect();
-    let sticky = service.policy.sticky.as_ref().map(ToString::to_string);
     // Every version of a service shares its manifest, so one sandbox speaks for all.
     let sandbox = service.versions.last().map(|v| &v.sandbox);
-    json!({
-        "name": service.name,
-        "routes": service.routes,
-        "sticky": sticky,
-        "versions": versions,
-        "running": service.concurrency as usize - service.slots.available_permits(),
-        "limits": sandbox.map(|s| s.limits.to_json()),
-        "grants": sandbox.map(|s| s.grants_json()),
-    })
+    ServiceView {
+        name: service.name.clone(),
+        routes: service.routes.iter().map(ToString::to_string).collect(),
+        sticky: service.policy.sticky.as_ref().map(ToString::to_string),
+        versions,
+        running: service.concurrency as usize - service.slots.available_permits(),
+        limits: sandbox.map(|s| LimitsView::from(&s.limits)),
+        grants: sandbox.map(|s| s.grants_view()),
+        ..ServiceView::default()
+    }
 }
 
 async fn metrics(State(admin): State<Admin>) -> Response {

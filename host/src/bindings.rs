@@ -50,4 +50,3 @@ impl From<wasmtime::component::ResourceTableError> for KvError {
         KvError::Other(e.to_string())
     }
 }
-

@@ -41,11 +41,21 @@ pub async fn analyst(control: Arc<Control>) {
     loop {
         tokio::time::sleep(TICK).await;
         let snapshot = control.snapshot();
-        if !snapshot.release.services.values().any(|s| s.canary.is_some()) {
+        if !snapshot
+            .release
+            .services
+            .values()
+            .any(|s| s.canary.is_some())
+        {
             windows.clear();
             continue;
         }
-        let decisions = analyse(&snapshot.registry, &snapshot.release, &mut windows, Instant::now());
+        let decisions = analyse(
+            &snapshot.registry,
+            &snapshot.release,
+            &mut windows,
+            Instant::now(),
+        );
         if decisions.is_empty() {
             continue;
         }
@@ -70,7 +80,9 @@ fn log_decision(d: &CanaryDecision) {
         CanaryVerdict::Rollback { reason } => {
             tracing::warn!(%service, %version, %reason, "canary rolled back")
         }
-        CanaryVerdict::End => tracing::info!(%service, %version, "canary ended: a version was removed"),
+        CanaryVerdict::End => {
+            tracing::info!(%service, %version, "canary ended: a version was removed")
+        }
     }
 }
 
@@ -112,7 +124,9 @@ fn analyse(
             candidate: cand.metrics.snapshot(),
             stable: stable.metrics.snapshot(),
         };
-        let window = windows.entry(name.clone()).or_insert_with(|| current.clone());
+        let window = windows
+            .entry(name.clone())
+            .or_insert_with(|| current.clone());
         if canary.paused || window.step != canary.step {
             *window = current;
             continue;

@@ -1,6 +1,7 @@
 //! The admin client behind `wasmhost status | release | promote | rollback`:
 //! calls the admin API and prints readable tables.
 
+use crate::views::{ServiceView, ServicesView};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -43,12 +44,12 @@ impl AdminClient {
         })
     }
 
-    async fn call(
+    async fn call<T: serde::de::DeserializeOwned>(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<Value>,
-    ) -> Result<Value> {
+    ) -> Result<T> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -70,22 +71,26 @@ impl AdminClient {
                 body["error"].as_str().unwrap_or("request failed")
             );
         }
-        Ok(body)
+        serde_json::from_value(body).context("the admin API answered something this client does not understand (are host and client the same version?)")
     }
 
-    /// Prints every service.
+    /// Prints every service, then what is compiling and what did not load.
     pub async fn status(&self) -> Result<()> {
-        let all = self
+        let all: ServicesView = self
             .call(reqwest::Method::GET, "/admin/services", None)
             .await?;
-        let services = all["services"].as_array().cloned().unwrap_or_default();
-        print!("{}", table(&services));
-        for e in all["load_errors"].as_array().into_iter().flatten() {
+        print!("{}", table(&all.services));
+        for l in &all.loading {
             println!(
-                "not loaded: {}: {}",
-                e["file"].as_str().unwrap_or("?"),
-                e["error"].as_str().unwrap_or("?")
+                "loading: {} (service {}, compiling for {} ms)",
+                l.file, l.service, l.elapsed_ms
             );
+        }
+        for e in &all.load_errors {
+            println!("not loaded: {}:", e.file);
+            for line in e.error.lines() {
+                println!("    {line}");
+            }
         }
         Ok(())
     }
@@ -102,41 +107,41 @@ impl AdminClient {
         if let Some(s) = sticky {
             body["sticky"] = s.into();
         }
-        let svc = self
+        let svc: ServiceView = self
             .call(
                 reqwest::Method::PUT,
                 &format!("/admin/services/{service}/release"),
                 Some(body),
             )
             .await?;
-        print!("{}", table(&[svc]));
+        print!("{}", table(std::slice::from_ref(&svc)));
         Ok(())
     }
 
     /// Gives `version` all of `service`'s traffic.
     pub async fn promote(&self, service: &str, version: &str) -> Result<()> {
         let body = json!({ "version": version });
-        let svc = self
+        let svc: ServiceView = self
             .call(
                 reqwest::Method::POST,
                 &format!("/admin/services/{service}/promote"),
                 Some(body),
             )
             .await?;
-        print!("{}", table(&[svc]));
+        print!("{}", table(std::slice::from_ref(&svc)));
         Ok(())
     }
 
     /// Gives the stable version all of `service`'s traffic.
     pub async fn rollback(&self, service: &str) -> Result<()> {
-        let svc = self
+        let svc: ServiceView = self
             .call(
                 reqwest::Method::POST,
                 &format!("/admin/services/{service}/rollback"),
                 None,
             )
             .await?;
-        print!("{}", table(&[svc]));
+        print!("{}", table(std::slice::from_ref(&svc)));
         Ok(())
     }
 }
@@ -158,7 +163,7 @@ pub fn parse_weights(spec: &str) -> Result<BTreeMap<String, u32>> {
 }
 
 /// Renders services as an aligned table.
-pub fn table(services: &[Value]) -> String {
+pub fn table(services: &[ServiceView]) -> String {
     let mut rows = vec![[
         "SERVICE",
         "VERSION",
@@ -174,28 +179,19 @@ pub fn table(services: &[Value]) -> String {
     .map(String::from)
     .to_vec()];
     for s in services {
-        let routes = s["routes"]
-            .as_array()
-            .map(|r| {
-                r.iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .unwrap_or_default();
-        for v in s["versions"].as_array().into_iter().flatten() {
-            let m = &v["metrics"];
-            let num = |k: &str| m[k].as_u64().unwrap_or(0).to_string();
+        let routes = s.routes.join(",");
+        for v in &s.versions {
+            let m = &v.metrics;
             rows.push(vec![
-                s["name"].as_str().unwrap_or("?").to_string(),
-                v["version"].as_str().unwrap_or("?").to_string(),
-                format!("{}%", v["weight"].as_u64().unwrap_or(0)),
-                num("requests"),
-                num("errors"),
-                num("traps"),
-                num("in_flight"),
-                format!("{}", m["p50_ms"].as_f64().unwrap_or(0.0)),
-                format!("{}", m["p99_ms"].as_f64().unwrap_or(0.0)),
+                s.name.clone(),
+                v.version.clone(),
+                format!("{}%", v.weight),
+                m.requests.to_string(),
+                m.errors.to_string(),
+                m.traps.to_string(),
+                m.in_flight.to_string(),
+                m.p50_ms.to_string(),
+                m.p99_ms.to_string(),
                 routes.clone(),
             ]);
         }
@@ -231,9 +227,10 @@ mod tests {
 
     #[test]
     fn renders_an_aligned_table() {
-        let svc = json!({"name": "user", "routes": ["/users"], "versions": [
-            {"version": "1.1.0", "weight": 10, "metrics": {"requests": 5, "errors": 0, "traps": 0, "in_flight": 0, "p50_ms": 0.5, "p99_ms": 1.0}}
-        ]});
+        let svc: ServiceView = serde_json::from_value(json!({"name": "user", "routes": ["/users"], "sticky": null, "running": 0, "limits": null, "grants": null, "versions": [
+            {"version": "1.1.0", "weight": 10, "digest": "", "size": 0, "world": "", "metrics": {"requests": 5, "errors": 0, "traps": 0, "in_flight": 0, "p50_ms": 0.5, "p90_ms": 1.0, "p99_ms": 1.0, "sum_seconds": 0.0, "cumulative": []}}
+        ]}))
+        .unwrap();
         let t = table(&[svc]);
         assert!(t.starts_with("SERVICE  VERSION  WEIGHT"), "{t}");
         assert!(t.contains("user     1.1.0    10%"), "{t}");

@@ -214,24 +214,6 @@ impl Limits {
         }
         Ok(limits)
     }
-
-    /// The limits as JSON for the admin API, in the manifest's own units.
-    pub fn to_json(&self) -> serde_json::Value {
-        let size = |b: usize| format_size(b as u64);
-        let time = |d: Duration| humantime::format_duration(d).to_string();
-        serde_json::json!({
-            "memory": size(self.max_memory),
-            "cpu-time": time(self.cpu_time),
-            "timeout": time(self.timeout),
-            "request-body": size(self.max_request_body),
-            "response-body": size(self.max_response_body),
-            "concurrency": self.concurrency,
-            "call-depth": self.max_call_depth,
-            "log-bytes": size(self.log_bytes),
-            "resources": self.resources,
-            "requests-per-instance": self.requests_per_instance,
-        })
-    }
 }
 
 /// A byte count as a manifest would write it: `64 MiB`, `16 KiB` or `1000`.
@@ -527,13 +509,22 @@ mod tests {
             "t",
         )
         .unwrap();
-        assert_eq!(m.routes_for("user"), vec![Route::parse("/users").unwrap(), Route::parse("/user").unwrap()]);
+        assert_eq!(
+            m.routes_for("user"),
+            vec![
+                Route::parse("/users").unwrap(),
+                Route::parse("/user").unwrap()
+            ]
+        );
         assert_eq!(m.config.get("a").map(String::as_str), Some("b"));
     }
 
     #[test]
     fn default_route_is_the_service_name() {
-        assert_eq!(Manifest::default().routes_for("order"), vec![Route::of_service("order")]);
+        assert_eq!(
+            Manifest::default().routes_for("order"),
+            vec![Route::of_service("order")]
+        );
     }
 
     #[test]

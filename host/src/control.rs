@@ -242,9 +242,14 @@ fn rescan_rules(
         }
     }
     // Entries created only to look are not kept.
-    release
-        .services
-        .retain(|_, s| !(s.weights.is_none() && s.sticky.is_none() && s.stable.is_none() && s.previous.is_none() && s.canary.is_none() && s.history.is_empty()));
+    release.services.retain(|_, s| {
+        !(s.weights.is_none()
+            && s.sticky.is_none()
+            && s.stable.is_none()
+            && s.previous.is_none()
+            && s.canary.is_none()
+            && s.history.is_empty())
+    });
     changed
 }
 
@@ -285,4 +290,3 @@ pub fn on_new_versions(previous: &Registry, next: &Registry, state: &mut Release
     }
     changed
 }
-

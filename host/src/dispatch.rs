@@ -85,7 +85,6 @@ impl Dispatcher {
         ))
     }
 
-impl Dispatcher {
     /// Chooses the version that serves an outside request for `path` with
     /// `headers`. It takes no concurrency slot yet: the caller claims one once
     /// the request body has arrived, so slow clients cannot fill a service.
@@ -227,10 +226,7 @@ pub struct Picked {
 
 impl Picked {
     /// Picks the version of `service` for a request with `headers`.
-    fn of(
-        service: &ServiceEntry,
-        headers: &[(String, String)],
-    ) -> Result<Self, DispatchError> {
+    fn of(service: &ServiceEntry, headers: &[(String, String)]) -> Result<Self, DispatchError> {
         let version = service
             .pick(headers, fastrand::u64(..))
             .cloned()
@@ -260,7 +256,6 @@ impl Picked {
         }
     }
 }
-
 
 /// The id of the outside request, from the `x-request-id` header the front
 /// sets (or the caller passed on).

@@ -103,7 +103,10 @@ mod tests {
             .status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
-        assert_eq!(failed(Failure::CallLoop(8)).status(), StatusCode::LOOP_DETECTED);
+        assert_eq!(
+            failed(Failure::CallLoop(8)).status(),
+            StatusCode::LOOP_DETECTED
+        );
         assert_eq!(failed(Failure::Saturated(2)).limit(), Some("concurrency"));
         assert_eq!(failed(Failure::Trap("x".into())).outcome(), (500, true));
         assert_eq!(failed(Failure::Capacity).outcome(), (503, false));

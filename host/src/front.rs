@@ -48,7 +48,10 @@ struct Front {
 /// Serves one request under its span: method, path, request id, then the
 /// service, version and status once known, and the limit a failure hit.
 /// A failure is logged here, once, as fields.
-async fn handle(State(front): State<Front>, req: axum::extract::Request) -> axum::response::Response {
+async fn handle(
+    State(front): State<Front>,
+    req: axum::extract::Request,
+) -> axum::response::Response {
     let request_id = req
         .headers()
         .get(&REQUEST_ID)

@@ -225,7 +225,10 @@ mod tests {
     fn a_refused_allocation_is_reported_as_out_of_memory() {
         let limits = Limits::default();
         let trap = Failure::Trap("unreachable".into());
-        assert!(matches!(trap.explained(true, &limits), Failure::OutOfMemory(_)));
+        assert!(matches!(
+            trap.explained(true, &limits),
+            Failure::OutOfMemory(_)
+        ));
         let trap = Failure::Trap("unreachable".into());
         assert!(matches!(trap.explained(false, &limits), Failure::Trap(_)));
         assert_eq!(Failure::CpuTime(limits.cpu_time).limit(), Some("cpu-time"));

@@ -1,7 +1,7 @@
 //! Per-version request metrics: counts, in-flight gauge and a latency
 //! histogram, all lock-free atomics updated on the request path.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -37,7 +37,7 @@ pub struct VersionMetrics {
 }
 
 /// A point-in-time copy of [`VersionMetrics`].
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 pub struct Snapshot {
     /// Requests finished.
     pub requests: u64,

@@ -11,10 +11,10 @@ use crate::config::Manifest;
 use crate::instance::IdleInstances;
 use crate::metrics::VersionMetrics;
 use crate::release::Policy;
-use crate::spec::{compare_versions, Route, Weights};
 use crate::release_state::ReleaseState;
 use crate::router::RouteTable;
 use crate::sandbox::Sandbox;
+use crate::spec::{compare_versions, Route, Weights};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -177,7 +177,9 @@ impl Snapshot {
                     let r = r.as_str();
                     r == "/"
                         || path == r
-                        || path.strip_prefix(r).is_some_and(|rest| rest.starts_with('/'))
+                        || path
+                            .strip_prefix(r)
+                            .is_some_and(|rest| rest.starts_with('/'))
                 })
             })
     }
@@ -405,7 +407,9 @@ fn policy_for(
     let (weights, origin) = match operator.and_then(|r| r.weights.as_ref()) {
         Some(w) => (Some(w), "the release state"),
         None => (
-            manifest.and_then(|m| m.weights.as_ref()).map(Weights::as_map),
+            manifest
+                .and_then(|m| m.weights.as_ref())
+                .map(Weights::as_map),
             "the manifest",
         ),
     };

@@ -14,11 +14,11 @@
 
 use crate::spec::{compare_versions, Sticky, Weights};
 use anyhow::{Context, Result};
-use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// File name of the release state inside the state directory.
 pub const FILE: &str = "release.json";
@@ -72,7 +72,7 @@ pub struct Canary {
 }
 
 /// One change of a service's release.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryEntry {
     /// Seconds since the Unix epoch.
     pub at: u64,
@@ -268,14 +268,14 @@ pub fn rollback_target(entry: &ServiceRelease, loaded: Loaded<'_>) -> Option<Str
         entry.stable.clone()
     };
     recorded.filter(|v| loaded.has(v)).or_else(|| {
-            let live = loaded.live?;
-            loaded
-                .names
-                .iter()
-                .rev()
-                .find(|v| compare_versions(v, live).is_lt())
-                .map(|v| v.to_string())
-        })
+        let live = loaded.live?;
+        loaded
+            .names
+            .iter()
+            .rev()
+            .find(|v| compare_versions(v, live).is_lt())
+            .map(|v| v.to_string())
+    })
 }
 
 /// `POST …/rollback`: the rollback target takes all traffic.
@@ -325,11 +325,7 @@ pub fn prune_removed(entry: &mut ServiceRelease, loaded: Loaded<'_>) -> bool {
     let Some(weights) = entry.weights.as_ref() else {
         return false;
     };
-    let gone: Vec<String> = weights
-        .keys()
-        .filter(|v| !loaded.has(v))
-        .cloned()
-        .collect();
+    let gone: Vec<String> = weights.keys().filter(|v| !loaded.has(v)).cloned().collect();
     if gone.is_empty() {
         return false;
     }
@@ -690,7 +686,10 @@ mod tests {
             ..Default::default()
         };
         assert!(prune_removed(&mut entry, loaded(&v, "1.0.0")));
-        assert_eq!(entry.weights, Some(weights(&[("1.0.0", 50), ("1.2.0", 50)])));
+        assert_eq!(
+            entry.weights,
+            Some(weights(&[("1.0.0", 50), ("1.2.0", 50)]))
+        );
         let mut entry = ServiceRelease {
             weights: Some(weights(&[("1.0.0", 1), ("1.1.0", 97), ("1.2.0", 2)])),
             ..Default::default()

@@ -5,8 +5,9 @@
 //! sockets, no outbound HTTP, no calls to other services. A service always
 //! has its own key-value namespace, its `[config]` values and logging.
 
-use crate::spec::HostPattern;
 use crate::config::{Grants, Limits, Manifest};
+use crate::spec::HostPattern;
+use crate::views::{DirView, GrantsView};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -92,20 +93,20 @@ impl Sandbox {
         self.grants.services.iter().any(|s| s == service)
     }
 
-    /// The grants as JSON for the admin API (environment values are not shown).
-    pub fn grants_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "services": self.grants.services,
-            "http": self.grants.http.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "env": self.grants.env.keys().collect::<Vec<_>>(),
-            "dir": self.grants.dir.as_ref().map(|d| serde_json::json!({
-                "host": self.dir.as_ref().map(|p| p.display().to_string()),
-                "guest": d.guest,
-                "access": "read-only",
-            })),
-            "config": self.config.keys().collect::<Vec<_>>(),
-            "keyvalue": "own namespace",
-            "logging": true,
-        })
+    /// The grants as the admin API shows them (environment values are not).
+    pub fn grants_view(&self) -> GrantsView {
+        GrantsView {
+            services: self.grants.services.clone(),
+            http: self.grants.http.iter().map(ToString::to_string).collect(),
+            env: self.grants.env.keys().cloned().collect(),
+            dir: self.grants.dir.as_ref().map(|d| DirView {
+                host: self.dir.as_ref().map(|p| p.display().to_string()),
+                guest: d.guest.clone(),
+                access: "read-only".into(),
+            }),
+            config: self.config.keys().cloned().collect(),
+            keyvalue: "own namespace".into(),
+            logging: true,
+        }
     }
 }

@@ -51,7 +51,9 @@ pub fn compare_versions(a: &str, b: &str) -> Ordering {
 
 /// A route prefix: an absolute path without query, fragment or `..`, kept
 /// without a trailing slash (`/` stays `/`).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize, serde::Serialize,
+)]
 #[serde(try_from = "String")]
 pub struct Route(String);
 
@@ -369,7 +371,6 @@ pub fn is_internal(ip: IpAddr) -> bool {
 /// through the release policy, if `[grants] services` lists it.
 pub const INTERNAL_DOMAIN: &str = ".internal";
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,5 +431,4 @@ mod tests {
             assert!(!is_internal(ip.parse().unwrap()), "{ip}");
         }
     }
-
 }

@@ -118,7 +118,10 @@ async fn scan(
     let scan = match task.await {
         Ok(Ok(scan)) => scan,
         Ok(Err(e)) => {
-            tracing::error!(error = format_args!("{e:#}"), "rescan failed, keeping what is live");
+            tracing::error!(
+                error = format_args!("{e:#}"),
+                "rescan failed, keeping what is live"
+            );
             return None;
         }
         Err(e) => {

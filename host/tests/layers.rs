@@ -282,7 +282,10 @@ fn the_check_finds_a_planted_cycle() {
         std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
         std::fs::write(path, text).expect("write");
     };
-    write("lib.rs", "pub mod spec;\npub mod dispatch;\npub mod capabilities;\n");
+    write(
+        "lib.rs",
+        "pub mod spec;\npub mod dispatch;\npub mod capabilities;\n",
+    );
     write("spec.rs", "pub struct Name;\n");
     write(
         "dispatch.rs",

@@ -175,8 +175,7 @@ impl WasiHttpHooks for OutboundHttp {
             );
             return Box::new(async move {
                 let resp =
-                    call_internal(caller, sandbox, calls, request_id, depth, name, request)
-                        .await?;
+                    call_internal(caller, sandbox, calls, request_id, depth, name, request).await?;
                 let done: Box<dyn std::future::Future<Output = Result<(), Error>> + Send> =
                     Box::new(async { Ok(()) });
                 Ok((resp, done))

@@ -9,9 +9,9 @@
 //! instead of exhausting the host.
 
 use super::HostState;
+use super::{CallError, ServiceId};
 use crate::bindings::wasmhost::plugin::services::{Error, Host};
 use crate::bindings::{Request, Response};
-use super::{CallError, ServiceId};
 use crate::sandbox::Sandbox;
 use tracing::Instrument;
 
@@ -35,7 +35,8 @@ impl Host for HostState {
         }
         pass_request_id(&mut req.headers, &self.request_id);
         let depth = self.depth + 1;
-        let span = tracing::info_span!("call", callee = %name, depth, version = tracing::field::Empty);
+        let span =
+            tracing::info_span!("call", callee = %name, depth, version = tracing::field::Empty);
         let result = self
             .calls
             .call(name.clone(), req, depth)

@@ -407,6 +407,20 @@ impl Reply {
     }
 }
 
+/// Polls `probe` until it returns `Some`, for at most `timeout`; panics
+/// naming `what` when it never does. Every wait in the tests goes through
+/// this (or [`Host::wait_for_log`]), never a bare sleep.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A fresh state directory.
 pub fn state_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("create state dir")

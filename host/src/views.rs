@@ -1,0 +1,187 @@
+//! What the admin API shows, as typed values: the admin handlers serialize
+//! them, `wasmhost status` and the tests deserialize them. One definition,
+//! so the API, the CLI and the tests cannot disagree on a field.
+//!
+//! Invariant: only plain data here (serde structs, and conversions from the
+//! data layer); building a view from a loaded service is the admin API's.
+
+use crate::config::{format_size, Limits};
+use crate::metrics::Snapshot;
+use crate::release_state::{Canary, HistoryEntry};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// `GET /admin/services`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServicesView {
+    /// Every loaded service, by name.
+    pub services: Vec<ServiceView>,
+    /// Versions compiling now.
+    #[serde(default)]
+    pub loading: Vec<LoadingView>,
+    /// Files and manifests that did not load, then weights that could not apply.
+    pub load_errors: Vec<LoadErrorView>,
+}
+
+/// One service: `GET /admin/services/NAME`, an element of the list, and
+/// the answer to a release change.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceView {
+    /// Service name.
+    pub name: String,
+    /// Route prefixes it owns.
+    pub routes: Vec<String>,
+    /// `header:NAME` or `cookie:NAME`, when requests stick to a version.
+    pub sticky: Option<String>,
+    /// Loaded versions, newest first.
+    pub versions: Vec<VersionView>,
+    /// Requests running now.
+    pub running: usize,
+    /// Effective limits (every version of a service shares its manifest).
+    pub limits: Option<LimitsView>,
+    /// What it may reach beyond its own namespace, config and logging.
+    pub grants: Option<GrantsView>,
+    /// Versions of it compiling now (`GET /admin/services/NAME` only).
+    #[serde(default)]
+    pub loading: Vec<LoadingView>,
+    /// A canary in progress (`GET /admin/services/NAME` only).
+    #[serde(default)]
+    pub canary: Option<Canary>,
+    /// Release history, oldest first (`GET /admin/services/NAME` only).
+    #[serde(default)]
+    pub history: Vec<HistoryEntry>,
+    /// Its files that did not load (`GET /admin/services/NAME` only).
+    #[serde(default)]
+    pub load_errors: Vec<LoadErrorView>,
+}
+
+impl ServiceView {
+    /// The version named `name`.
+    pub fn version(&self, name: &str) -> Option<&VersionView> {
+        self.versions.iter().find(|v| v.version == name)
+    }
+
+    /// (version, weight), newest first.
+    pub fn weights(&self) -> Vec<(String, u32)> {
+        self.versions
+            .iter()
+            .map(|v| (v.version.clone(), v.weight))
+            .collect()
+    }
+}
+
+/// One loaded version.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VersionView {
+    /// Version name.
+    pub version: String,
+    /// Share of new traffic, in percent.
+    pub weight: u32,
+    /// SHA-256 of the component, hex.
+    pub digest: String,
+    /// Size of the component in bytes.
+    pub size: u64,
+    /// `wasmhost:plugin/service` or `wasi:http/proxy`.
+    pub world: String,
+    /// Request metrics since it was loaded.
+    pub metrics: Snapshot,
+}
+
+/// A version being compiled.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoadingView {
+    /// Service name.
+    pub service: String,
+    /// The version the file name declares (none for a bare `NAME.wasm`).
+    pub version: Option<String>,
+    /// The file, relative to the plugins directory.
+    pub file: String,
+    /// Always `loading`.
+    pub state: String,
+    /// How long its compile has run.
+    pub elapsed_ms: u64,
+}
+
+/// A file or manifest that did not load, and why (whole, not cut).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoadErrorView {
+    /// The file, relative to the plugins directory.
+    pub file: String,
+    /// Why.
+    pub error: String,
+}
+
+/// A service's limits, in the manifest's own keys and units.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LimitsView {
+    /// Linear memory of one instance, e.g. `64 MiB`.
+    pub memory: String,
+    /// CPU time per request, e.g. `1s`.
+    pub cpu_time: String,
+    /// Wall-clock time per request.
+    pub timeout: String,
+    /// Largest request body.
+    pub request_body: String,
+    /// Largest response body.
+    pub response_body: String,
+    /// Requests run at once.
+    pub concurrency: u32,
+    /// Deepest `services.call` chain.
+    pub call_depth: u32,
+    /// Guest output per request.
+    pub log_bytes: String,
+    /// Resource-table entries per request.
+    pub resources: u32,
+    /// Requests one instance serves.
+    pub requests_per_instance: u32,
+}
+
+impl From<&Limits> for LimitsView {
+    fn from(l: &Limits) -> Self {
+        let size = |b: usize| format_size(b as u64);
+        let time = |d: Duration| humantime::format_duration(d).to_string();
+        Self {
+            memory: size(l.max_memory),
+            cpu_time: time(l.cpu_time),
+            timeout: time(l.timeout),
+            request_body: size(l.max_request_body),
+            response_body: size(l.max_response_body),
+            concurrency: l.concurrency,
+            call_depth: l.max_call_depth,
+            log_bytes: size(l.log_bytes),
+            resources: l.resources,
+            requests_per_instance: l.requests_per_instance,
+        }
+    }
+}
+
+/// What a service is granted (environment values are never shown).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GrantsView {
+    /// Services it may call.
+    pub services: Vec<String>,
+    /// Outbound hosts it may reach, as granted.
+    pub http: Vec<String>,
+    /// Names of the environment variables it sees.
+    pub env: Vec<String>,
+    /// A read-only directory.
+    pub dir: Option<DirView>,
+    /// Keys of its `[config]`.
+    pub config: Vec<String>,
+    /// Always `own namespace`.
+    pub keyvalue: String,
+    /// Always granted.
+    pub logging: bool,
+}
+
+/// A granted directory.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DirView {
+    /// The host directory, resolved.
+    pub host: Option<String>,
+    /// Where the guest sees it.
+    pub guest: String,
+    /// Always `read-only`.
+    pub access: String,
+}

@@ -1,0 +1,191 @@
+//! The control plane end to end: reads and operator commands answer while a
+//! version compiles, and the rollback a user reaches after a newcomer took
+//! over goes back to the version that served before it.
+#![allow(clippy::unwrap_used)]
+
+use serde_json::json;
+use std::time::Duration;
+use wasmhost_test_support::{state_dir, wait_until, Host, Plugins, ADMIN_TOKEN, INVENTORY, USER};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wasmhost");
+
+/// The Python inventory service with a custom section of its own: the same
+/// code, but bytes no cache has seen, so the host really compiles it (the
+/// interpreter takes seconds).
+fn uncached_inventory() -> Vec<u8> {
+    let mut bytes = std::fs::read(INVENTORY).unwrap();
+    let name = b"wasmhost-test";
+    let payload = format!("{:?}", std::time::SystemTime::now());
+    let content_len = 1 + name.len() + payload.len();
+    assert!(content_len < 128 && name.len() < 128);
+    bytes.push(0); // custom section
+    bytes.push(content_len as u8);
+    bytes.push(name.len() as u8);
+    bytes.extend_from_slice(name);
+    bytes.extend_from_slice(payload.as_bytes());
+    bytes
+}
+
+fn loading_files(host: &Host) -> Vec<String> {
+    let all = host
+        .admin("GET", "/admin/services", None, None)
+        .expect_status(200)
+        .json();
+    all["loading"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["file"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn reads_and_release_commands_answer_while_a_python_version_compiles() {
+    let plugins = Plugins::examples();
+    let state = state_dir();
+    let host = Host::start(BIN, plugins.path(), state.path());
+    let tmp = plugins.path().join(".inventory@1.1.0.wasm.tmp");
+    std::fs::write(&tmp, uncached_inventory()).unwrap();
+    std::fs::rename(&tmp, plugins.path().join("inventory@1.1.0.wasm")).unwrap();
+
+    wait_until(
+        "inventory@1.1.0 listed as loading",
+        Duration::from_secs(30),
+        || {
+            loading_files(&host)
+                .contains(&"inventory@1.1.0.wasm".to_string())
+                .then_some(())
+        },
+    );
+    // Each of these answers while the compile runs…
+    let user = host.service("user");
+    assert_eq!(user["name"], "user");
+    let inventory = host.service("inventory");
+    assert_eq!(inventory["loading"][0]["version"], "1.1.0", "{inventory}");
+    host.admin(
+        "PUT",
+        "/admin/services/user/release",
+        Some(json!({"weights": {"1.0.0": 100}})),
+        None,
+    )
+    .expect_status(200);
+    let status = std::process::Command::new(BIN)
+        .args([
+            "status",
+            "--admin",
+            host.admin_addr(),
+            "--token",
+            ADMIN_TOKEN,
+        ])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success() && out.contains("inventory@1.1.0.wasm"),
+        "{out}"
+    );
+    assert!(out.contains("loading"), "{out}");
+    // …as this proves: the version is still compiling now.
+    assert!(
+        loading_files(&host).contains(&"inventory@1.1.0.wasm".to_string()),
+        "inventory@1.1.0 finished compiling before the reads returned; the test proves nothing"
+    );
+    // And then it is served.
+    wait_until("inventory@1.1.0 loaded", Duration::from_secs(300), || {
+        let svc = host.service("inventory");
+        let versions = svc["versions"].as_array().unwrap().clone();
+        versions
+            .iter()
+            .any(|v| v["version"] == "1.1.0")
+            .then_some(())
+    });
+    assert!(loading_files(&host).is_empty());
+    host.get("/inventory/widget").expect_status(200);
+}
+
+#[test]
+fn rollback_after_a_newcomer_took_over_goes_back_to_the_version_before_it() {
+    let plugins = Plugins::examples();
+    let state = state_dir();
+    let host = Host::start(BIN, plugins.path(), state.path());
+    plugins.deploy(USER, "user@1.1.0.wasm");
+    wait_until("user@1.1.0 takes over", Duration::from_secs(60), || {
+        (host.get("/users").header("x-wasmhost-version") == Some("1.1.0")).then_some(())
+    });
+    host.admin(
+        "PUT",
+        "/admin/services/user/release",
+        Some(json!({"weights": {"1.0.0": 90, "1.1.0": 10}})),
+        None,
+    )
+    .expect_status(200);
+    let back = host
+        .admin("POST", "/admin/services/user/rollback", None, None)
+        .expect_status(200)
+        .json();
+    let weights: Vec<_> = back["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["version"].as_str().unwrap().to_string(),
+                v["weight"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        weights,
+        [("1.1.0".to_string(), 0), ("1.0.0".to_string(), 100)]
+    );
+    let history = host.service("user")["history"].clone();
+    let actions: Vec<_> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["action"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(actions, ["deploy", "release", "rollback"], "{history}");
+}
+
+#[test]
+fn removing_a_version_the_weights_name_renormalises_the_rest() {
+    let plugins = Plugins::examples();
+    plugins
+        .add(USER, "user@1.1.0.wasm")
+        .add(USER, "user@1.2.0.wasm");
+    let state = state_dir();
+    let host = Host::start(BIN, plugins.path(), state.path());
+    host.admin(
+        "PUT",
+        "/admin/services/user/release",
+        Some(json!({"weights": {"1.0.0": 30, "1.1.0": 40, "1.2.0": 30}})),
+        None,
+    )
+    .expect_status(200);
+    std::fs::remove_file(plugins.path().join("user@1.1.0.wasm")).unwrap();
+    let weights = wait_until("1.1.0 removed", Duration::from_secs(30), || {
+        let svc = host.service("user");
+        let w: Vec<_> = svc["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                (
+                    v["version"].as_str().unwrap().to_string(),
+                    v["weight"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        (w.len() == 2).then_some(w)
+    });
+    assert_eq!(
+        weights,
+        [("1.2.0".to_string(), 50), ("1.0.0".to_string(), 50)]
+    );
+    let all = host.admin("GET", "/admin/services", None, None).json();
+    assert!(
+        all["load_errors"].as_array().unwrap().is_empty(),
+        "a removed version must not leave an error: {all}"
+    );
+}
