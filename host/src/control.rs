@@ -62,12 +62,22 @@ pub enum Change {
         registry: Registry,
         /// Versions still to compile in this scan.
         loading: Vec<Loading>,
-        /// Whether the scan is finished and saw every file (none was still
-        /// being written): only then are weights of removed versions pruned.
-        complete: bool,
+        /// `None` while the scan runs (new services served as they
+        /// compile); at its end, what it started from.
+        done: Option<ScanDone>,
     },
     /// The canary analyst's decisions, applied where still current.
     Canary(Vec<CanaryDecision>),
+}
+
+/// The end of a scan: the release rules compare what it started from with
+/// what it loaded.
+pub struct ScanDone {
+    /// The snapshot the scan started from.
+    pub base: Arc<Snapshot>,
+    /// Whether it saw every file (none was still being written): only then
+    /// are weights of removed versions pruned.
+    pub complete: bool,
 }
 
 /// What an accepted change did.
@@ -125,9 +135,11 @@ impl Control {
             Change::Rescan {
                 registry,
                 loading,
-                complete,
+                done,
             } => {
-                let changed = rescan_rules(&before.registry, &registry, &mut release, complete);
+                let changed = done.is_some_and(|done| {
+                    rescan_rules(&done.base.registry, &registry, &mut release, done.complete)
+                });
                 (Some(registry), loading, String::new(), changed)
             }
             Change::Canary(decisions) => {

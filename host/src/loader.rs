@@ -45,10 +45,11 @@ pub const STABLE_AGE: Duration = Duration::from_millis(300);
 /// What a scan reports while it runs, so the control plane can list what
 /// is compiling and serve each version as soon as it is ready.
 pub enum Progress {
-    /// These versions will be compiled in this scan.
+    /// These versions are still to compile in this scan.
     Loading(Vec<Loading>),
-    /// A version finished compiling: everything loaded so far (the rest as
-    /// it was), and what is still to compile.
+    /// The first version of a new service finished compiling: the snapshot
+    /// as it was plus every new service loaded so far, and what is still to
+    /// compile.
     Loaded {
         /// The interim snapshot.
         registry: Registry,
@@ -143,7 +144,7 @@ impl Loader {
         let mut manifests: BTreeMap<String, Manifest> = BTreeMap::new();
         let mut sandboxes: BTreeMap<String, Arc<Sandbox>> = BTreeMap::new();
         let mut bad_manifests = BTreeMap::new();
-        for (index, path) in files.iter().enumerate() {
+        for path in &files {
             let path = path.clone();
             let file = display_name(&path);
             let last_good = previous.version_from(&path);
@@ -208,16 +209,34 @@ impl Loader {
             let was_loading = loading.iter().position(|l| l.file == file);
             match self.load_file(&canonical_dir, &path, name, sandbox, last_good.as_ref()) {
                 Ok(v) => {
+                    let v_service = v.service.clone();
                     versions.push(v);
                     if let Some(at) = was_loading {
                         loading.remove(at);
-                        // Serve it now, beside the rest as it was.
-                        let rest = &files[index + 1..];
-                        let mut interim = versions.clone();
-                        interim.extend(rest.iter().filter_map(|p| previous.version_from(p)));
-                        let mut interim_manifests = manifests.clone();
+                    }
+                    // A service with nothing loaded before is served at
+                    // once, beside everything else as it was; a new version
+                    // of a live service waits for the scan's end, where the
+                    // release rules (canary, takeover) see it.
+                    if was_loading.is_some() && previous.service(&v_service).is_none() {
+                        let mut interim: Vec<Arc<Version>> = previous
+                            .services()
+                            .flat_map(|s| s.versions.iter().cloned())
+                            .collect();
+                        interim.extend(
+                            versions
+                                .iter()
+                                .filter(|v| previous.service(&v.service).is_none())
+                                .cloned(),
+                        );
+                        let mut interim_manifests: BTreeMap<String, Manifest> = previous
+                            .services()
+                            .filter_map(|s| {
+                                Some((s.name.clone(), previous.manifest(&s.name)?.clone()))
+                            })
+                            .collect();
                         for v in &interim {
-                            if let Some(m) = previous.manifest(&v.service) {
+                            if let Some(m) = manifests.get(&*v.service) {
                                 interim_manifests
                                     .entry(v.service.to_string())
                                     .or_insert_with(|| m.clone());
@@ -226,7 +245,7 @@ impl Loader {
                         let registry = Registry::build(
                             interim,
                             interim_manifests,
-                            errors.clone(),
+                            previous.errors().cloned().collect(),
                             Some(previous),
                             release,
                         );
@@ -234,11 +253,14 @@ impl Loader {
                             registry,
                             loading: loading.clone(),
                         });
+                    } else if was_loading.is_some() {
+                        progress(Progress::Loading(loading.clone()));
                     }
                 }
                 Err(e) => {
                     if let Some(at) = was_loading {
                         loading.remove(at);
+                        progress(Progress::Loading(loading.clone()));
                     }
                     let mut error = format!("{e:#}");
                     if let Some(good) = last_good {

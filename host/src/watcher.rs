@@ -8,7 +8,7 @@
 //! removed version is freed once its last request ends. Unchanged files keep
 //! their compiled version; files still being written are retried shortly.
 
-use crate::control::{Change, Control};
+use crate::control::{Change, Control, ScanDone};
 use crate::loader::{Loader, Progress, STABLE_AGE};
 use crate::registry::Registry;
 use anyhow::{Context, Result};
@@ -94,18 +94,21 @@ async fn scan(
     let (l, d, c) = (loader.clone(), dir.to_path_buf(), control.clone());
     let runtime = tokio::runtime::Handle::current();
     let task = tokio::task::spawn_blocking(move || {
+        let mut announced = std::collections::HashSet::new();
         let mut progress = |p: Progress| {
             let change = match p {
                 Progress::Loading(loading) => {
                     for l in &loading {
-                        tracing::info!(service = %l.service, file = %l.file, "compiling");
+                        if announced.insert(l.file.clone()) {
+                            tracing::info!(service = %l.service, file = %l.file, "compiling");
+                        }
                     }
                     Change::Loading(loading)
                 }
                 Progress::Loaded { registry, loading } => Change::Rescan {
                     registry,
                     loading,
-                    complete: false,
+                    done: None,
                 },
             };
             if let Err(error) = runtime.block_on(c.apply(change)) {
@@ -132,7 +135,10 @@ async fn scan(
     let change = Change::Rescan {
         registry: scan.registry,
         loading: Vec::new(),
-        complete: scan.pending.is_empty(),
+        done: Some(ScanDone {
+            base: before.clone(),
+            complete: scan.pending.is_empty(),
+        }),
     };
     match control.apply(change).await {
         Ok(applied) => log_changes(&before.registry, &applied.after.registry, started),

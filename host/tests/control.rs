@@ -100,7 +100,10 @@ fn reads_and_release_commands_answer_while_a_python_version_compiles() {
             .then_some(())
     });
     assert!(loading_files(&host).is_empty());
-    host.get("/inventory/widget").expect_status(200);
+    // The new version answers (an unknown SKU is the service's own 404).
+    let reply = host.get("/inventory/widget");
+    reply.expect_status(404);
+    assert_eq!(reply.header("x-wasmhost-version"), Some("1.1.0"));
 }
 
 #[test]
