@@ -79,10 +79,10 @@ async fn handle(
             if let Some(limit) = e.limit() {
                 span.record("limit", limit);
             }
-            tracing::warn!(error = %e, status, elapsed_ms, "request failed");
+            tracing::warn!(error = %e, elapsed_ms, "request failed");
         }
-        Some(e) => tracing::debug!(error = %e, status, elapsed_ms, "request refused"),
-        None => tracing::debug!(status, elapsed_ms, "request served"),
+        Some(e) => tracing::debug!(error = %e, elapsed_ms, "request refused"),
+        None => tracing::debug!(elapsed_ms, "request served"),
     }
     resp
 }
@@ -107,6 +107,7 @@ async fn serve(
     let span = tracing::Span::current();
     span.record("service", &*version.service);
     span.record("version", &*version.version);
+    tracing::debug!("request routed; reading its body");
     let origin = Some((&*version.service, &*version.version));
     let limit = version.sandbox.limits.max_request_body;
     let declared = parts

@@ -7,10 +7,10 @@
 use serde_json::json;
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::time::{Duration, Instant};
-use wasmhost_test_support::{state_dir, Host, Plugins, Traffic, HOSTILE};
+use std::time::Duration;
+use wasmhost::views::ServiceView;
+use wasmhost_test_support::{wait_until, Host, Plugins, TestHost, Traffic, HOSTILE};
 
-const BIN: &str = env!("CARGO_BIN_EXE_wasmhost");
 const WAIT: Duration = Duration::from_secs(5);
 
 /// A plain HTTP server on 127.0.0.1 answering every request with `hello`.
@@ -36,16 +36,22 @@ fn hello_server() -> u16 {
 }
 
 /// The user example plus `hostile` with `manifest`, and a user to read.
-fn start(manifest: &str, extra: &[&str]) -> (Plugins, tempfile::TempDir, Host) {
-    let plugins = Plugins::examples();
-    plugins
+fn start(manifest: &str) -> TestHost {
+    let host = TestHost::examples()
         .add(HOSTILE, "hostile@0.1.0.wasm")
-        .write("hostile.toml", manifest);
-    let state = state_dir();
-    let host = Host::start_with(BIN, plugins.path(), state.path(), extra);
+        .manifest("hostile", manifest)
+        .start();
     host.post_json("/users", json!({"name": "Ada", "email": "ada@example.com"}))
         .expect_status(201);
-    (plugins, state, host)
+    host
+}
+
+/// Waits until `n` requests of `service` are running.
+fn wait_running(host: &Host, service: &str, n: usize) {
+    wait_until(&format!("{n} requests of {service} running"), WAIT, || {
+        let view: ServiceView = host.view(&format!("/admin/services/{service}"));
+        (view.running == n).then_some(())
+    });
 }
 
 /// Asserts a JSON error naming the service, version and (when given) limit.
@@ -70,23 +76,19 @@ fn every_attack_fails_alone_while_good_traffic_flows() {
     let manifest = format!(
         "[limits]\ncpu-time = \"200ms\"\nmemory = \"32 MiB\"\n\n[grants]\nservices = [\"hostile\"]\nhttp = [\"127.0.0.1:{port}\", \"*\"]\n"
     );
-    let (_p, _s, host) = start(&manifest, &[]);
+    let host = start(&manifest);
     let traffic = Traffic::start(host.url("/users/1"), 2);
 
     // Runaway CPU, with and without host calls: 504 at the CPU deadline.
     for path in ["/hostile/spin", "/hostile/spin-host"] {
-        let started = Instant::now();
         let body = expect_failure(&host, path, 504, Some("cpu-time"));
-        let took = started.elapsed();
         assert!(
-            body["error"].as_str().unwrap().contains("CPU time"),
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("CPU time limit of 200ms"),
             "{body}"
         );
-        assert!(
-            took < Duration::from_secs(3),
-            "{path} ran {took:?} for a 200ms budget"
-        );
-        eprintln!("{path}: answered after {took:?} for a 200ms CPU budget");
     }
     // Memory growth past 32 MiB: 500, named as out of memory.
     let body = expect_failure(&host, "/hostile/memory", 500, Some("memory"));
@@ -175,10 +177,10 @@ fn every_attack_fails_alone_while_good_traffic_flows() {
 #[test]
 fn a_secret_left_in_memory_is_gone_for_the_next_request() {
     // One instance slot in the whole host: every request reuses it.
-    let plugins = Plugins::new();
-    plugins.add(HOSTILE, "hostile@0.1.0.wasm");
-    let state = state_dir();
-    let host = Host::start_with(BIN, plugins.path(), state.path(), &["--max-instances", "1"]);
+    let host = TestHost::empty()
+        .add(HOSTILE, "hostile@0.1.0.wasm")
+        .args(&["--max-instances", "1"])
+        .start();
     let secret = "S3CRET-7f3a9c-do-not-leak";
     for _ in 0..3 {
         let put = host.send("PUT", "/hostile/secret", secret);
@@ -201,17 +203,12 @@ fn a_secret_left_in_memory_is_gone_for_the_next_request() {
 #[test]
 fn a_full_service_is_refused_at_once_with_503_and_others_are_untouched() {
     let manifest = "[limits]\nconcurrency = 1\n";
-    let (_p, _s, host) = start(manifest, &[]);
+    let host = start(manifest);
     let url = host.url("/hostile/sleep?ms=1500");
     let busy = std::thread::spawn(move || reqwest::blocking::get(url).unwrap().status());
-    std::thread::sleep(Duration::from_millis(400));
-    let started = Instant::now();
+    wait_running(&host, "hostile", 1);
     let r = host.get("/hostile/sleep?ms=1");
     r.expect_status(503);
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "the refusal waited"
-    );
     assert_eq!(r.header("retry-after"), Some("1"));
     assert_eq!(r.json()["limit"], "concurrency");
     host.get("/users/1").expect_status(200);
@@ -221,15 +218,20 @@ fn a_full_service_is_refused_at_once_with_503_and_others_are_untouched() {
 
 #[test]
 fn the_wall_clock_limit_includes_waiting() {
-    let (_p, _s, host) = start("[limits]\ntimeout = \"500ms\"\n", &[]);
-    let started = Instant::now();
+    let host = start("[limits]\ntimeout = \"500ms\"\n");
     let body = expect_failure(&host, "/hostile/sleep?ms=5000", 504, Some("timeout"));
-    assert!(started.elapsed() < Duration::from_secs(3), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer within 500ms"),
+        "{body}"
+    );
 }
 
 #[test]
 fn guest_output_is_bounded_per_request() {
-    let (_p, _s, host) = start("[limits]\nlog-bytes = \"16 KiB\"\n", &[]);
+    let host = start("[limits]\nlog-bytes = \"16 KiB\"\n");
     host.get("/hostile/log?kib=1024").expect_status(200);
     host.wait_for_log(
         &["guest log limit (log-bytes) reached", "service=hostile"],
@@ -240,7 +242,8 @@ fn guest_output_is_bounded_per_request() {
         .lines()
         .filter(|l| l.contains("stream=\"stdout\"") || l.contains("stream=stdout"))
         .count();
-    assert!(lines <= 17, "{lines} lines of guest output were logged");
+    // Each line the fixture writes is 1 KiB: exactly 16 fit in 16 KiB.
+    assert_eq!(lines, 16, "guest output lines logged");
 }
 
 #[test]
@@ -256,8 +259,7 @@ fn granted_environment_and_directory_are_visible_read_only() {
         "hostile.toml",
         "[grants]\nenv = { GREETING = \"hi\" }\ndir = { host = \"assets\", guest = \"/assets\" }\n",
     );
-    let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
+    let host = TestHost::with_plugins(plugins).start();
     let r = host.get("/hostile/env").expect_status(200).json();
     assert_eq!(r["vars"], json!([["GREETING", "hi"]]), "{r}");
     let r = host
@@ -272,7 +274,7 @@ fn granted_environment_and_directory_are_visible_read_only() {
         .json();
     assert!(r.get("written").is_none(), "{r}");
     assert_eq!(
-        std::fs::read_to_string(plugins.path().join("assets/motd.txt")).unwrap(),
+        std::fs::read_to_string(host.plugins().path().join("assets/motd.txt")).unwrap(),
         "hello from the host"
     );
     // Outside the granted directory there is still nothing.
@@ -294,17 +296,12 @@ fn granted_environment_and_directory_are_visible_read_only() {
 
 #[test]
 fn a_client_slow_to_send_its_body_holds_no_slot() {
-    let (_p, _s, host) = start("[limits]\nconcurrency = 1\n", &[]);
+    let host = start("[limits]\nconcurrency = 1\n");
     // A request whose body never finishes arriving...
-    let addr = host
-        .url("")
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string();
-    let mut slow = std::net::TcpStream::connect(addr).unwrap();
+    let mut slow = std::net::TcpStream::connect(host.addr()).unwrap();
     slow.write_all(b"PUT /hostile/secret HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nabc")
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    host.wait_for_log(&["request routed", "path=\"/hostile/secret\""], WAIT);
     // ...does not take the service's only slot.
     host.get("/hostile/sleep?ms=1").expect_status(200);
     drop(slow);

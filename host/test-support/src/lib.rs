@@ -1,11 +1,18 @@
 //! Test support for wasmhost: the guest components, built once per test
-//! build by `build.rs`, and [`Host`], a real `wasmhost serve` process on an
-//! ephemeral port with its own plugins and state directories.
+//! build by `build.rs`, and [`TestHost`], a real `wasmhost serve` process on
+//! an ephemeral port that owns its plugins and state directories:
+//!
+//! ```ignore
+//! let host = TestHost::examples().add(PROBE, "probe@0.1.0.wasm").start();
+//! host.get("/users").expect_status(200);
+//! let user: ServiceView = host.view("/admin/services/user");
+//! ```
 //!
 //! Every wait here is bounded; a timeout panics with what was expected and
 //! the host's log so far.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use serde::de::DeserializeOwned;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -91,9 +98,140 @@ impl Plugins {
     }
 }
 
+/// The `wasmhost` binary of this build (beside the test executables).
+pub fn bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().expect("deps dir");
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("profile dir")
+    } else {
+        dir
+    };
+    dir.join("wasmhost")
+}
+
+/// What a test host starts with: a plugins directory, `serve` arguments,
+/// and a state directory of its own (unless one is given, to restart on
+/// the same state).
+pub struct TestHostBuilder {
+    plugins: Plugins,
+    state: Option<tempfile::TempDir>,
+    args: Vec<String>,
+}
+
+impl TestHostBuilder {
+    /// Copies a component in as `file`.
+    pub fn add(self, component: &str, file: &str) -> Self {
+        self.plugins.add(component, file);
+        self
+    }
+
+    /// Writes the manifest `SERVICE.toml`.
+    pub fn manifest(self, service: &str, text: &str) -> Self {
+        self.plugins.write(&format!("{service}.toml"), text);
+        self
+    }
+
+    /// Does something else to the plugins directory before the start.
+    pub fn with(self, prepare: impl FnOnce(&Plugins)) -> Self {
+        prepare(&self.plugins);
+        self
+    }
+
+    /// Extra `serve` arguments.
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// Starts the host and waits (bounded) until it is ready.
+    pub fn start(self) -> TestHost {
+        let state = self.state.unwrap_or_else(state_dir);
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let host = Host::start_with(
+            bin().to_str().expect("utf-8 path"),
+            self.plugins.path(),
+            state.path(),
+            &args,
+        );
+        TestHost {
+            host: Some(host),
+            plugins: self.plugins,
+            state,
+            args: self.args,
+        }
+    }
+}
+
+/// A running host with the directories it owns; derefs to [`Host`].
+pub struct TestHost {
+    host: Option<Host>,
+    plugins: Plugins,
+    state: tempfile::TempDir,
+    args: Vec<String>,
+}
+
+impl TestHost {
+    /// A host with the example services, as `make plugins` lays them out.
+    pub fn examples() -> TestHostBuilder {
+        Self::with_plugins(Plugins::examples())
+    }
+
+    /// A host with an empty plugins directory.
+    pub fn empty() -> TestHostBuilder {
+        Self::with_plugins(Plugins::new())
+    }
+
+    /// A host with `plugins`.
+    pub fn with_plugins(plugins: Plugins) -> TestHostBuilder {
+        TestHostBuilder {
+            plugins,
+            state: None,
+            args: Vec::new(),
+        }
+    }
+
+    /// Its plugins directory.
+    pub fn plugins(&self) -> &Plugins {
+        &self.plugins
+    }
+
+    /// Its state directory.
+    pub fn state(&self) -> &Path {
+        self.state.path()
+    }
+
+    /// Stops it (SIGTERM, clean exit checked) and starts it again on the
+    /// same directories; returns the first run's log.
+    pub fn restart(&mut self) -> String {
+        let log = self.host.take().expect("running").stop();
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.host = Some(Host::start_with(
+            bin().to_str().expect("utf-8 path"),
+            self.plugins.path(),
+            self.state.path(),
+            &args,
+        ));
+        log
+    }
+
+    /// Sends SIGTERM and waits (bounded) for a clean exit; returns the log.
+    pub fn stop(mut self) -> String {
+        self.host.take().expect("running").stop()
+    }
+}
+
+impl std::ops::Deref for TestHost {
+    type Target = Host;
+    fn deref(&self) -> &Host {
+        self.host.as_ref().expect("running")
+    }
+}
+
 /// A running `wasmhost serve`, killed on drop.
 pub struct Host {
     child: Child,
+    log_thread: Option<std::thread::JoinHandle<()>>,
     addr: String,
     admin_addr: String,
     log: Arc<Mutex<Vec<String>>>,
@@ -147,7 +285,7 @@ impl Host {
         let admin_sink = admin.clone();
         let listen = Arc::new(Mutex::new(String::new()));
         let listen_sink = listen.clone();
-        std::thread::spawn(move || {
+        let log_thread = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("admin API on http://").nth(1) {
                     *admin_sink.lock().unwrap() = rest
@@ -189,6 +327,7 @@ impl Host {
         let admin_addr = admin.lock().unwrap().clone();
         Self {
             child,
+            log_thread: Some(log_thread),
             addr,
             admin_addr,
             log,
@@ -231,6 +370,35 @@ impl Host {
         format!("http://{}{path}", self.addr)
     }
 
+    /// An admin `GET` of `path`, as the typed view `T` (e.g.
+    /// `wasmhost::views::ServiceView`).
+    pub fn view<T: DeserializeOwned>(&self, path: &str) -> T {
+        let reply = self.admin("GET", path, None, None);
+        reply.expect_status(200);
+        serde_json::from_slice(&reply.body).unwrap_or_else(|e| {
+            panic!(
+                "GET {path}: not the expected view ({e}): {}",
+                String::from_utf8_lossy(&reply.body)
+            )
+        })
+    }
+
+    /// `host:port` of the plugin-traffic listener.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// A GET pinned to `version` (the `x-wasmhost-version` header).
+    pub fn get_pinned(&self, path: &str, version: &str) -> Reply {
+        Reply::from(
+            self.client
+                .get(self.url(path))
+                .header("x-wasmhost-version", version)
+                .send()
+                .expect("GET"),
+        )
+    }
+
     /// What the admin API says of service `name` (`GET /admin/services/NAME`).
     pub fn service(&self, name: &str) -> serde_json::Value {
         self.admin("GET", &format!("/admin/services/{name}"), None, None)
@@ -241,17 +409,6 @@ impl Host {
     /// The host's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
-    }
-
-    /// The host's resident memory in KiB (from `/proc`).
-    pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("read /proc status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc status")
     }
 
     /// A GET request.
@@ -330,7 +487,10 @@ impl Host {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(50));
+        // The process is gone: its stderr ends, and the log thread with it.
+        if let Some(thread) = self.log_thread.take() {
+            thread.join().expect("log thread");
+        }
         self.log()
     }
 }
@@ -424,11 +584,6 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> O
 /// A fresh state directory.
 pub fn state_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("create state dir")
-}
-
-/// Path of a file in a directory, for readability in tests.
-pub fn join(dir: &Path, file: &str) -> PathBuf {
-    dir.join(file)
 }
 
 /// Steady good traffic in the background: a thread sends `GET path` in a
