@@ -108,6 +108,7 @@ impl Control {
                 registry,
                 release,
                 loading: Vec::new(),
+                scans: 0,
             })),
             write: tokio::sync::Mutex::new(()),
             state_dir,
@@ -130,6 +131,7 @@ impl Control {
         let _writer = self.write.lock().await;
         let before = self.snapshot.load_full();
         let mut release = before.release.clone();
+        let scans = before.scans + u64::from(matches!(change, Change::Rescan { done: Some(_), .. }));
         let (registry, loading, detail, persist) = match change {
             Change::Loading(loading) => (None, loading, String::new(), false),
             Change::Rescan {
@@ -175,6 +177,7 @@ impl Control {
             registry,
             release,
             loading,
+            scans,
         });
         self.snapshot.store(after.clone());
         Ok(Applied {

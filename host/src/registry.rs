@@ -164,6 +164,8 @@ pub struct Snapshot {
     pub release: ReleaseState,
     /// Versions being compiled now.
     pub loading: Vec<Loading>,
+    /// Scans of the plugins directory finished since the start.
+    pub scans: u64,
 }
 
 impl Snapshot {

@@ -21,6 +21,9 @@ pub struct ServicesView {
     pub loading: Vec<LoadingView>,
     /// Files and manifests that did not load, then weights that could not apply.
     pub load_errors: Vec<LoadErrorView>,
+    /// Scans of the plugins directory finished since the host started.
+    #[serde(default)]
+    pub scans: u64,
 }
 
 /// One service: `GET /admin/services/NAME`, an element of the list, and

@@ -2,8 +2,8 @@
 //! or rolled back by the host itself after comparing it with the stable one.
 #![allow(clippy::unwrap_used)]
 
-use std::time::{Duration, Instant};
-use wasmhost_test_support::{state_dir, Host, Plugins, PROBE, USER, USER_V2};
+use std::time::Duration;
+use wasmhost_test_support::{state_dir, wait_until, Host, Plugins, PROBE, USER, USER_V2};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wasmhost");
 const MANIFEST: &str = "routes = [\"/users\", \"/user\"]\nrollout = \"canary\"\nsteps = [50, 100]\nstep-interval-secs = 1\nmin-requests = 5\n";
@@ -15,22 +15,13 @@ fn drive_until(
     what: &str,
     done: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    wait_until(what, Duration::from_secs(30), || {
         for _ in 0..20 {
             host.get(path);
         }
         let svc = host.service("user");
-        if done(&svc) {
-            return svc;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within 30s; service: {svc}\nlog:\n{}",
-            host.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        done(&svc).then_some(svc)
+    })
 }
 
 fn weight(svc: &serde_json::Value, version: &str) -> u64 {

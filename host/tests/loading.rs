@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
-use wasmhost_test_support::{state_dir, Host, Plugins, Traffic, PROBE, USER, WRONG_WORLD};
+use wasmhost_test_support::{state_dir, try_wait_until, Host, Plugins, Traffic, PROBE, USER, WRONG_WORLD};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wasmhost");
 const WAIT: Duration = Duration::from_secs(5);
@@ -202,21 +202,23 @@ fn hazards_dropped_into_a_running_host_are_refused_and_the_live_version_serves()
         ("user@2.8.0.wasm", "not a regular file"),
         ("user@2.9.0.wasm", "not a regular file"),
     ];
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let errors = load_errors(&host);
-        let missing: Vec<_> = expected
+    let missing = |errors: &[(String, String)]| -> Vec<(&str, &str)> {
+        expected
             .iter()
             .filter(|(file, why)| !errors.iter().any(|(f, e)| f == file && e.contains(why)))
-            .collect();
-        if missing.is_empty() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not refused as expected: {missing:?}\nerrors: {errors:#?}"
+            .copied()
+            .collect()
+    };
+    if try_wait_until(Duration::from_secs(20), || {
+        missing(&load_errors(&host)).is_empty().then_some(())
+    })
+    .is_none()
+    {
+        let errors = load_errors(&host);
+        panic!(
+            "not refused as expected: {:?}\nerrors: {errors:#?}",
+            missing(&errors)
         );
-        std::thread::sleep(Duration::from_millis(100));
     }
     let r = host.get("/users/1");
     r.expect_status(200);

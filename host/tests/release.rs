@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
-use wasmhost_test_support::{state_dir, Host, Plugins, USER};
+use std::time::Duration;
+use wasmhost_test_support::{state_dir, wait_until, Host, Plugins, USER};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wasmhost");
 
@@ -116,18 +116,10 @@ fn sticky_keys_stay_put_and_only_move_towards_the_candidate() {
     );
 
     plugins.write("user.toml", "routes = [\"/users\", \"/user\"]\nsticky = \"header:x-user-id\"\nweights = { \"1.0.0\" = 50, \"1.1.0\" = 50 }\n");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let second = loop {
+    let second = wait_until("the new weights apply", Duration::from_secs(15), || {
         let p = placement(&host);
-        if p.values().filter(|v| *v == "1.1.0").count() > on_new {
-            break p;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the new weights were not applied"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+        (p.values().filter(|v| *v == "1.1.0").count() > on_new).then_some(p)
+    });
     for id in &ids {
         if first[id] == "1.1.0" {
             assert_eq!(second[id], "1.1.0", "{id} moved back from the candidate");

@@ -2,7 +2,7 @@
 //! isolated, and only for the service that asks for it.
 #![allow(clippy::unwrap_used)]
 
-use wasmhost_test_support::{state_dir, Host, Plugins, PROBE};
+use wasmhost_test_support::{state_dir, wait_until, Host, Plugins, PROBE};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wasmhost");
 
@@ -73,15 +73,9 @@ fn a_retired_version_frees_its_idle_instances() {
             "probe.toml",
             format!("[limits]\nrequests-per-instance = 5\ncpu-time = \"{cpu}\"\n"),
         );
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-        while host.service("probe")["limits"]["cpu-time"] != cpu.as_str() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "manifest not applied:\n{}",
-                host.log()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(25));
-        }
+        wait_until("the manifest applies", std::time::Duration::from_secs(15), || {
+            (host.service("probe")["limits"]["cpu-time"] == cpu.as_str()).then_some(())
+        });
     }
     // The new version starts fresh, and a slot is free for it.
     assert_eq!(served(&host), 1);

@@ -570,13 +570,21 @@ impl Reply {
 /// Polls `probe` until it returns `Some`, for at most `timeout`; panics
 /// naming `what` when it never does. Every wait in the tests goes through
 /// this (or [`Host::wait_for_log`]), never a bare sleep.
-pub fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+pub fn wait_until<T>(what: &str, timeout: Duration, probe: impl FnMut() -> Option<T>) -> T {
+    try_wait_until(timeout, probe).unwrap_or_else(|| panic!("{what}: not within {timeout:?}"))
+}
+
+/// [`wait_until`] that returns `None` at the timeout, for a caller that
+/// explains the failure itself.
+pub fn try_wait_until<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = probe() {
-            return value;
+            return Some(value);
         }
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        if Instant::now() >= deadline {
+            return None;
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
 }
