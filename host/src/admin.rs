@@ -87,6 +87,7 @@ async fn list(State(admin): State<Admin>) -> Json<ServicesView> {
         services: registry.services().map(describe).collect(),
         loading: snapshot.loading.iter().map(loading_view).collect(),
         load_errors: registry.errors().map(load_error_view).collect(),
+        warnings: registry.warnings().map(load_error_view).collect(),
         scans: snapshot.scans,
     })
 }

@@ -86,6 +86,9 @@ impl AdminClient {
                 l.file, l.service, l.elapsed_ms
             );
         }
+        for w in &all.warnings {
+            println!("warning: {}: {}", w.file, w.error);
+        }
         for e in &all.load_errors {
             println!("not loaded: {}:", e.file);
             for line in e.error.lines() {

@@ -4,7 +4,7 @@
 //! unknown key, a route that is not an absolute path, or a malformed value is
 //! a load error naming the file, and the request path never parses strings.
 
-use crate::spec::{validate_service_name, HostPattern, Route, Sticky, Weights};
+use crate::spec::{validate_service_name, HostPattern, Route, Size, Sticky, Weights};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -184,10 +184,8 @@ impl Limits {
     /// These limits with a manifest's `[limits]` applied; `origin` names the
     /// manifest in errors.
     pub fn with_overrides(&self, o: &LimitOverrides, origin: &str) -> Result<Limits> {
-        let bytes = |b: Option<bytesize::ByteSize>, default: usize| {
-            b.map_or(default, |b| {
-                usize::try_from(b.as_u64()).unwrap_or(usize::MAX)
-            })
+        let bytes = |b: Option<Size>, default: usize| {
+            b.map_or(default, |Size(b)| usize::try_from(b).unwrap_or(usize::MAX))
         };
         let limits = Limits {
             max_request_body: bytes(o.request_body, self.max_request_body),
@@ -247,7 +245,7 @@ pub fn format_size(bytes: u64) -> String {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct LimitOverrides {
     /// Linear memory of one instance.
-    pub memory: Option<bytesize::ByteSize>,
+    pub memory: Option<Size>,
     /// CPU time per request.
     #[serde(default, with = "humantime_serde")]
     pub cpu_time: Option<Duration>,
@@ -255,15 +253,15 @@ pub struct LimitOverrides {
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
     /// Largest request body.
-    pub request_body: Option<bytesize::ByteSize>,
+    pub request_body: Option<Size>,
     /// Largest response body.
-    pub response_body: Option<bytesize::ByteSize>,
+    pub response_body: Option<Size>,
     /// Requests run at once.
     pub concurrency: Option<u32>,
     /// Deepest `services.call` chain starting at this service.
     pub call_depth: Option<u32>,
     /// Guest output per request.
-    pub log_bytes: Option<bytesize::ByteSize>,
+    pub log_bytes: Option<Size>,
     /// Resource-table entries per request.
     pub resources: Option<u32>,
     /// Requests one instance serves (1: a fresh instance per request).

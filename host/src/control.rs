@@ -131,7 +131,8 @@ impl Control {
         let _writer = self.write.lock().await;
         let before = self.snapshot.load_full();
         let mut release = before.release.clone();
-        let scans = before.scans + u64::from(matches!(change, Change::Rescan { done: Some(_), .. }));
+        let scans =
+            before.scans + u64::from(matches!(change, Change::Rescan { done: Some(_), .. }));
         let (registry, loading, detail, persist) = match change {
             Change::Loading(loading) => (None, loading, String::new(), false),
             Change::Rescan {

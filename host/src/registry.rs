@@ -206,6 +206,8 @@ pub struct Registry {
     errors: Vec<LoadError>,
     /// Weights that could not apply; recomputed with the policies.
     policy_errors: Vec<LoadError>,
+    /// Files that load but can never take traffic by default.
+    warnings: Vec<LoadError>,
 }
 
 impl Registry {
@@ -313,12 +315,14 @@ impl Registry {
                 },
             );
         }
+        let warnings = naming_warnings(&services);
         Self {
             services,
             manifests,
             routes: table,
             errors,
             policy_errors,
+            warnings,
         }
     }
 
@@ -345,12 +349,14 @@ impl Registry {
                 )
             })
             .collect();
+        let warnings = naming_warnings(&services);
         Self {
             services,
             manifests: self.manifests.clone(),
             routes: self.routes.clone(),
             errors: self.errors.clone(),
             policy_errors,
+            warnings,
         }
     }
 
@@ -385,11 +391,65 @@ impl Registry {
         self.services.values()
     }
 
+    /// Files that loaded but can never take traffic by default, each with
+    /// the name it should have.
+    pub fn warnings(&self) -> impl Iterator<Item = &LoadError> {
+        self.warnings.iter()
+    }
+
     /// Files and manifests that failed to load, then weights that could
     /// not apply.
     pub fn errors(&self) -> impl Iterator<Item = &LoadError> {
         self.errors.iter().chain(&self.policy_errors)
     }
+}
+
+/// Versions that sort below a semantic version of their service (a bare
+/// `NAME.wasm`, versioned by its hash, or a name such as `v0.2.0`) and that
+/// no weight sends traffic to: they load, but would never serve by default.
+fn naming_warnings(services: &BTreeMap<String, ServiceEntry>) -> Vec<LoadError> {
+    let mut out = Vec::new();
+    for s in services.values() {
+        let Some(top) = s
+            .names
+            .iter()
+            .rev()
+            .find(|v| semver::Version::parse(v).is_ok())
+        else {
+            continue;
+        };
+        for v in &s.versions {
+            let name = &*v.version;
+            let weighted = s.policy.weights.iter().any(|(n, w)| **n == *name && *w > 0);
+            if semver::Version::parse(name).is_ok() || weighted {
+                continue;
+            }
+            let file = v
+                .file
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let service = &s.name;
+            let error = if !file.contains('@') {
+                format!(
+                    "can never take traffic beside {service}@{top}.wasm: a bare name is versioned by its content hash, which sorts below every semantic version; rename it {service}@VERSION.wasm"
+                )
+            } else {
+                let hint = name
+                    .strip_prefix('v')
+                    .filter(|rest| semver::Version::parse(rest).is_ok())
+                    .map_or_else(
+                        || format!("{service}@MAJOR.MINOR.PATCH.wasm"),
+                        |rest| format!("{service}@{rest}.wasm"),
+                    );
+                format!(
+                    "never takes traffic by default: `{name}` is not a semantic version, so it sorts below {top}; rename it {hint}"
+                )
+            };
+            out.push(LoadError { file, error });
+        }
+    }
+    out
 }
 
 /// The policy of `name`: an operator's weights and stickiness win over the

@@ -98,6 +98,42 @@ impl std::fmt::Display for Route {
     }
 }
 
+/// A size in a manifest: a string with its unit (`"32 MiB"`, `"16 KiB"`,
+/// `"1000 B"`). A bare number is refused rather than read as bytes, since
+/// `memory = 128` almost always means something else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl<'de> serde::Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = Size;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a size with its unit, such as \"32 MiB\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Size, E> {
+                s.parse::<bytesize::ByteSize>()
+                    .map(|b| Size(b.as_u64()))
+                    .map_err(|e| {
+                        E::custom(format!("`{s}` is not a size ({e}); write e.g. \"32 MiB\""))
+                    })
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Size, E> {
+                Err(E::custom(format!(
+                    "a size needs its unit: write \"{n} MiB\", \"{n} KiB\" or \"{n} B\", not {n}"
+                )))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Size, E> {
+                Err(E::custom(format!(
+                    "a size needs its unit: write \"{n} MiB\", \"{n} KiB\" or \"{n} B\", not {n}"
+                )))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
 /// Where the sticky key of a request comes from: `header:NAME` or
 /// `cookie:NAME` (as written in manifests, admin requests and state files).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -374,6 +410,22 @@ pub const INTERNAL_DOMAIN: &str = ".internal";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_need_their_unit() {
+        #[derive(serde::Deserialize, Debug)]
+        struct T {
+            memory: Size,
+        }
+        let ok: T = toml::from_str("memory = \"32 MiB\"").unwrap();
+        assert_eq!(ok.memory, Size(32 * 1024 * 1024));
+        let err = toml::from_str::<T>("memory = 128").unwrap_err().to_string();
+        assert!(
+            err.contains("needs its unit") && err.contains("memory = 128"),
+            "{err}"
+        );
+        assert!(toml::from_str::<T>("memory = \"lots\"").is_err());
+    }
 
     #[test]
     fn semver_orders_numerically() {

@@ -28,6 +28,9 @@ pub fn log_registry(registry: &Registry, plugins_dir: &Path) {
             );
         }
     }
+    for w in registry.warnings() {
+        tracing::warn!(file = %w.file, warning = %w.error, "will not serve");
+    }
     for e in registry.errors() {
         tracing::error!(file = %e.file, error = %e.error, "not loaded");
     }

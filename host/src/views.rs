@@ -21,6 +21,9 @@ pub struct ServicesView {
     pub loading: Vec<LoadingView>,
     /// Files and manifests that did not load, then weights that could not apply.
     pub load_errors: Vec<LoadErrorView>,
+    /// Files that load but can never take traffic by default.
+    #[serde(default)]
+    pub warnings: Vec<LoadErrorView>,
     /// Scans of the plugins directory finished since the host started.
     #[serde(default)]
     pub scans: u64,

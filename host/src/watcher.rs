@@ -82,12 +82,14 @@ fn is_relevant(path: &Path) -> bool {
 /// plane: which versions will compile (listed as loading), each version as
 /// soon as it compiled, then the whole scan. The writer lock is taken only
 /// for those hand-overs, never across a compile. Returns the files still
-/// being written, or `None` when the scan failed.
+/// being written, or `None` when the scan failed. `log` says whether to log
+/// what changed (the first scan logs the whole table at its end instead).
 async fn scan(
     dir: &Path,
     loader: &Arc<Loader>,
     control: &Arc<Control>,
     renamed: std::collections::HashSet<PathBuf>,
+    log: bool,
 ) -> Option<Vec<String>> {
     let started = Instant::now();
     let before = control.snapshot();
@@ -141,7 +143,8 @@ async fn scan(
         }),
     };
     match control.apply(change).await {
-        Ok(applied) => log_changes(&before.registry, &applied.after.registry, started),
+        Ok(applied) if log => log_changes(&before.registry, &applied.after.registry, started),
+        Ok(_) => {}
         Err(error) => tracing::error!(%error, "rescan could not be applied"),
     }
     Some(scan.pending)
@@ -152,7 +155,7 @@ async fn scan(
 async fn initial(dir: &Path, loader: &Arc<Loader>, control: &Arc<Control>) {
     let started = Instant::now();
     for _ in 0..20 {
-        match scan(dir, loader, control, Default::default()).await {
+        match scan(dir, loader, control, Default::default(), false).await {
             Some(pending) if !pending.is_empty() => tokio::time::sleep(STABLE_AGE).await,
             _ => break,
         }
@@ -207,7 +210,7 @@ async fn run(
             }
         }
         tracing::debug!(renamed = renamed.len(), "rescanning the plugins directory");
-        let pending = scan(&dir, &loader, &control, renamed).await;
+        let pending = scan(&dir, &loader, &control, renamed, true).await;
         retry = pending.as_ref().is_some_and(|p| !p.is_empty());
         if retry {
             tracing::debug!(files = ?pending, "waiting for files still being written");
@@ -240,6 +243,12 @@ fn log_changes(old: &Registry, new: &Registry, started: Instant) {
     }
     for (service, version, _) in before.difference(&after) {
         tracing::info!(%service, %version, "version retired; requests in flight finish on it");
+    }
+    let old_warnings: BTreeSet<_> = old.warnings().map(|e| (&e.file, &e.error)).collect();
+    for w in new.warnings() {
+        if !old_warnings.contains(&(&w.file, &w.error)) {
+            tracing::warn!(file = %w.file, warning = %w.error, "will not serve");
+        }
     }
     let old_errors: BTreeSet<_> = old.errors().map(|e| (&e.file, &e.error)).collect();
     for e in new.errors() {

@@ -56,7 +56,10 @@ fn an_idle_host_does_not_rescan_and_a_renamed_file_loads_at_once() {
     plugins.deploy(USER_V2, "user@1.1.0.wasm");
     wait_for_version(&host, "/users", Some("1.1.0"));
     let after_deploy = scans();
-    assert!(after_deploy > at_start, "the deploy was loaded without a scan?");
+    assert!(
+        after_deploy > at_start,
+        "the deploy was loaded without a scan?"
+    );
     std::thread::sleep(QUIET);
     let log = host.log();
     assert!(

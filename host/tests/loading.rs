@@ -3,7 +3,10 @@
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
-use wasmhost_test_support::{state_dir, try_wait_until, Host, Plugins, Traffic, PROBE, USER, WRONG_WORLD};
+use wasmhost::views::ServicesView;
+use wasmhost_test_support::{
+    state_dir, try_wait_until, Host, Plugins, TestHost, Traffic, PROBE, USER, WRONG_WORLD,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wasmhost");
 const WAIT: Duration = Duration::from_secs(5);
@@ -246,4 +249,58 @@ fn a_symlink_outside_loads_only_when_the_host_is_told_to_follow_it() {
     // Loaded: the user service itself answers (it has no user 1).
     let r = host.get("/user/1");
     assert_eq!(r.header("x-wasmhost-version"), Some("1.0.0"));
+}
+
+#[test]
+fn files_that_can_never_serve_are_warned_about_with_the_name_they_need() {
+    let host = TestHost::empty()
+        .add(PROBE, "probe@0.1.0.wasm")
+        .add(PROBE, "probe.wasm")
+        .add(PROBE, "probe@v0.2.0.wasm")
+        .start();
+    // 0.1.0 serves: the other two sort below it.
+    let r = host.get("/probe/echo");
+    r.expect_status(200);
+    assert_eq!(r.header("x-wasmhost-version"), Some("0.1.0"));
+    let all: ServicesView = host.view("/admin/services");
+    let warning = |file: &str| {
+        all.warnings
+            .iter()
+            .find(|w| w.file == file)
+            .map(|w| w.error.clone())
+            .unwrap_or_else(|| panic!("no warning for {file}: {all:?}"))
+    };
+    let bare = warning("probe.wasm");
+    assert!(
+        bare.contains("content hash") && bare.contains("probe@VERSION.wasm"),
+        "{bare}"
+    );
+    let v = warning("probe@v0.2.0.wasm");
+    assert!(
+        v.contains("not a semantic version") && v.contains("rename it probe@0.2.0.wasm"),
+        "{v}"
+    );
+    assert_eq!(all.warnings.len(), 2, "{all:?}");
+    assert!(all.load_errors.is_empty(), "{all:?}");
+}
+
+#[test]
+fn a_size_without_a_unit_is_a_load_error_naming_the_key() {
+    let host = TestHost::empty()
+        .add(PROBE, "probe@0.1.0.wasm")
+        .manifest("probe", "[limits]\nmemory = 128\n")
+        .start();
+    let all: ServicesView = host.view("/admin/services");
+    let error = &all
+        .load_errors
+        .iter()
+        .find(|e| e.file == "probe.toml")
+        .unwrap_or_else(|| panic!("no error for probe.toml: {all:?}"))
+        .error;
+    assert!(
+        error.contains("memory = 128") && error.contains("a size needs its unit"),
+        "{error}"
+    );
+    // Not 128 bytes: the service is not served with a broken manifest.
+    host.get("/probe/echo").expect_status(404);
 }

@@ -73,9 +73,11 @@ fn a_retired_version_frees_its_idle_instances() {
             "probe.toml",
             format!("[limits]\nrequests-per-instance = 5\ncpu-time = \"{cpu}\"\n"),
         );
-        wait_until("the manifest applies", std::time::Duration::from_secs(15), || {
-            (host.service("probe")["limits"]["cpu-time"] == cpu.as_str()).then_some(())
-        });
+        wait_until(
+            "the manifest applies",
+            std::time::Duration::from_secs(15),
+            || (host.service("probe")["limits"]["cpu-time"] == cpu.as_str()).then_some(()),
+        );
     }
     // The new version starts fresh, and a slot is free for it.
     assert_eq!(served(&host), 1);
