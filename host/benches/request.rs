@@ -20,7 +20,6 @@ use axum::response::IntoResponse;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
-use wasmhost::config::Limits;
 use wasmhost::kv::{KvStore, Namespace};
 use wasmhost_test_support as support;
 
@@ -38,34 +37,23 @@ fn host(rt: &tokio::runtime::Runtime) -> Bench {
         .add(support::HTTP_HELLO, "hello@1.0.0.wasm")
         .copy_manifest("user.toml");
     let state = tempfile::tempdir().unwrap();
-    let limits = Limits::default();
-    let _ = &limits;
     let cache = std::path::PathBuf::from(support::TEST_CACHE_DIR);
-    std::fs::create_dir_all(&cache).unwrap();
-    let engine = wasmhost::engine::build(&limits, &cache.canonicalize().unwrap()).unwrap();
-    wasmhost::engine::start_epoch_ticker(&engine).unwrap();
-    let loader = wasmhost::loader::Loader::new(engine.clone(), limits.clone()).unwrap();
-    let release = wasmhost::release_state::ReleaseState::default();
-    // The files were just copied in: load them at once, as if renamed into place.
-    let fresh = ["user@1.0.0.wasm", "hello@1.0.0.wasm"]
-        .map(|f| plugins.path().join(f))
-        .into();
-    let scan = loader
-        .load_dir(
-            plugins.path(),
-            &Default::default(),
-            &release,
-            &fresh,
-            &mut |_| {},
-        )
+    let host = wasmhost::Host::builder()
+        .plugins(plugins.path())
+        .state(state.path())
+        .cache_dir(cache)
+        .build()
         .unwrap();
-    let errors: Vec<String> = scan.registry.errors().map(|e| format!("{e:?}")).collect();
+    rt.block_on(host.load()).unwrap();
+    let snapshot = host.control().snapshot();
+    let errors: Vec<String> = snapshot
+        .registry
+        .errors()
+        .map(|e| format!("{e:?}"))
+        .collect();
     assert!(errors.is_empty(), "{errors:?}");
-    let kv = KvStore::open(&state.path().join("kv.redb")).unwrap();
-    let control =
-        wasmhost::control::Control::new(scan.registry, release, state.path().to_path_buf());
-    let dispatcher = wasmhost::dispatch::Dispatcher::new(engine, control.handle(), kv.clone());
-    let app = wasmhost::front::app(dispatcher, std::time::Duration::from_secs(30));
+    let kv = host.dispatcher().kv().clone();
+    let app = host.front();
     let created = rt.block_on(send(
         &app,
         "POST",

@@ -33,6 +33,7 @@ pub mod dispatch;
 pub mod engine;
 pub mod error;
 pub mod front;
+mod host;
 pub mod instance;
 pub mod kv;
 pub mod loader;
@@ -52,10 +53,10 @@ pub mod views;
 pub mod watcher;
 
 pub use config::{Manifest, ServeConfig};
+pub use host::{Host, HostBuilder};
 
 use anyhow::{Context, Result};
 use std::future::{Future, IntoFuture};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
@@ -68,20 +69,6 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let started = Instant::now();
-    std::fs::create_dir_all(&config.state_dir).with_context(|| {
-        format!(
-            "failed to create state directory {}",
-            config.state_dir.display()
-        )
-    })?;
-    // wasmtime's cache wants an absolute path.
-    let state_dir = config.state_dir.canonicalize().with_context(|| {
-        format!(
-            "failed to resolve state directory {}",
-            config.state_dir.display()
-        )
-    })?;
-    let kv = kv::KvStore::open(&state_dir.join("kv.redb"))?;
     // Bind before loading, so a taken port fails at once, not after compiling.
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -95,63 +82,31 @@ pub async fn run(
     let admin_addr = admin_listener
         .local_addr()
         .context("failed to read the admin listening address")?;
-    let token = admin::token(&state_dir)?;
-    engine::limit_compile_threads();
-    let cache_dir = match &config.cache_dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("failed to create cache directory {}", dir.display()))?;
-            dir.canonicalize()
-                .with_context(|| format!("failed to resolve cache directory {}", dir.display()))?
-        }
-        None => state_dir.join("cache"),
-    };
-    let engine = engine::build(&config.limits, &cache_dir)?;
-    engine::start_epoch_ticker(&engine)?;
-
-    let loader = Arc::new(
-        loader::Loader::new(engine.clone(), config.limits.clone())?
-            .follow_outside_symlinks(config.follow_symlinks),
-    );
-    let release = release_state::ReleaseState::load(&state_dir)?;
-    // Absolute, so the watcher's paths and the scan's paths are the same
-    // (a file renamed into place is recognised as such and loaded at once).
-    let plugins_dir = config
-        .plugins_dir
-        .canonicalize()
-        .unwrap_or_else(|_| config.plugins_dir.clone());
-    let control = Arc::new(control::Control::new(
-        registry::Registry::default(),
-        release,
-        state_dir.clone(),
-    ));
-    let dispatcher = dispatch::Dispatcher::new(engine, control.handle(), kv);
-    let analyst = tokio::spawn(canary::analyst(control.clone()));
+    let http = config.http.clone();
+    let host = Host::builder().config(config).build()?;
+    let token = admin::token(host.state_dir())?;
+    let analyst = tokio::spawn(canary::analyst(host.control().clone()));
 
     let token_hint = if std::env::var_os("WASMHOST_ADMIN_TOKEN").is_some() {
         "from WASMHOST_ADMIN_TOKEN".to_string()
     } else {
-        format!("in {}", state_dir.join("admin-token").display())
+        format!("in {}", host.state_dir().join("admin-token").display())
     };
     tracing::info!(token = %token_hint, "admin API on http://{admin_addr}");
-    let admin_server = axum::serve(admin_listener, admin::app(control.clone(), &token));
-    let admin_task = tokio::spawn(admin_server.into_future());
+    let admin_task = tokio::spawn(axum::serve(admin_listener, host.admin(&token)).into_future());
     tracing::info!(
         startup_ms = started.elapsed().as_millis() as u64,
         "listening on http://{addr}"
     );
     // The first scan runs in the watcher: each service is served as soon as
     // its version has compiled, and the log says `ready` once all have.
-    let _watcher = watcher::spawn(plugins_dir, loader, control.clone())?;
+    let _watcher = watcher::spawn(
+        host.plugins_dir().to_path_buf(),
+        host.loader().clone(),
+        host.control().clone(),
+    )?;
 
-    server::serve(
-        listener,
-        front::app(dispatcher, config.http.body_timeout),
-        config.http.clone(),
-        shutdown,
-        DRAIN_TIMEOUT,
-    )
-    .await?;
+    server::serve(listener, host.front(), http, shutdown, DRAIN_TIMEOUT).await?;
     admin_task.abort();
     analyst.abort();
     tracing::info!("stopped");

@@ -1,107 +1,42 @@
-//! The admin API: status, weight changes, promote and rollback, metrics,
-//! tokens, bad input, and release state that survives a restart.
+//! The admin API end to end: status, weight changes, promote and rollback,
+//! metrics, tokens, the CLI, and release state that survives a restart.
+//! (Its answers to bad input are tested in-process, in `admin_api.rs`.)
 #![allow(clippy::unwrap_used)]
 
 use serde_json::json;
-use wasmhost_test_support::{state_dir, Host, Plugins, USER};
+use wasmhost::views::{ServiceView, ServicesView};
+use wasmhost_test_support::{bin, TestHost, TestHostBuilder, PROBE, USER};
 
-const BIN: &str = env!("CARGO_BIN_EXE_wasmhost");
-
-fn two_versions() -> Plugins {
-    let plugins = Plugins::examples();
-    plugins.add(USER, "user@1.1.0.wasm");
-    plugins
+fn two_versions() -> TestHostBuilder {
+    TestHost::examples().add(USER, "user@1.1.0.wasm")
 }
 
-fn weights(host: &Host) -> Vec<(String, u64)> {
-    let svc = host.service("user");
-    svc["versions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| {
-            (
-                v["version"].as_str().unwrap().to_string(),
-                v["weight"].as_u64().unwrap(),
-            )
-        })
-        .collect()
+fn weights(host: &TestHost) -> Vec<(String, u32)> {
+    host.view::<ServiceView>("/admin/services/user").weights()
+}
+
+fn pair(v: &str, w: u32) -> (String, u32) {
+    (v.to_string(), w)
 }
 
 #[test]
 fn admin_calls_need_the_token() {
-    let plugins = Plugins::examples();
-    let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
+    let host = TestHost::examples().start();
     host.admin("GET", "/admin/services", None, Some(""))
         .expect_status(401);
     host.admin("GET", "/admin/services", None, Some("wrong"))
         .expect_status(401);
     host.admin("GET", "/metrics", None, Some(""))
         .expect_status(401);
-    let all = host
-        .admin("GET", "/admin/services", None, None)
-        .expect_status(200)
-        .json();
-    let names: Vec<_> = all["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap())
-        .collect();
+    let all: ServicesView = host.view("/admin/services");
+    let names: Vec<_> = all.services.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["catalog", "inventory", "order", "user"]);
 }
 
 #[test]
 fn release_promote_and_rollback_move_traffic_and_survive_a_restart() {
-    let plugins = two_versions();
-    let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
-    assert_eq!(
-        weights(&host),
-        [("1.1.0".to_string(), 100), ("1.0.0".to_string(), 0)]
-    );
-
-    // Bad input changes nothing.
-    host.admin(
-        "PUT",
-        "/admin/services/user/release",
-        Some(json!({"weights": {"1.0.0": 90, "1.1.0": 20}})),
-        None,
-    )
-    .expect_status(422);
-    host.admin(
-        "PUT",
-        "/admin/services/user/release",
-        Some(json!({"weights": {"1.0.0": 50, "9.9.9": 50}})),
-        None,
-    )
-    .expect_status(422);
-    host.admin(
-        "PUT",
-        "/admin/services/user/release",
-        Some(json!({"weights": "all"})),
-        None,
-    )
-    .expect_status(400);
-    host.admin(
-        "PUT",
-        "/admin/services/nobody/release",
-        Some(json!({"weights": {"1.0.0": 100}})),
-        None,
-    )
-    .expect_status(404);
-    host.admin(
-        "POST",
-        "/admin/services/user/promote",
-        Some(json!({"version": "3.0.0"})),
-        None,
-    )
-    .expect_status(422);
-    assert_eq!(
-        weights(&host),
-        [("1.1.0".to_string(), 100), ("1.0.0".to_string(), 0)]
-    );
+    let mut host = two_versions().start();
+    assert_eq!(weights(&host), [pair("1.1.0", 100), pair("1.0.0", 0)]);
 
     host.admin(
         "POST",
@@ -132,10 +67,7 @@ fn release_promote_and_rollback_move_traffic_and_survive_a_restart() {
     assert_eq!(seen.len(), 2, "a 50/50 split served only {seen:?}");
     host.admin("POST", "/admin/services/user/rollback", None, None)
         .expect_status(200);
-    assert_eq!(
-        weights(&host),
-        [("1.1.0".to_string(), 0), ("1.0.0".to_string(), 100)]
-    );
+    assert_eq!(weights(&host), [pair("1.1.0", 0), pair("1.0.0", 100)]);
 
     let metrics = String::from_utf8(
         host.admin("GET", "/metrics", None, None)
@@ -149,21 +81,13 @@ fn release_promote_and_rollback_move_traffic_and_survive_a_restart() {
         "{metrics}"
     );
     assert!(metrics.contains("wasmhost_request_duration_seconds_bucket{service=\"user\",version=\"1.1.0\",le=\"+Inf\"}"), "{metrics}");
-    let history = host.admin("GET", "/admin/services/user", None, None).json()["history"].clone();
-    let actions: Vec<_> = history
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["action"].as_str().unwrap().to_string())
-        .collect();
+    let user: ServiceView = host.view("/admin/services/user");
+    let actions: Vec<_> = user.history.iter().map(|h| h.action.as_str()).collect();
     assert_eq!(actions, ["promote", "release", "rollback"]);
-    host.stop();
+    assert_eq!(user.history[1].detail, "1.0.0=50,1.1.0=50");
 
-    let host = Host::start(BIN, plugins.path(), state.path());
-    assert_eq!(
-        weights(&host),
-        [("1.1.0".to_string(), 0), ("1.0.0".to_string(), 100)]
-    );
+    host.restart();
+    assert_eq!(weights(&host), [pair("1.1.0", 0), pair("1.0.0", 100)]);
     assert_eq!(
         host.get("/users").header("x-wasmhost-version"),
         Some("1.0.0")
@@ -172,35 +96,25 @@ fn release_promote_and_rollback_move_traffic_and_survive_a_restart() {
 
 #[test]
 fn metrics_count_requests_errors_and_traps_per_version() {
-    let plugins = Plugins::examples();
-    plugins.add(wasmhost_test_support::PROBE, "probe@0.1.0.wasm");
-    let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
+    let host = TestHost::examples().add(PROBE, "probe@0.1.0.wasm").start();
     for _ in 0..3 {
         host.get("/probe/echo").expect_status(200);
     }
     host.get("/probe/trap").expect_status(500);
-    let svc = host.service("probe");
-    let m = &svc["versions"][0]["metrics"];
+    let probe: ServiceView = host.view("/admin/services/probe");
+    let m = &probe.versions[0].metrics;
     assert_eq!(
-        (
-            m["requests"].as_u64(),
-            m["errors"].as_u64(),
-            m["traps"].as_u64(),
-            m["in_flight"].as_u64()
-        ),
-        (Some(4), Some(1), Some(1), Some(0)),
-        "{svc}"
+        (m.requests, m.errors, m.traps, m.in_flight),
+        (4, 1, 1, 0),
+        "{probe:?}"
     );
 }
 
 #[test]
 fn the_cli_shows_status_and_changes_the_release() {
-    let plugins = two_versions();
-    let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
+    let host = two_versions().start();
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(BIN)
+        let out = std::process::Command::new(bin())
             .args(args)
             .args([
                 "--admin",

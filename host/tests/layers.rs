@@ -48,6 +48,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("admin", 4),
     ("client", 4),
     ("status", 4),
+    ("host", 4),
     ("lib", 5),
 ];
 

@@ -1,0 +1,202 @@
+//! The host assembled: state directory, key-value store, engine, loader,
+//! control plane and dispatcher, from a [`ServeConfig`]. [`crate::run`]
+//! serves it on real listeners; tests and benchmarks drive it in-process
+//! through its two axum apps (`front` and `admin`) with `oneshot`.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let host = wasmhost::Host::builder().plugins("plugins").state(".wasmhost").build()?;
+//! host.load().await?; // one scan, every file taken as complete
+//! let front = host.front(); // an axum::Router serving the services
+//! # Ok(()) }
+//! ```
+
+use crate::config::ServeConfig;
+use crate::control::{Change, Control, ScanDone};
+use crate::dispatch::Dispatcher;
+use crate::loader::Loader;
+use crate::release_state::ReleaseState;
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Builds a [`Host`].
+#[derive(Debug, Clone, Default)]
+pub struct HostBuilder {
+    config: ServeConfig,
+}
+
+impl HostBuilder {
+    /// Every option at once (as `wasmhost serve` parses them).
+    pub fn config(mut self, config: ServeConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The plugins directory.
+    pub fn plugins(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.plugins_dir = dir.into();
+        self
+    }
+
+    /// The state directory.
+    pub fn state(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.state_dir = dir.into();
+        self
+    }
+
+    /// Where compiled artifacts are cached (default: `STATE/cache`).
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// Opens the state, builds the engine and the control plane; loads
+    /// nothing yet (see [`Host::load`], or the watcher).
+    pub fn build(self) -> Result<Host> {
+        let config = self.config;
+        std::fs::create_dir_all(&config.state_dir).with_context(|| {
+            format!(
+                "failed to create state directory {}",
+                config.state_dir.display()
+            )
+        })?;
+        // wasmtime's cache wants an absolute path.
+        let state_dir = config.state_dir.canonicalize().with_context(|| {
+            format!(
+                "failed to resolve state directory {}",
+                config.state_dir.display()
+            )
+        })?;
+        let kv = crate::kv::KvStore::open(&state_dir.join("kv.redb"))?;
+        crate::engine::limit_compile_threads();
+        let cache_dir = match &config.cache_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).with_context(|| {
+                    format!("failed to create cache directory {}", dir.display())
+                })?;
+                dir.canonicalize().with_context(|| {
+                    format!("failed to resolve cache directory {}", dir.display())
+                })?
+            }
+            None => state_dir.join("cache"),
+        };
+        let engine = crate::engine::build(&config.limits, &cache_dir)?;
+        crate::engine::start_epoch_ticker(&engine)?;
+        let loader = Arc::new(
+            Loader::new(engine.clone(), config.limits.clone())?
+                .follow_outside_symlinks(config.follow_symlinks),
+        );
+        let release = ReleaseState::load(&state_dir)?;
+        // Absolute, so the watcher's paths and the scan's paths are the same
+        // (a file renamed into place is recognised as such and loaded at once).
+        let plugins_dir = config
+            .plugins_dir
+            .canonicalize()
+            .unwrap_or_else(|_| config.plugins_dir.clone());
+        let control = Arc::new(Control::new(
+            crate::registry::Registry::default(),
+            release,
+            state_dir.clone(),
+        ));
+        let dispatcher = Dispatcher::new(engine, control.handle(), kv);
+        Ok(Host {
+            config,
+            state_dir,
+            plugins_dir,
+            loader,
+            control,
+            dispatcher,
+        })
+    }
+}
+
+/// A host, ready to load and serve.
+pub struct Host {
+    config: ServeConfig,
+    state_dir: PathBuf,
+    plugins_dir: PathBuf,
+    loader: Arc<Loader>,
+    control: Arc<Control>,
+    dispatcher: Arc<Dispatcher>,
+}
+
+impl Host {
+    /// A builder with the defaults of `wasmhost serve`.
+    pub fn builder() -> HostBuilder {
+        HostBuilder::default()
+    }
+
+    /// Scans the plugins directory once, every file taken as complete, and
+    /// serves what loaded (the watcher does this itself when serving).
+    pub async fn load(&self) -> Result<()> {
+        let (loader, dir, control) = (
+            self.loader.clone(),
+            self.plugins_dir.clone(),
+            self.control.clone(),
+        );
+        let base = control.snapshot();
+        let scan = tokio::task::spawn_blocking(move || {
+            let files = std::fs::read_dir(&dir)
+                .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                .unwrap_or_default();
+            let now = control.snapshot();
+            loader.load_dir(&dir, &now.registry, &now.release, &files, &mut |_| {})
+        })
+        .await
+        .context("the loader thread failed")??;
+        let change = Change::Rescan {
+            registry: scan.registry,
+            loading: Vec::new(),
+            done: Some(ScanDone {
+                base,
+                complete: scan.pending.is_empty(),
+            }),
+        };
+        self.control
+            .apply(change)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(())
+    }
+
+    /// The app serving the services (plugin traffic).
+    pub fn front(&self) -> axum::Router {
+        crate::front::app(self.dispatcher.clone(), self.config.http.body_timeout)
+    }
+
+    /// The admin API, every call requiring `token`.
+    pub fn admin(&self, token: &str) -> axum::Router {
+        crate::admin::app(self.control.clone(), token)
+    }
+
+    /// The control plane.
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
+    }
+
+    /// The dispatcher.
+    pub fn dispatcher(&self) -> &Arc<Dispatcher> {
+        &self.dispatcher
+    }
+
+    /// The options it was built with.
+    pub fn config(&self) -> &ServeConfig {
+        &self.config
+    }
+
+    /// The state directory, resolved.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// The plugins directory, resolved.
+    pub fn plugins_dir(&self) -> &Path {
+        &self.plugins_dir
+    }
+
+    /// The loader (for the watcher).
+    pub fn loader(&self) -> &Arc<Loader> {
+        &self.loader
+    }
+}

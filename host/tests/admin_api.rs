@@ -1,0 +1,270 @@
+//! The admin API's answers to bad input, in-process (`Host::builder()` and
+//! `oneshot`, no listener): each refusal has its status and its exact JSON
+//! error, and changes nothing.
+#![allow(clippy::unwrap_used)]
+
+use axum::body::Body;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+use wasmhost::views::ServiceView;
+use wasmhost_test_support::{Plugins, TEST_CACHE_DIR, USER};
+
+const TOKEN: &str = "in-process-token";
+
+/// A host with user 1.0.0 and 1.1.0, loaded; its directories live as long
+/// as it does.
+struct InProcess {
+    host: wasmhost::Host,
+    _dirs: (Plugins, tempfile::TempDir),
+}
+
+async fn host() -> InProcess {
+    let plugins = Plugins::new();
+    plugins
+        .add(USER, "user@1.0.0.wasm")
+        .add(USER, "user@1.1.0.wasm")
+        .copy_manifest("user.toml");
+    let state = tempfile::tempdir().unwrap();
+    let host = wasmhost::Host::builder()
+        .plugins(plugins.path())
+        .state(state.path())
+        .cache_dir(TEST_CACHE_DIR)
+        .build()
+        .unwrap();
+    host.load().await.unwrap();
+    InProcess {
+        host,
+        _dirs: (plugins, state),
+    }
+}
+
+/// Sends one admin request; returns the status and the JSON body.
+async fn call(
+    host: &InProcess,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> (u16, Value) {
+    let mut req = http::Request::builder().method(method).uri(path);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    let req = req
+        .body(Body::from(body.unwrap_or_default().to_string()))
+        .unwrap();
+    let resp = host.host.admin(TOKEN).oneshot(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, value)
+}
+
+async fn user(host: &InProcess) -> ServiceView {
+    let (status, body) = call(host, "GET", "/admin/services/user", None, Some(TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_value(body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_bad_request_has_its_status_and_error_and_changes_nothing() {
+    let host = host().await;
+    let before = user(&host).await;
+    assert_eq!(
+        before.weights(),
+        [("1.1.0".to_string(), 100), ("1.0.0".to_string(), 0)]
+    );
+    let release = "/admin/services/user/release";
+    let cases: &[(&str, &str, Option<&str>, Option<&str>, u16, Value)] = &[
+        // (method, path, body, token, status, error)
+        (
+            "GET",
+            "/admin/services",
+            None,
+            None,
+            401,
+            json!("missing or wrong admin token (Authorization: Bearer TOKEN)"),
+        ),
+        (
+            "GET",
+            "/admin/services",
+            None,
+            Some("wrong"),
+            401,
+            json!("missing or wrong admin token (Authorization: Bearer TOKEN)"),
+        ),
+        (
+            "GET",
+            "/admin/services/nobody",
+            None,
+            Some(TOKEN),
+            404,
+            json!("no service named `nobody`"),
+        ),
+        (
+            "PUT",
+            release,
+            Some(r#"{"weights": {"1.0.0": 90, "1.1.0": 20}}"#),
+            Some(TOKEN),
+            422,
+            json!("weights must sum to 100, not 110"),
+        ),
+        (
+            "PUT",
+            release,
+            Some(r#"{"weights": {"1.0.0": 50, "9.9.9": 50}}"#),
+            Some(TOKEN),
+            422,
+            json!("service `user` has no loaded version `9.9.9`"),
+        ),
+        (
+            "PUT",
+            release,
+            Some(r#"{"weights": {"1.0.0": 150}}"#),
+            Some(TOKEN),
+            422,
+            json!("weight 150 of `1.0.0` is over 100"),
+        ),
+        (
+            "PUT",
+            release,
+            Some(r#"{"weights": {"1.0.0": 100}, "sticky": "ip"}"#),
+            Some(TOKEN),
+            422,
+            json!("sticky must be `header:NAME` or `cookie:NAME`, not `ip`"),
+        ),
+        (
+            "PUT",
+            "/admin/services/nobody/release",
+            Some(r#"{"weights": {"1.0.0": 100}}"#),
+            Some(TOKEN),
+            404,
+            json!("no service named `nobody`"),
+        ),
+        (
+            "POST",
+            "/admin/services/user/promote",
+            Some(r#"{"version": "3.0.0"}"#),
+            Some(TOKEN),
+            422,
+            json!("service `user` has no loaded version `3.0.0`"),
+        ),
+        (
+            "POST",
+            "/admin/services/nobody/rollback",
+            None,
+            Some(TOKEN),
+            404,
+            json!("no service named `nobody`"),
+        ),
+        (
+            "POST",
+            "/admin/services/user/pause",
+            None,
+            Some(TOKEN),
+            422,
+            json!("service `user` has no canary in progress"),
+        ),
+        (
+            "POST",
+            "/admin/services/user/resume",
+            None,
+            Some(TOKEN),
+            422,
+            json!("service `user` has no canary in progress"),
+        ),
+    ];
+    for (method, path, body, token, status, error) in cases {
+        let (got, answer) = call(&host, method, path, *body, *token).await;
+        assert_eq!(got, *status, "{method} {path} {body:?}: {answer}");
+        assert_eq!(
+            &answer["error"], error,
+            "{method} {path} {body:?}: {answer}"
+        );
+    }
+    // Malformed bodies are 400, with serde's reason.
+    for (body, reason) in [
+        (r#"{"weights": "all"}"#, "invalid type"),
+        (
+            r#"{"weights": {"1.0.0": 100}, "extra": 1}"#,
+            "unknown field `extra`",
+        ),
+        ("not json", "expected ident"),
+    ] {
+        let (got, answer) = call(&host, "PUT", release, Some(body), Some(TOKEN)).await;
+        assert_eq!(got, 400, "{body}: {answer}");
+        let message = answer["error"].as_str().unwrap();
+        assert!(message.contains(reason), "{body}: {message}");
+    }
+    let (got, answer) = call(
+        &host,
+        "POST",
+        "/admin/services/user/promote",
+        None,
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(got, 400, "{answer}");
+
+    // Nothing moved, and nothing was recorded.
+    let after = user(&host).await;
+    assert_eq!(after.weights(), before.weights());
+    assert!(after.history.is_empty(), "{:?}", after.history);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_with_nowhere_to_go_is_refused() {
+    let host = host().await;
+    // Promote 1.0.0, then roll back to 1.1.0 (the one before it); a second
+    // rollback goes back to 1.0.0, the highest version below the live one.
+    let (s, _) = call(
+        &host,
+        "POST",
+        "/admin/services/user/promote",
+        Some(r#"{"version": "1.0.0"}"#),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, body) = call(
+        &host,
+        "POST",
+        "/admin/services/user/rollback",
+        None,
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    let view: ServiceView = serde_json::from_value(body).unwrap();
+    assert_eq!(view.version("1.1.0").unwrap().weight, 100);
+    let (s, body) = call(
+        &host,
+        "POST",
+        "/admin/services/user/rollback",
+        None,
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    let view: ServiceView = serde_json::from_value(body).unwrap();
+    assert_eq!(view.version("1.0.0").unwrap().weight, 100);
+    // 1.0.0 is the lowest: nothing is below it, and nothing on record.
+    let (s, body) = call(
+        &host,
+        "POST",
+        "/admin/services/user/rollback",
+        None,
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(s, 422, "{body}");
+    assert_eq!(
+        body["error"],
+        "service `user` has no stable version to roll back to"
+    );
+}
