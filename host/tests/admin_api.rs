@@ -65,6 +65,9 @@ async fn call(
     (status, value)
 }
 
+/// (method, path, body, token, status, error).
+type Case<'a> = (&'a str, &'a str, Option<&'a str>, Option<&'a str>, u16, Value);
+
 async fn user(host: &InProcess) -> ServiceView {
     let (status, body) = call(host, "GET", "/admin/services/user", None, Some(TOKEN)).await;
     assert_eq!(status, 200, "{body}");
@@ -80,7 +83,7 @@ async fn every_bad_request_has_its_status_and_error_and_changes_nothing() {
         [("1.1.0".to_string(), 100), ("1.0.0".to_string(), 0)]
     );
     let release = "/admin/services/user/release";
-    let cases: &[(&str, &str, Option<&str>, Option<&str>, u16, Value)] = &[
+    let cases: &[Case] = &[
         // (method, path, body, token, status, error)
         (
             "GET",

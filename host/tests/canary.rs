@@ -3,9 +3,8 @@
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
-use wasmhost_test_support::{state_dir, wait_until, Host, Plugins, PROBE, USER, USER_V2};
+use wasmhost_test_support::{wait_until, Host, Plugins, TestHost, PROBE, USER, USER_V2};
 
-const BIN: &str = env!("CARGO_BIN_EXE_wasmhost");
 const MANIFEST: &str = "routes = [\"/users\", \"/user\"]\nrollout = \"canary\"\nsteps = [50, 100]\nstep-interval-secs = 1\nmin-requests = 5\n";
 
 /// Sends traffic to `path` until the admin view of `user` satisfies `done`.
@@ -40,15 +39,14 @@ fn a_healthy_canary_is_promoted_step_by_step() {
     plugins
         .add(USER, "user@1.0.0.wasm")
         .write("user.toml", MANIFEST);
-    let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
+    let host = TestHost::with_plugins(plugins).start();
     host.post_json(
         "/users",
         serde_json::json!({"name": "Ada", "email": "ada@example.com"}),
     )
     .expect_status(201);
 
-    plugins.deploy(USER_V2, "user@1.1.0.wasm");
+    host.plugins().deploy(USER_V2, "user@1.1.0.wasm");
     // A slow machine may not see the 50% step between two polls, so the
     // steps are checked in the history rather than observed live.
     let svc = drive_until(&host, "/users/1", "the promotion", |s| {
@@ -81,12 +79,11 @@ fn a_failing_canary_is_rolled_back_with_its_reason() {
     plugins
         .add(USER, "user@1.0.0.wasm")
         .write("user.toml", MANIFEST);
-    let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
+    let host = TestHost::with_plugins(plugins).start();
 
     // The probe fixture, dropped as user 1.1.0, traps on GET /users/trap,
     // where the stable user service answers 400: a 5xx rate of 100% vs 0%.
-    plugins.deploy(PROBE, "user@1.1.0.wasm");
+    host.plugins().deploy(PROBE, "user@1.1.0.wasm");
     let svc = drive_until(&host, "/users/trap", "the rollback", |s| {
         s["history"]
             .as_array()

@@ -5,9 +5,9 @@
 
 use serde_json::json;
 use std::time::Duration;
-use wasmhost_test_support::{state_dir, wait_until, Host, Plugins, ADMIN_TOKEN, INVENTORY, USER};
-
-const BIN: &str = env!("CARGO_BIN_EXE_wasmhost");
+use wasmhost_test_support::{
+    bin, wait_until, Host, Plugins, TestHost, ADMIN_TOKEN, INVENTORY, USER,
+};
 
 /// The Python inventory service with a custom section of its own: the same
 /// code, but bytes no cache has seen, so the host really compiles it (the
@@ -42,11 +42,10 @@ fn loading_files(host: &Host) -> Vec<String> {
 #[test]
 fn reads_and_release_commands_answer_while_a_python_version_compiles() {
     let plugins = Plugins::examples();
-    let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
-    let tmp = plugins.path().join(".inventory@1.1.0.wasm.tmp");
+    let host = TestHost::with_plugins(plugins).start();
+    let tmp = host.plugins().path().join(".inventory@1.1.0.wasm.tmp");
     std::fs::write(&tmp, uncached_inventory()).unwrap();
-    std::fs::rename(&tmp, plugins.path().join("inventory@1.1.0.wasm")).unwrap();
+    std::fs::rename(&tmp, host.plugins().path().join("inventory@1.1.0.wasm")).unwrap();
 
     wait_until(
         "inventory@1.1.0 listed as loading",
@@ -69,7 +68,7 @@ fn reads_and_release_commands_answer_while_a_python_version_compiles() {
         None,
     )
     .expect_status(200);
-    let status = std::process::Command::new(BIN)
+    let status = std::process::Command::new(bin())
         .args([
             "status",
             "--admin",
@@ -109,9 +108,8 @@ fn reads_and_release_commands_answer_while_a_python_version_compiles() {
 #[test]
 fn rollback_after_a_newcomer_took_over_goes_back_to_the_version_before_it() {
     let plugins = Plugins::examples();
-    let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
-    plugins.deploy(USER, "user@1.1.0.wasm");
+    let host = TestHost::with_plugins(plugins).start();
+    host.plugins().deploy(USER, "user@1.1.0.wasm");
     wait_until("user@1.1.0 takes over", Duration::from_secs(60), || {
         (host.get("/users").header("x-wasmhost-version") == Some("1.1.0")).then_some(())
     });
@@ -157,8 +155,7 @@ fn removing_a_version_the_weights_name_renormalises_the_rest() {
     plugins
         .add(USER, "user@1.1.0.wasm")
         .add(USER, "user@1.2.0.wasm");
-    let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
+    let host = TestHost::with_plugins(plugins).start();
     host.admin(
         "PUT",
         "/admin/services/user/release",
@@ -166,7 +163,7 @@ fn removing_a_version_the_weights_name_renormalises_the_rest() {
         None,
     )
     .expect_status(200);
-    std::fs::remove_file(plugins.path().join("user@1.1.0.wasm")).unwrap();
+    std::fs::remove_file(host.plugins().path().join("user@1.1.0.wasm")).unwrap();
     let weights = wait_until("1.1.0 removed", Duration::from_secs(30), || {
         let svc = host.service("user");
         let w: Vec<_> = svc["versions"]

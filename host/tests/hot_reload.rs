@@ -7,9 +7,10 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use wasmhost::views::ServicesView;
-use wasmhost_test_support::{state_dir, wait_until, Host, Plugins, PROBE, USER, USER_V2};
+use wasmhost_test_support::{
+    bin, state_dir, wait_until, Host, Plugins, TestHost, PROBE, USER, USER_V2,
+};
 
-const BIN: &str = env!("CARGO_BIN_EXE_wasmhost");
 const WAIT: Duration = Duration::from_secs(15);
 /// How long a test watches for something that must not happen.
 const QUIET: Duration = Duration::from_millis(600);
@@ -38,7 +39,7 @@ fn an_idle_host_does_not_rescan_and_a_renamed_file_loads_at_once() {
     let up = "../".repeat(cwd.components().count() - 1);
     let relative = std::path::Path::new(&up).join(plugins.path().strip_prefix("/").unwrap());
     let state = state_dir();
-    let host = Host::start(BIN, &relative, state.path());
+    let host = Host::start(&bin(), &relative, state.path());
     host.get("/users").expect_status(200);
     let scans = || host.view::<ServicesView>("/admin/services").scans;
     // (Files copied in just before the start take a second scan, once they
@@ -76,17 +77,16 @@ fn an_idle_host_does_not_rescan_and_a_renamed_file_loads_at_once() {
 #[test]
 fn a_dropped_component_is_served_and_a_removed_one_retired() {
     let plugins = Plugins::examples();
-    let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
+    let host = TestHost::with_plugins(plugins).start();
     host.get("/probe/echo").expect_status(404);
 
-    plugins.deploy(PROBE, "probe@0.1.0.wasm");
+    host.plugins().deploy(PROBE, "probe@0.1.0.wasm");
     wait_for_version(&host, "/probe/echo", Some("0.1.0"));
     host.wait_for_log(&["version loaded", "service=probe", "version=0.1.0"], WAIT);
 
-    plugins.deploy(USER, "user@1.1.0.wasm");
+    host.plugins().deploy(USER, "user@1.1.0.wasm");
     wait_for_version(&host, "/users", Some("1.1.0"));
-    std::fs::remove_file(plugins.path().join("user@1.1.0.wasm")).unwrap();
+    std::fs::remove_file(host.plugins().path().join("user@1.1.0.wasm")).unwrap();
     wait_for_version(&host, "/users", Some("1.0.0"));
     host.wait_for_log(&["version retired", "service=user", "version=1.1.0"], WAIT);
 }
@@ -95,11 +95,10 @@ fn a_dropped_component_is_served_and_a_removed_one_retired() {
 fn a_changed_manifest_updates_routes_and_config() {
     let plugins = Plugins::examples();
     plugins.add(PROBE, "probe@0.1.0.wasm");
-    let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
+    let host = TestHost::with_plugins(plugins).start();
     host.get("/probe/echo").expect_status(200);
 
-    plugins.write(
+    host.plugins().write(
         "probe.toml",
         "routes = [\"/p2\"]\n[config]\ngreeting = \"hi\"\n",
     );
@@ -108,7 +107,7 @@ fn a_changed_manifest_updates_routes_and_config() {
     assert_eq!(host.get("/p2/config/greeting").json()["value"], "hi");
 
     // A broken manifest keeps the last good one.
-    plugins.write("probe.toml", "routes = 42\n");
+    host.plugins().write("probe.toml", "routes = 42\n");
     host.wait_for_log(&["probe.toml", "invalid manifest"], WAIT);
     host.get("/p2/echo").expect_status(200);
 }
@@ -116,12 +115,12 @@ fn a_changed_manifest_updates_routes_and_config() {
 #[test]
 fn a_bad_drop_never_replaces_what_serves() {
     let plugins = Plugins::examples();
-    let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
+    let host = TestHost::with_plugins(plugins).start();
     host.post_json("/users", json!({"name": "Ada", "email": "ada@example.com"}))
         .expect_status(201);
 
-    plugins.write("user@2.0.0.wasm", b"definitely not a component");
+    host.plugins()
+        .write("user@2.0.0.wasm", b"definitely not a component");
     host.wait_for_log(&["user@2.0.0.wasm", "not a WebAssembly file"], WAIT);
     assert_eq!(
         host.get("/users/1")
@@ -131,7 +130,8 @@ fn a_bad_drop_never_replaces_what_serves() {
     );
 
     // Overwriting the live file with garbage keeps its last good build.
-    plugins.write("user@1.0.0.wasm", b"\0asm\x0d\0\x01\0garbage");
+    host.plugins()
+        .write("user@1.0.0.wasm", b"\0asm\x0d\0\x01\0garbage");
     host.wait_for_log(&["user@1.0.0.wasm", "keeps its last good build"], WAIT);
     assert_eq!(
         host.get("/users/1").expect_status(200).json()["name"],
@@ -142,10 +142,9 @@ fn a_bad_drop_never_replaces_what_serves() {
 #[test]
 fn a_slow_plain_copy_is_never_served_half_written() {
     let plugins = Plugins::examples();
-    let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
+    let host = TestHost::with_plugins(plugins).start();
     let bytes = std::fs::read(PROBE).unwrap();
-    let mut file = std::fs::File::create(plugins.path().join("probe@0.2.0.wasm")).unwrap();
+    let mut file = std::fs::File::create(host.plugins().path().join("probe@0.2.0.wasm")).unwrap();
     for chunk in bytes.chunks(bytes.len() / 20 + 1) {
         file.write_all(chunk).unwrap();
         file.flush().unwrap();
@@ -169,8 +168,7 @@ fn a_slow_plain_copy_is_never_served_half_written() {
 #[test]
 fn a_swap_storm_under_load_fails_no_request() {
     let plugins = Plugins::examples();
-    let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
+    let host = TestHost::with_plugins(plugins).start();
     host.post_json("/users", json!({"name": "Ada", "email": "ada@example.com"}))
         .expect_status(201);
     let stop = AtomicBool::new(false);
@@ -220,7 +218,7 @@ fn a_swap_storm_under_load_fails_no_request() {
             });
         }
         for _ in 0..10 {
-            plugins.deploy(USER_V2, "user@1.1.0.wasm");
+            host.plugins().deploy(USER_V2, "user@1.1.0.wasm");
             wait_for_version(&host, "/users/1", Some("1.1.0"));
             promote("1.0.0");
             promote("1.1.0");
@@ -228,7 +226,7 @@ fn a_swap_storm_under_load_fails_no_request() {
                 .expect_status(200);
             wait_for_version(&host, "/users/1", Some("1.0.0"));
             promote("1.1.0");
-            std::fs::remove_file(plugins.path().join("user@1.1.0.wasm")).unwrap();
+            std::fs::remove_file(host.plugins().path().join("user@1.1.0.wasm")).unwrap();
             wait_for_version(&host, "/users/1", Some("1.0.0"));
             operations += 6;
         }

@@ -4,24 +4,21 @@
 
 use serde_json::json;
 use std::time::Duration;
-use wasmhost_test_support::{state_dir, Host, Plugins, PROBE};
+use wasmhost_test_support::{Plugins, TestHost, PROBE};
 
-const BIN: &str = env!("CARGO_BIN_EXE_wasmhost");
 const WAIT: Duration = Duration::from_secs(5);
 
-fn host_with_probe(manifest: &str) -> (Plugins, tempfile::TempDir, Host) {
+fn host_with_probe(manifest: &str) -> TestHost {
     let plugins = Plugins::examples();
     plugins
         .add(PROBE, "probe@0.1.0.wasm")
         .write("probe.toml", manifest);
-    let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
-    (plugins, state, host)
+    TestHost::with_plugins(plugins).start()
 }
 
 #[test]
 fn a_service_cannot_see_or_touch_another_services_keys() {
-    let (_p, _s, host) = host_with_probe("");
+    let host = host_with_probe("");
     host.post_json("/users", json!({"name": "Ada", "email": "ada@example.com"}))
         .expect_status(201);
     // The user service keeps `user:1` in its bucket `users`; the probe opens
@@ -50,7 +47,7 @@ fn a_service_cannot_see_or_touch_another_services_keys() {
 
 #[test]
 fn a_trap_fails_only_its_own_request() {
-    let (_p, _s, host) = host_with_probe("");
+    let host = host_with_probe("");
     host.post_json("/users", json!({"name": "Ada", "email": "ada@example.com"}))
         .expect_status(201);
     std::thread::scope(|s| {
@@ -85,7 +82,7 @@ fn a_trap_fails_only_its_own_request() {
 
 #[test]
 fn a_malformed_response_is_a_500_naming_the_service() {
-    let (_p, _s, host) = host_with_probe("");
+    let host = host_with_probe("");
     let r = host.get("/probe/bad-status");
     r.expect_status(500);
     let body = r.json();
@@ -98,7 +95,7 @@ fn a_malformed_response_is_a_500_naming_the_service() {
 
 #[test]
 fn the_guest_gets_the_full_original_request() {
-    let (_p, _s, host) = host_with_probe("");
+    let host = host_with_probe("");
     let r = host
         .send("POST", "/probe/echo?a=1&b=two%20words", "hello")
         .json();
@@ -118,7 +115,7 @@ fn the_guest_gets_the_full_original_request() {
 
 #[test]
 fn the_sandbox_grants_no_files_and_no_environment() {
-    let (_p, _s, host) = host_with_probe("");
+    let host = host_with_probe("");
     let r = host.get("/probe/sandbox").expect_status(200).json();
     assert!(
         r["file"]["Err"].is_string(),
@@ -129,7 +126,7 @@ fn the_sandbox_grants_no_files_and_no_environment() {
 
 #[test]
 fn guest_output_and_config_are_scoped_to_the_service() {
-    let (_p, _s, host) = host_with_probe("[config]\ngreeting = \"hello\"\n");
+    let host = host_with_probe("[config]\ngreeting = \"hello\"\n");
     assert_eq!(
         host.get("/probe/config/greeting").expect_status(200).json()["value"],
         "hello"
@@ -159,8 +156,7 @@ fn guest_output_and_config_are_scoped_to_the_service() {
 
 #[test]
 fn services_call_each_other_through_the_host() {
-    let (_p, _s, host) =
-        host_with_probe("[grants]\nservices = [\"user\", \"probe\", \"nobody\"]\n");
+    let host = host_with_probe("[grants]\nservices = [\"user\", \"probe\", \"nobody\"]\n");
     host.post_json("/users", json!({"name": "Ada", "email": "ada@example.com"}))
         .expect_status(201);
     let r = host
@@ -194,7 +190,7 @@ fn services_call_each_other_through_the_host() {
 
 #[test]
 fn an_oversized_body_is_refused_with_413() {
-    let (_p, _s, host) = host_with_probe("");
+    let host = host_with_probe("");
     let big = vec![b'x'; 1024 * 1024 + 1];
     let r = host.send("POST", "/probe/echo", big);
     r.expect_status(413);

@@ -5,10 +5,9 @@
 use std::time::Duration;
 use wasmhost::views::ServicesView;
 use wasmhost_test_support::{
-    state_dir, try_wait_until, Host, Plugins, TestHost, Traffic, PROBE, USER, WRONG_WORLD,
+    bin, state_dir, try_wait_until, Host, Plugins, TestHost, Traffic, PROBE, USER, WRONG_WORLD,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_wasmhost");
 const WAIT: Duration = Duration::from_secs(5);
 
 #[test]
@@ -27,8 +26,7 @@ fn bad_components_are_refused_and_the_good_ones_serve() {
         .add(WRONG_WORLD, "wrong@1.0.0.wasm")
         .write("Bad_Name.wasm", b"\0asm\x01\0\0\0");
     std::fs::create_dir(plugins.path().join("dir@1.0.0.wasm")).unwrap();
-    let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
+    let host = TestHost::with_plugins(plugins).start();
 
     host.wait_for_log(&["empty@1.0.0.wasm", "file is empty"], WAIT);
     host.wait_for_log(&["random@1.0.0.wasm", "not a WebAssembly file"], WAIT);
@@ -60,8 +58,7 @@ fn two_services_claiming_one_route_are_refused_and_the_rest_serve() {
     plugins
         .add(PROBE, "probe@0.1.0.wasm")
         .write("probe.toml", "routes = [\"/probe\", \"/users\"]\n");
-    let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
+    let host = TestHost::with_plugins(plugins).start();
     let line = host.wait_for_log(&["route `/users` is claimed by `probe` and `user`"], WAIT);
     assert!(
         line.contains("ERROR"),
@@ -78,8 +75,7 @@ fn a_bad_manifest_is_refused_with_its_reason() {
     plugins
         .add(PROBE, "probe@0.1.0.wasm")
         .write("probe.toml", "routes = \"/probe\"\n");
-    let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
+    let host = TestHost::with_plugins(plugins).start();
     host.wait_for_log(&["probe.toml", "invalid manifest"], WAIT);
     host.wait_for_log(
         &["probe@0.1.0.wasm", "manifest probe.toml is invalid"],
@@ -97,8 +93,7 @@ fn the_highest_version_serves_and_a_bare_name_is_versioned_by_hash() {
         .add(PROBE, "probe@1.10.0.wasm")
         .add(USER, "user.wasm");
     plugins.copy_manifest("user.toml");
-    let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
+    let host = TestHost::with_plugins(plugins).start();
     assert_eq!(
         host.get("/probe/echo")
             .expect_status(200)
@@ -122,8 +117,7 @@ fn the_highest_version_serves_and_a_bare_name_is_versioned_by_hash() {
 #[test]
 fn an_empty_directory_starts_and_says_so() {
     let plugins = Plugins::new();
-    let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
+    let host = TestHost::with_plugins(plugins).start();
     host.wait_for_log(&["no services loaded"], WAIT);
     host.get("/users").expect_status(404);
 }
@@ -150,8 +144,7 @@ fn load_errors(host: &Host) -> Vec<(String, String)> {
 #[test]
 fn hazards_dropped_into_a_running_host_are_refused_and_the_live_version_serves() {
     let plugins = Plugins::examples();
-    let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
+    let host = TestHost::with_plugins(plugins).start();
     host.post_json(
         "/users",
         serde_json::json!({"name": "Ada", "email": "ada@example.com"}),
@@ -164,7 +157,7 @@ fn hazards_dropped_into_a_running_host_are_refused_and_the_live_version_serves()
     let user = std::fs::read(USER).unwrap();
     let outside = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(outside.path(), &user).unwrap();
-    plugins
+    host.plugins()
         .write("user@2.0.0.wasm", b"")
         .write("user@2.1.0.wasm", &user[..user.len() - 100])
         .write(
@@ -176,14 +169,18 @@ fn hazards_dropped_into_a_running_host_are_refused_and_the_live_version_serves()
             "user@2.5.0.wasm",
             b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0wasmtime-aot",
         );
-    plugins.add(WRONG_WORLD, "user@2.4.0.wasm");
+    host.plugins().add(WRONG_WORLD, "user@2.4.0.wasm");
     // Above the 64 MiB cap (sparse: refused before it is read).
-    let big = std::fs::File::create(plugins.path().join("user@2.6.0.wasm")).unwrap();
+    let big = std::fs::File::create(host.plugins().path().join("user@2.6.0.wasm")).unwrap();
     big.set_len(65 * 1024 * 1024).unwrap();
     drop(big);
-    std::os::unix::fs::symlink(outside.path(), plugins.path().join("user@2.7.0.wasm")).unwrap();
-    std::fs::create_dir(plugins.path().join("user@2.8.0.wasm")).unwrap();
-    let fifo = plugins.path().join("user@2.9.0.wasm");
+    std::os::unix::fs::symlink(
+        outside.path(),
+        host.plugins().path().join("user@2.7.0.wasm"),
+    )
+    .unwrap();
+    std::fs::create_dir(host.plugins().path().join("user@2.8.0.wasm")).unwrap();
+    let fifo = host.plugins().path().join("user@2.9.0.wasm");
     let made = std::process::Command::new("mkfifo")
         .arg(&fifo)
         .status()
@@ -238,14 +235,14 @@ fn a_symlink_outside_loads_only_when_the_host_is_told_to_follow_it() {
     let plugins = Plugins::new();
     std::os::unix::fs::symlink(&target, plugins.path().join("user@1.0.0.wasm")).unwrap();
     let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
+    let host = Host::start(&bin(), plugins.path(), state.path());
     // Not loaded: no service answers.
     let r = host.get("/user/1");
     r.expect_status(404);
     assert_eq!(r.header("x-wasmhost-version"), None);
     host.wait_for_log(&["user@1.0.0.wasm", "--follow-symlinks"], WAIT);
     host.stop();
-    let host = Host::start_with(BIN, plugins.path(), state.path(), &["--follow-symlinks"]);
+    let host = Host::start_with(&bin(), plugins.path(), state.path(), &["--follow-symlinks"]);
     // Loaded: the user service itself answers (it has no user 1).
     let r = host.get("/user/1");
     assert_eq!(r.header("x-wasmhost-version"), Some("1.0.0"));

@@ -4,9 +4,7 @@
 
 use serde_json::json;
 use std::collections::BTreeSet;
-use wasmhost_test_support::{state_dir, Host, Plugins, CATALOG_V2};
-
-const BIN: &str = env!("CARGO_BIN_EXE_wasmhost");
+use wasmhost_test_support::{Host, Plugins, TestHost, CATALOG_V2};
 
 fn pinned(
     host: &Host,
@@ -37,8 +35,7 @@ fn one_service_in_two_languages_under_one_gray_release() {
         "catalog.toml",
         "routes = [\"/products\"]\nweights = { \"1.0.0\" = 50, \"2.0.0\" = 50 }\n",
     );
-    let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
+    let host = TestHost::with_plugins(plugins).start();
 
     // Each version writes a product; both read the same data.
     let (s, made) = pinned(

@@ -4,9 +4,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use wasmhost_test_support::{state_dir, wait_until, Host, Plugins, USER};
-
-const BIN: &str = env!("CARGO_BIN_EXE_wasmhost");
+use wasmhost_test_support::{wait_until, Host, Plugins, TestHost, USER};
 
 fn two_versions(manifest: &str) -> Plugins {
     let plugins = Plugins::new();
@@ -37,8 +35,7 @@ fn version_of(host: &Host, headers: &[(&str, &str)]) -> String {
 #[test]
 fn weights_split_traffic_within_two_points() {
     let plugins = two_versions("weights = { \"1.0.0\" = 90, \"1.1.0\" = 10 }\n");
-    let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
+    let host = TestHost::with_plugins(plugins).start();
     let (old, new) = (AtomicUsize::new(0), AtomicUsize::new(0));
     std::thread::scope(|s| {
         for _ in 0..4 {
@@ -70,8 +67,7 @@ fn weights_split_traffic_within_two_points() {
 #[test]
 fn a_pin_by_header_or_cookie_selects_any_loaded_version() {
     let plugins = two_versions("");
-    let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
+    let host = TestHost::with_plugins(plugins).start();
     assert_eq!(version_of(&host, &[]), "1.1.0");
     for _ in 0..20 {
         assert_eq!(
@@ -95,8 +91,7 @@ fn sticky_keys_stay_put_and_only_move_towards_the_candidate() {
     let plugins = two_versions(
         "sticky = \"header:x-user-id\"\nweights = { \"1.0.0\" = 80, \"1.1.0\" = 20 }\n",
     );
-    let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
+    let host = TestHost::with_plugins(plugins).start();
     let ids: Vec<String> = (0..1000).map(|i| format!("user-{i}")).collect();
     let placement = |host: &Host| -> HashMap<String, String> {
         ids.iter()
@@ -115,7 +110,7 @@ fn sticky_keys_stay_put_and_only_move_towards_the_candidate() {
         "expected about 200 of 1000 keys on 1.1.0, got {on_new}"
     );
 
-    plugins.write("user.toml", "routes = [\"/users\", \"/user\"]\nsticky = \"header:x-user-id\"\nweights = { \"1.0.0\" = 50, \"1.1.0\" = 50 }\n");
+    host.plugins().write("user.toml", "routes = [\"/users\", \"/user\"]\nsticky = \"header:x-user-id\"\nweights = { \"1.0.0\" = 50, \"1.1.0\" = 50 }\n");
     let second = wait_until("the new weights apply", Duration::from_secs(15), || {
         let p = placement(&host);
         (p.values().filter(|v| *v == "1.1.0").count() > on_new).then_some(p)
@@ -135,8 +130,7 @@ fn sticky_keys_stay_put_and_only_move_towards_the_candidate() {
 #[test]
 fn weights_naming_a_missing_version_are_refused_and_the_highest_serves() {
     let plugins = two_versions("weights = { \"1.0.0\" = 50, \"3.0.0\" = 50 }\n");
-    let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
+    let host = TestHost::with_plugins(plugins).start();
     host.wait_for_log(
         &["user.toml", "`3.0.0`, which is not loaded"],
         Duration::from_secs(5),
@@ -154,8 +148,7 @@ fn the_example_second_version_adds_a_field_and_shares_the_data() {
         "user.toml",
         "routes = [\"/users\", \"/user\"]\nweights = { \"1.0.0\" = 100, \"1.1.0\" = 0 }\n",
     );
-    let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
+    let host = TestHost::with_plugins(plugins).start();
     host.post_json(
         "/users",
         serde_json::json!({"name": "Ada", "email": "ada@example.com"}),

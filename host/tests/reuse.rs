@@ -2,9 +2,7 @@
 //! isolated, and only for the service that asks for it.
 #![allow(clippy::unwrap_used)]
 
-use wasmhost_test_support::{state_dir, wait_until, Host, Plugins, PROBE};
-
-const BIN: &str = env!("CARGO_BIN_EXE_wasmhost");
+use wasmhost_test_support::{bin, state_dir, wait_until, Host, Plugins, PROBE};
 
 /// The count the probe's instance keeps across requests it serves.
 fn served(host: &Host) -> u64 {
@@ -18,7 +16,7 @@ fn instances_are_fresh_by_default_and_reused_only_up_to_the_quota() {
     let plugins = Plugins::new();
     plugins.add(PROBE, "probe@0.1.0.wasm");
     let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
+    let host = Host::start(&bin(), plugins.path(), state.path());
     // Default: every request sees a fresh instance.
     assert_eq!([served(&host), served(&host), served(&host)], [1, 1, 1]);
     let limits = &host.service("probe")["limits"];
@@ -27,7 +25,7 @@ fn instances_are_fresh_by_default_and_reused_only_up_to_the_quota() {
 
     // Opted in: one instance serves three requests, then a fresh one.
     plugins.write("probe.toml", "[limits]\nrequests-per-instance = 3\n");
-    let host = Host::start(BIN, plugins.path(), state.path());
+    let host = Host::start(&bin(), plugins.path(), state.path());
     let counts: Vec<u64> = (0..7).map(|_| served(&host)).collect();
     assert_eq!(counts, [1, 2, 3, 1, 2, 3, 1]);
 
@@ -45,7 +43,7 @@ fn a_zero_quota_is_refused_with_its_reason() {
         .add(PROBE, "probe@0.1.0.wasm")
         .write("probe.toml", "[limits]\nrequests-per-instance = 0\n");
     let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
+    let host = Host::start(&bin(), plugins.path(), state.path());
     host.get("/probe/served").expect_status(404);
     host.wait_for_log(
         &["requests-per-instance", "must be above zero"],
@@ -62,7 +60,12 @@ fn a_retired_version_frees_its_idle_instances() {
         .add(PROBE, "probe@0.1.0.wasm")
         .write("probe.toml", "[limits]\nrequests-per-instance = 5\n");
     let state = state_dir();
-    let host = Host::start_with(BIN, plugins.path(), state.path(), &["--max-instances", "2"]);
+    let host = Host::start_with(
+        &bin(),
+        plugins.path(),
+        state.path(),
+        &["--max-instances", "2"],
+    );
     for round in 1..=4u64 {
         // Leaves one instance idle for reuse...
         assert_eq!(served(&host), 1, "round {round}");

@@ -3,15 +3,12 @@
 #![allow(clippy::unwrap_used)]
 
 use serde_json::json;
-use wasmhost_test_support::{state_dir, Host, Plugins};
-
-const BIN: &str = env!("CARGO_BIN_EXE_wasmhost");
+use wasmhost_test_support::{Host, Plugins, TestHost};
 
 #[test]
 fn users_are_created_listed_and_read() {
     let plugins = Plugins::examples();
-    let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
+    let host = TestHost::with_plugins(plugins).start();
 
     let ada = host.post_json("/users", json!({"name": "Ada", "email": "ada@example.com"}));
     ada.expect_status(201);
@@ -53,8 +50,7 @@ fn users_are_created_listed_and_read() {
 #[test]
 fn bad_input_gets_a_json_400() {
     let plugins = Plugins::examples();
-    let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
+    let host = TestHost::with_plugins(plugins).start();
 
     for (body, needle) in [
         ("{not json", "invalid user"),
@@ -112,8 +108,7 @@ fn available(host: &Host, sku: &str) -> u64 {
 #[test]
 fn an_order_crosses_three_languages() {
     let plugins = Plugins::examples();
-    let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
+    let host = TestHost::with_plugins(plugins).start();
     host.post_json("/users", json!({"name": "Ada", "email": "ada@example.com"}))
         .expect_status(201);
     host.post_json(
@@ -215,9 +210,7 @@ fn an_order_crosses_three_languages() {
 
 #[test]
 fn data_survives_a_restart() {
-    let plugins = Plugins::examples();
-    let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
+    let mut host = TestHost::examples().start();
     host.post_json("/users", json!({"name": "Ada", "email": "ada@example.com"}))
         .expect_status(201);
     stock(&host, "A", "Anvil", 5, 3);
@@ -226,13 +219,12 @@ fn data_survives_a_restart() {
         json!({"user_id": 1, "items": [{"sku": "A", "quantity": 1}]}),
     )
     .expect_status(201);
-    let log = host.stop();
+    let log = host.restart();
     assert!(
         log.contains("shutting down"),
         "no shutdown line in log:\n{log}"
     );
 
-    let host = Host::start(BIN, plugins.path(), state.path());
     assert_eq!(
         host.get("/users/1").expect_status(200).json()["name"],
         "Ada"
@@ -254,8 +246,7 @@ fn data_survives_a_restart() {
 #[test]
 fn unknown_routes_get_a_json_404() {
     let plugins = Plugins::examples();
-    let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
+    let host = TestHost::with_plugins(plugins).start();
     for path in ["/", "/nothing", "/usersx", "/users-and-more/1"] {
         let r = host.get(path);
         r.expect_status(404);

@@ -6,26 +6,21 @@
 use serde_json::json;
 use std::io::{Read, Write};
 use std::time::Duration;
-use wasmhost_test_support::{state_dir, Host, Plugins, HTTP_HELLO, PROBE};
+use wasmhost_test_support::{Plugins, TestHost, HTTP_HELLO, PROBE};
 
-const BIN: &str = env!("CARGO_BIN_EXE_wasmhost");
-
-fn start(manifest: &str) -> (Plugins, tempfile::TempDir, Host) {
+fn start(manifest: &str) -> TestHost {
     let plugins = Plugins::examples();
     plugins
         .add(HTTP_HELLO, "hello@1.0.0.wasm")
         .write("hello.toml", manifest)
         .add(PROBE, "probe@0.1.0.wasm")
         .write("probe.toml", "[grants]\nservices = [\"hello\"]\n");
-    let state = state_dir();
-    let host = Host::start(BIN, plugins.path(), state.path());
-    (plugins, state, host)
+    TestHost::with_plugins(plugins).start()
 }
 
 #[test]
 fn a_wasi_http_component_is_served_with_streams_trailers_and_limits() {
-    let (_p, _s, host) =
-        start("[limits]\nrequest-body = \"1 MiB\"\n\n[grants]\nservices = [\"user\"]\n");
+    let host = start("[limits]\nrequest-body = \"1 MiB\"\n\n[grants]\nservices = [\"user\"]\n");
     let r = host.get("/hello");
     r.expect_status(200);
     assert_eq!(
@@ -96,7 +91,7 @@ fn a_wasi_http_component_is_served_with_streams_trailers_and_limits() {
 
 #[test]
 fn a_wasi_http_component_calls_only_granted_services() {
-    let (_p, _s, host) = start("");
+    let host = start("");
     host.post_json("/users", json!({"name": "Ada", "email": "ada@example.com"}))
         .expect_status(201);
     let r = host.get("/hello/user/1");

@@ -148,12 +148,7 @@ impl TestHostBuilder {
     pub fn start(self) -> TestHost {
         let state = self.state.unwrap_or_else(state_dir);
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        let host = Host::start_with(
-            bin().to_str().expect("utf-8 path"),
-            self.plugins.path(),
-            state.path(),
-            &args,
-        );
+        let host = Host::start_with(&bin(), self.plugins.path(), state.path(), &args);
         TestHost {
             host: Some(host),
             plugins: self.plugins,
@@ -207,7 +202,7 @@ impl TestHost {
         let log = self.host.take().expect("running").stop();
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
         self.host = Some(Host::start_with(
-            bin().to_str().expect("utf-8 path"),
+            &bin(),
             self.plugins.path(),
             self.state.path(),
             &args,
@@ -241,12 +236,12 @@ pub struct Host {
 impl Host {
     /// Starts `bin serve` on 127.0.0.1:0 with `plugins` and `state`, and
     /// waits until it listens.
-    pub fn start(bin: &str, plugins: &Path, state: &Path) -> Self {
+    pub fn start(bin: &Path, plugins: &Path, state: &Path) -> Self {
         Self::start_with(bin, plugins, state, &[])
     }
 
     /// [`Host::start`] with extra `serve` arguments.
-    pub fn start_with(bin: &str, plugins: &Path, state: &Path, extra: &[&str]) -> Self {
+    pub fn start_with(bin: &Path, plugins: &Path, state: &Path, extra: &[&str]) -> Self {
         // Hosts start one at a time across every test process, so a
         // component missing from the shared cache is compiled once, by the
         // first host, instead of by every test at the same moment.
