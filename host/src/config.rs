@@ -128,6 +128,72 @@ impl Default for HttpLimits {
     }
 }
 
+/// The options of `wasmhost serve`, as the command line takes them: each
+/// default is the `DEFAULT_*` constant above, written nowhere else.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Directory of NAME@VERSION.wasm components and NAME.toml manifests.
+    #[arg(long, default_value = DEFAULT_PLUGINS_DIR)]
+    pub plugins: PathBuf,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Address of the admin API (status, weights, promote, rollback, /metrics).
+    /// Every call needs `Authorization: Bearer TOKEN`: the token comes from
+    /// WASMHOST_ADMIN_TOKEN, else it is generated into STATE/admin-token.
+    #[arg(long, default_value = DEFAULT_ADMIN_LISTEN)]
+    pub admin_listen: SocketAddr,
+    /// Directory for the key-value database, release state and compiled-artifact cache.
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    pub state: PathBuf,
+    /// Instances alive at once across all services (sizes the instance
+    /// pool; a request finding it full gets 503).
+    #[arg(long, default_value_t = DEFAULT_MAX_INSTANCES)]
+    pub max_instances: u32,
+    /// The most linear memory any service may be given in its manifest.
+    #[arg(long, default_value_t = bytesize::ByteSize(DEFAULT_MEMORY_CEILING as u64))]
+    pub memory_ceiling: bytesize::ByteSize,
+    /// Client connections open at once.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers; also how long an
+    /// idle keep-alive connection stays open.
+    #[arg(long, default_value_t = DEFAULT_HEADER_TIMEOUT.into())]
+    pub header_timeout: humantime::Duration,
+    /// Time a client has to send a request body (over → 408).
+    #[arg(long, default_value_t = DEFAULT_BODY_TIMEOUT.into())]
+    pub body_timeout: humantime::Duration,
+    /// Where compiled artifacts are cached (default: STATE/cache). Several
+    /// hosts may share one.
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Load components that are symlinks to files outside the plugins
+    /// directory (refused by default).
+    #[arg(long)]
+    pub follow_symlinks: bool,
+}
+
+impl From<ServeArgs> for ServeConfig {
+    fn from(a: ServeArgs) -> Self {
+        let mut config = ServeConfig {
+            plugins_dir: a.plugins,
+            listen: a.listen,
+            admin_listen: a.admin_listen,
+            state_dir: a.state,
+            follow_symlinks: a.follow_symlinks,
+            cache_dir: a.cache_dir,
+            ..Default::default()
+        };
+        config.limits.max_instances = a.max_instances;
+        config.limits.memory_ceiling =
+            usize::try_from(a.memory_ceiling.as_u64()).unwrap_or(usize::MAX);
+        config.http.max_connections = a.max_connections;
+        config.http.header_timeout = a.header_timeout.into();
+        config.http.body_timeout = a.body_timeout.into();
+        config
+    }
+}
+
 /// Resource limits: the host's defaults, and (after a manifest's
 /// `[limits]` are applied) the effective limits of one service.
 #[derive(Debug, Clone, PartialEq)]

@@ -3,13 +3,10 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
-use wasmhost::config::{
-    DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, DEFAULT_PLUGINS_DIR, DEFAULT_STATE_DIR,
-};
+use wasmhost::config::{ServeArgs, DEFAULT_ADMIN_LISTEN, DEFAULT_STATE_DIR};
 
 /// A WebAssembly component host for HTTP microservices.
 ///
@@ -30,50 +27,12 @@ enum Command {
     /// A manifest NAME.toml beside a component sets its routes
     /// (routes = ["/users"]; default: /NAME), config values ([config]),
     /// limits ([limits]: memory, cpu-time, timeout, request-body,
-    /// response-body, concurrency, call-depth, log-bytes, resources) and
-    /// grants ([grants]: services, http, env, dir); see SECURITY.md.
-    /// Set RUST_LOG (e.g. RUST_LOG=debug) for more detail.
-    Serve {
-        /// Directory of NAME@VERSION.wasm components and NAME.toml manifests.
-        #[arg(long, default_value = DEFAULT_PLUGINS_DIR)]
-        plugins: PathBuf,
-        /// Address to listen on (port 0 picks a free port).
-        #[arg(long, default_value = DEFAULT_LISTEN)]
-        listen: SocketAddr,
-        /// Address of the admin API (status, weights, promote, rollback, /metrics).
-        /// Every call needs `Authorization: Bearer TOKEN`: the token comes from
-        /// WASMHOST_ADMIN_TOKEN, else it is generated into STATE/admin-token.
-        #[arg(long, default_value = DEFAULT_ADMIN_LISTEN)]
-        admin_listen: SocketAddr,
-        /// Directory for the key-value database and compiled-artifact cache.
-        #[arg(long, default_value = DEFAULT_STATE_DIR)]
-        state: PathBuf,
-        /// Instances alive at once across all services (sizes the instance
-        /// pool; a request finding it full gets 503).
-        #[arg(long, default_value_t = wasmhost::config::DEFAULT_MAX_INSTANCES)]
-        max_instances: u32,
-        /// The most linear memory any service may be given in its manifest.
-        #[arg(long, default_value = "1GiB")]
-        memory_ceiling: bytesize::ByteSize,
-        /// Client connections open at once.
-        #[arg(long, default_value_t = 1024)]
-        max_connections: usize,
-        /// Time a client has to send a request's headers; also how long an
-        /// idle keep-alive connection stays open.
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-        header_timeout: std::time::Duration,
-        /// Time a client has to send a request body (over → 408).
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-        body_timeout: std::time::Duration,
-        /// Where compiled artifacts are cached (default: STATE/cache). Several
-        /// hosts may share one.
-        #[arg(long)]
-        cache_dir: Option<PathBuf>,
-        /// Load components that are symlinks to files outside the plugins
-        /// directory (refused by default).
-        #[arg(long)]
-        follow_symlinks: bool,
-    },
+    /// response-body, concurrency, call-depth, log-bytes, resources,
+    /// requests-per-instance) and grants ([grants]: services, http, env,
+    /// dir); see SECURITY.md. Each service is served as soon as its version
+    /// has compiled; until then its routes answer 503 with retry-after.
+    /// Set RUST_LOG=wasmhost=debug to see every request as a span tree.
+    Serve(ServeArgs),
     /// Show every service: versions, weights, live metrics, load errors.
     Status {
         #[command(flatten)]
@@ -154,36 +113,7 @@ async fn real_main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Serve {
-            plugins,
-            listen,
-            admin_listen,
-            state,
-            max_instances,
-            memory_ceiling,
-            max_connections,
-            header_timeout,
-            body_timeout,
-            follow_symlinks,
-            cache_dir,
-        } => {
-            let mut config = wasmhost::ServeConfig {
-                plugins_dir: plugins,
-                listen,
-                admin_listen,
-                state_dir: state,
-                ..Default::default()
-            };
-            config.limits.max_instances = max_instances;
-            config.limits.memory_ceiling =
-                usize::try_from(memory_ceiling.as_u64()).unwrap_or(usize::MAX);
-            config.http.max_connections = max_connections;
-            config.http.header_timeout = header_timeout;
-            config.http.body_timeout = body_timeout;
-            config.follow_symlinks = follow_symlinks;
-            config.cache_dir = cache_dir;
-            wasmhost::run(config, wasmhost::shutdown::signal()).await
-        }
+        Command::Serve(args) => wasmhost::run(args.into(), wasmhost::shutdown::signal()).await,
         Command::Status { admin } => admin.client()?.status().await,
         Command::Release {
             service,

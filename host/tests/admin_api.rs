@@ -66,7 +66,14 @@ async fn call(
 }
 
 /// (method, path, body, token, status, error).
-type Case<'a> = (&'a str, &'a str, Option<&'a str>, Option<&'a str>, u16, Value);
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    Option<&'a str>,
+    u16,
+    Value,
+);
 
 async fn user(host: &InProcess) -> ServiceView {
     let (status, body) = call(host, "GET", "/admin/services/user", None, Some(TOKEN)).await;
