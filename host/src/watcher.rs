@@ -100,18 +100,17 @@ async fn scan(
         let mut progress = |p: Progress| {
             let change = match p {
                 Progress::Loading(loading) => {
-                    for l in &loading {
-                        if announced.insert(l.file.clone()) {
-                            tracing::info!(service = %l.service, file = %l.file, "compiling");
-                        }
-                    }
+                    announce(&loading, &mut announced);
                     Change::Loading(loading)
                 }
-                Progress::Loaded { registry, loading } => Change::Rescan {
-                    registry,
-                    loading,
-                    done: None,
-                },
+                Progress::Loaded { registry, loading } => {
+                    announce(&loading, &mut announced);
+                    Change::Rescan {
+                        registry,
+                        loading,
+                        done: None,
+                    }
+                }
             };
             if let Err(error) = runtime.block_on(c.apply(change)) {
                 tracing::error!(%error, "could not apply scan progress");
@@ -148,6 +147,24 @@ async fn scan(
         Err(error) => tracing::error!(%error, "rescan could not be applied"),
     }
     Some(scan.pending)
+}
+
+/// Logs the compile that starts now (the loader compiles one file at a
+/// time, in the order of `loading`), once per file; the rest wait.
+fn announce(
+    loading: &[crate::registry::Loading],
+    announced: &mut std::collections::HashSet<String>,
+) {
+    if let Some(next) = loading.first() {
+        if announced.insert(next.file.clone()) {
+            tracing::info!(
+                service = %next.service,
+                file = %next.file,
+                queued = loading.len() - 1,
+                "compiling"
+            );
+        }
+    }
 }
 
 /// The first scan: every version is served as soon as it has compiled;

@@ -80,17 +80,21 @@ async fn call_internal(
         internal = true,
         version = tracing::field::Empty
     );
-    let resp = calls
-        .call(name.clone(), req, depth + 1)
-        .instrument(span)
-        .await
-        .map_err(|e| {
-            tracing::debug!(%service, %version, callee = %name, error = %e, "internal call failed");
-            match e {
-                CallError::NotFound(_) => Error::DestinationNotFound,
-                _ => Error::DestinationUnavailable,
-            }
-        })?;
+    let call = calls.call(name.clone(), req, depth + 1);
+    let resp = async {
+        let result = call.await;
+        super::services::log_call(&result);
+        result
+    }
+    .instrument(span)
+    .await
+    .map_err(|e| {
+        tracing::debug!(%service, %version, callee = %name, error = %e, "internal call failed");
+        match e {
+            CallError::NotFound(_) => Error::DestinationNotFound,
+            _ => Error::DestinationUnavailable,
+        }
+    })?;
     let mut out = http::Response::builder().status(resp.status);
     for (k, v) in &resp.headers {
         out = out.header(k.as_str(), v.as_str());

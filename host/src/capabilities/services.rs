@@ -37,11 +37,14 @@ impl Host for HostState {
         let depth = self.depth + 1;
         let span =
             tracing::info_span!("call", callee = %name, depth, version = tracing::field::Empty);
-        let result = self
-            .calls
-            .call(name.clone(), req, depth)
-            .instrument(span)
-            .await;
+        let call = self.calls.call(name.clone(), req, depth);
+        let result = async {
+            let result = call.await;
+            log_call(&result);
+            result
+        }
+        .instrument(span)
+        .await;
         match result {
             Ok(resp) => Ok(Ok(resp)),
             Err(CallError::Loop(max)) => Err(CallLoop { max }.into()),
@@ -50,6 +53,14 @@ impl Host for HostState {
             }
             Err(CallError::Failed(message)) => Ok(Err(Error::Failed(message))),
         }
+    }
+}
+
+/// Logs the outcome of a nested call, inside its span.
+pub(crate) fn log_call(result: &Result<Response, CallError>) {
+    match result {
+        Ok(resp) => tracing::debug!(status = resp.status, "call answered"),
+        Err(error) => tracing::debug!(%error, "call failed"),
     }
 }
 
