@@ -9,8 +9,8 @@
 //! the canary is still at the step the analyst saw, persists it, and swaps
 //! it in like any other release change.
 
-use crate::config::Manifest;
 use crate::control::{Change, Control};
+use crate::manifest::Manifest;
 use crate::metrics::Snapshot;
 use crate::registry::Registry;
 use crate::release_state::{CanaryDecision, CanaryVerdict, ReleaseState};

@@ -14,7 +14,7 @@
 //! analyst load the snapshot. A release change is persisted before it takes
 //! effect.
 
-use crate::config::Rollout;
+use crate::manifest::Rollout;
 use crate::registry::{Loading, Registry, ServiceEntry, Snapshot};
 use crate::release_state::{self, CanaryDecision, Loaded, ReleaseError, ReleaseState};
 use crate::spec::compare_versions;

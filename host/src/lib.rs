@@ -37,6 +37,7 @@ mod host;
 pub mod instance;
 pub mod kv;
 pub mod loader;
+pub mod manifest;
 pub mod metrics;
 pub mod plugin;
 pub mod proxy;
@@ -52,8 +53,9 @@ pub mod status;
 pub mod views;
 pub mod watcher;
 
-pub use config::{Manifest, ServeConfig};
+pub use config::ServeConfig;
 pub use host::{Host, HostBuilder};
+pub use manifest::Manifest;
 
 use anyhow::{Context, Result};
 use std::future::{Future, IntoFuture};

@@ -10,7 +10,8 @@
 
 use crate::bindings::ServicePre;
 use crate::capabilities::{self, HostState};
-use crate::config::{Limits, Manifest};
+use crate::config::Limits;
+use crate::manifest::Manifest;
 use crate::plugin::PluginName;
 use crate::registry::{FileStamp, LoadError, Loading, Pre, Registry, Version};
 use crate::release_state::ReleaseState;

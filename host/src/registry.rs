@@ -7,8 +7,8 @@
 
 use crate::bindings::ServicePre;
 use crate::capabilities::HostState;
-use crate::config::Manifest;
 use crate::instance::IdleInstances;
+use crate::manifest::Manifest;
 use crate::metrics::VersionMetrics;
 use crate::release::Policy;
 use crate::release_state::ReleaseState;

@@ -5,7 +5,8 @@
 //! sockets, no outbound HTTP, no calls to other services. A service always
 //! has its own key-value namespace, its `[config]` values and logging.
 
-use crate::config::{Grants, Limits, Manifest};
+use crate::config::Limits;
+use crate::manifest::{Grants, Manifest};
 use crate::spec::HostPattern;
 use crate::views::{DirView, GrantsView};
 use anyhow::{bail, Context, Result};

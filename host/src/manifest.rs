@@ -1,0 +1,441 @@
+//! Service manifests, `plugins/NAME.toml`: routes, config values, release
+//! policy (weights, stickiness, canary steps), limits and grants.
+//!
+//! Invariant: a manifest is parsed and checked once, at load, into typed
+//! values (`crate::spec`): an unknown key, a route that is not an absolute
+//! path, a size without its unit or any malformed value is a load error
+//! naming the file, and nothing later parses its strings again.
+
+use crate::config::{format_size, Limits};
+use crate::spec::{validate_service_name, HostPattern, Route, Size, Sticky, Weights};
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+impl Limits {
+    /// These limits with a manifest's `[limits]` applied; `origin` names the
+    /// manifest in errors.
+    pub fn with_overrides(&self, o: &LimitOverrides, origin: &str) -> Result<Limits> {
+        let bytes = |b: Option<Size>, default: usize| {
+            b.map_or(default, |Size(b)| usize::try_from(b).unwrap_or(usize::MAX))
+        };
+        let limits = Limits {
+            max_request_body: bytes(o.request_body, self.max_request_body),
+            max_response_body: bytes(o.response_body, self.max_response_body),
+            max_memory: bytes(o.memory, self.max_memory),
+            cpu_time: o.cpu_time.unwrap_or(self.cpu_time),
+            timeout: o.timeout.unwrap_or(self.timeout),
+            concurrency: o.concurrency.unwrap_or(self.concurrency),
+            max_call_depth: o.call_depth.unwrap_or(self.max_call_depth),
+            log_bytes: bytes(o.log_bytes, self.log_bytes),
+            resources: o.resources.unwrap_or(self.resources),
+            requests_per_instance: o
+                .requests_per_instance
+                .unwrap_or(self.requests_per_instance),
+            max_instances: self.max_instances,
+            memory_ceiling: self.memory_ceiling,
+        };
+        if limits.max_memory > limits.memory_ceiling {
+            bail!(
+                "invalid manifest {origin}: `memory` = {} is above the host's ceiling of {} (raise it with `wasmhost serve --memory-ceiling`)",
+                format_size(limits.max_memory as u64),
+                format_size(limits.memory_ceiling as u64)
+            );
+        }
+        Ok(limits)
+    }
+}
+
+/// The `[limits]` table of a manifest: each key overrides one host default.
+///
+/// ```toml
+/// [limits]
+/// memory = "32 MiB"
+/// cpu-time = "200ms"
+/// timeout = "5s"
+/// request-body = "256 KiB"
+/// response-body = "4 MiB"
+/// concurrency = 16
+/// call-depth = 4
+/// log-bytes = "16 KiB"
+/// resources = 256
+/// requests-per-instance = 1   # more reuses instances: faster, less isolated
+/// ```
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LimitOverrides {
+    /// Linear memory of one instance.
+    pub memory: Option<Size>,
+    /// CPU time per request.
+    #[serde(default, with = "humantime_serde")]
+    pub cpu_time: Option<Duration>,
+    /// Wall-clock time per request, nested calls included.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Largest request body.
+    pub request_body: Option<Size>,
+    /// Largest response body.
+    pub response_body: Option<Size>,
+    /// Requests run at once.
+    pub concurrency: Option<u32>,
+    /// Deepest `services.call` chain starting at this service.
+    pub call_depth: Option<u32>,
+    /// Guest output per request.
+    pub log_bytes: Option<Size>,
+    /// Resource-table entries per request.
+    pub resources: Option<u32>,
+    /// Requests one instance serves (1: a fresh instance per request).
+    pub requests_per_instance: Option<u32>,
+}
+
+/// The `[grants]` table of a manifest: what a service may reach beyond its
+/// own key-value namespace, its `[config]` values and logging. Everything
+/// is denied unless listed here.
+///
+/// ```toml
+/// [grants]
+/// services = ["user"]                       # services.call targets
+/// http = ["api.example.com", "10.0.0.7:8080", "*.example.org"]
+/// env = { LOG_FORMAT = "json" }             # environment variables
+/// dir = { host = "assets", guest = "/assets" }  # read-only directory
+/// ```
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Grants {
+    /// Services this one may call through `services.call`.
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// Hosts reachable through `wasi:http/outgoing-handler`: `host` (ports 80
+    /// and 443), `host:port`, `host:*`, `*.domain` or `*` (any public host).
+    /// Private, loopback and link-local addresses are refused unless their
+    /// IP (or `localhost`) is listed itself.
+    #[serde(default)]
+    pub http: Vec<HostPattern>,
+    /// Environment variables the service sees.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// A host directory the service may read (never write).
+    #[serde(default)]
+    pub dir: Option<DirGrant>,
+}
+
+/// A read-only directory granted to a service.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DirGrant {
+    /// The host directory; relative paths start at the plugins directory.
+    pub host: PathBuf,
+    /// Where the guest sees it. Default: `/data`.
+    #[serde(default = "default_guest_dir")]
+    pub guest: String,
+}
+
+fn default_guest_dir() -> String {
+    "/data".to_string()
+}
+
+impl Grants {
+    fn validate(&self) -> Result<()> {
+        for service in &self.services {
+            validate_service_name(service).context("in [grants] services")?;
+        }
+        for key in self.env.keys() {
+            if key.is_empty() || key.contains(['=', '\0']) {
+                bail!(
+                    "in [grants] env: `{}` is not a variable name",
+                    key.escape_debug()
+                );
+            }
+        }
+        if let Some(dir) = &self.dir {
+            if !dir.guest.starts_with('/') {
+                bail!("in [grants] dir: `guest` must be an absolute path such as \"/data\"");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A service manifest, `plugins/NAME.toml`. Every key is optional.
+///
+/// ```toml
+/// routes = ["/users", "/user"]
+///
+/// [config]
+/// greeting = "hello"
+/// ```
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Manifest {
+    /// Path prefixes the service owns. Default: `["/NAME"]`.
+    #[serde(default)]
+    pub routes: Option<Vec<Route>>,
+    /// Values the service reads through `wasi:config/store`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// Traffic split between loaded versions in percent, summing to 100,
+    /// e.g. `{ "1.0.0" = 90, "1.1.0" = 10 }`. Default: the highest version
+    /// takes everything.
+    #[serde(default)]
+    pub weights: Option<Weights>,
+    /// Keeps one client on one version: `header:NAME` or `cookie:NAME`.
+    #[serde(default)]
+    pub sticky: Option<Sticky>,
+    /// What a newly dropped version gets: `immediate` (all traffic at once,
+    /// blue-green; the default) or `canary` (stepwise, with analysis).
+    #[serde(default)]
+    pub rollout: Rollout,
+    /// Canary steps in percent, ascending, ending at 100.
+    #[serde(default = "default_steps")]
+    pub steps: Vec<u32>,
+    /// Seconds between canary steps (the analysis window).
+    #[serde(default = "default_step_interval")]
+    pub step_interval_secs: u64,
+    /// How far the candidate's error rate (5xx and traps) may exceed the
+    /// stable version's, as a fraction (0.05 = 5 points).
+    #[serde(default = "default_max_error_rate")]
+    pub max_error_rate: f64,
+    /// How many times the stable version's p99 latency the candidate's may be.
+    #[serde(default = "default_max_p99_ratio")]
+    pub max_p99_ratio: f64,
+    /// Requests the candidate must have served in a window before a step.
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u64,
+    /// Overrides of the host's default limits.
+    #[serde(default)]
+    pub limits: LimitOverrides,
+    /// Capabilities granted beyond the defaults.
+    #[serde(default)]
+    pub grants: Grants,
+}
+
+/// How a newly arrived version is released.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Rollout {
+    /// It takes all traffic at once; the previous version stays warm.
+    #[default]
+    Immediate,
+    /// It takes traffic in steps, each after an analysis against the stable version.
+    Canary,
+}
+
+/// Default canary steps.
+pub const DEFAULT_STEPS: [u32; 4] = [5, 25, 50, 100];
+/// Default seconds between canary steps.
+pub const DEFAULT_STEP_INTERVAL_SECS: u64 = 60;
+/// Default allowed excess error rate of a candidate.
+pub const DEFAULT_MAX_ERROR_RATE: f64 = 0.05;
+/// Default allowed p99 latency ratio of a candidate.
+pub const DEFAULT_MAX_P99_RATIO: f64 = 2.0;
+/// Default minimum requests per analysis window.
+pub const DEFAULT_MIN_REQUESTS: u64 = 20;
+
+fn default_steps() -> Vec<u32> {
+    DEFAULT_STEPS.to_vec()
+}
+fn default_step_interval() -> u64 {
+    DEFAULT_STEP_INTERVAL_SECS
+}
+fn default_max_error_rate() -> f64 {
+    DEFAULT_MAX_ERROR_RATE
+}
+fn default_max_p99_ratio() -> f64 {
+    DEFAULT_MAX_P99_RATIO
+}
+fn default_min_requests() -> u64 {
+    DEFAULT_MIN_REQUESTS
+}
+
+impl Default for Manifest {
+    fn default() -> Self {
+        // The same defaults as an empty file.
+        toml::from_str("").unwrap_or_else(|_| unreachable!("an empty manifest always parses"))
+    }
+}
+
+impl Manifest {
+    /// Parses and validates manifest text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        let manifest: Manifest =
+            toml::from_str(text).with_context(|| format!("invalid manifest {origin}"))?;
+        if let Some(routes) = &manifest.routes {
+            if routes.is_empty() {
+                bail!("invalid manifest {origin}: `routes` must list at least one prefix");
+            }
+        }
+        let steps = &manifest.steps;
+        if steps.is_empty()
+            || steps.last() != Some(&100)
+            || steps.windows(2).any(|w| w[0] >= w[1])
+            || steps.iter().any(|s| *s == 0 || *s > 100)
+        {
+            bail!(
+                "invalid manifest {origin}: `steps` must rise from 1 to 100, e.g. [5, 25, 50, 100]"
+            );
+        }
+        if manifest.step_interval_secs == 0
+            || manifest.max_error_rate.is_nan()
+            || manifest.max_error_rate < 0.0
+            || manifest.max_p99_ratio.is_nan()
+            || manifest.max_p99_ratio < 1.0
+        {
+            bail!("invalid manifest {origin}: `step-interval-secs` must be > 0, `max-error-rate` >= 0 and `max-p99-ratio` >= 1");
+        }
+        manifest
+            .grants
+            .validate()
+            .with_context(|| format!("invalid manifest {origin}"))?;
+        let l = &manifest.limits;
+        if l.concurrency == Some(0)
+            || l.requests_per_instance == Some(0)
+            || l.cpu_time.is_some_and(|d| d.is_zero())
+            || l.timeout.is_some_and(|d| d.is_zero())
+        {
+            bail!("invalid manifest {origin}: `concurrency`, `requests-per-instance`, `cpu-time` and `timeout` must be above zero");
+        }
+        Ok(manifest)
+    }
+
+    /// Reads `DIR/NAME.toml` when it exists; a missing file is the default manifest.
+    pub fn load(plugins_dir: &Path, service: &str) -> Result<Self> {
+        let path = plugins_dir.join(format!("{service}.toml"));
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::parse(&text, &path.display().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(e).with_context(|| format!("failed to read manifest {}", path.display())),
+        }
+    }
+
+    /// The route prefixes of `service` (default: `/NAME`).
+    pub fn routes_for(&self, service: &str) -> Vec<Route> {
+        match &self.routes {
+            Some(routes) => routes.clone(),
+            None => vec![Route::of_service(service)],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_routes_and_config() {
+        let m = Manifest::parse(
+            "routes = [\"/users/\", \"/user\"]\n[config]\na = \"b\"\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            m.routes_for("user"),
+            vec![
+                Route::parse("/users").unwrap(),
+                Route::parse("/user").unwrap()
+            ]
+        );
+        assert_eq!(m.config.get("a").map(String::as_str), Some("b"));
+    }
+
+    #[test]
+    fn default_route_is_the_service_name() {
+        assert_eq!(
+            Manifest::default().routes_for("order"),
+            vec![Route::of_service("order")]
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_routes() {
+        let err = Manifest::parse("rutes = [\"/x\"]", "x.toml").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("unknown field `rutes`"),
+            "{err:#}"
+        );
+        let err = Manifest::parse("routes = [\"x\"]", "x.toml").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("must start with `/`"),
+            "{err:#}"
+        );
+        assert!(Manifest::parse("routes = []", "x.toml").is_err());
+        assert!(Manifest::parse("routes = [\"/a/../b\"]", "x.toml").is_err());
+        let err = Manifest::parse("weights = { \"1.0.0\" = 60 }", "x.toml").unwrap_err();
+        assert!(format!("{err:#}").contains("sum to 100"), "{err:#}");
+        assert!(Manifest::parse("sticky = \"ip\"", "x.toml").is_err());
+    }
+
+    #[test]
+    fn root_route_stays_root() {
+        let m = Manifest::parse("routes = [\"/\"]", "t").unwrap();
+        assert_eq!(m.routes_for("x")[0].as_str(), "/");
+    }
+
+    mod fuzz {
+        //! `PROPTEST_CASES=100000 cargo test -p wasmhost --lib fuzz` for a longer run.
+        use super::*;
+        use proptest::prelude::*;
+
+        fn toml_value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "-?[0-9]{1,12}".prop_map(|s| s),
+                "\"[ -~]{0,16}\"".prop_map(|s| s),
+                "\\[(\"/[a-z]{0,5}\", ?){0,3}\\]".prop_map(|s| s),
+                Just("true".to_string()),
+                Just("{ a = 1 }".to_string()),
+            ]
+        }
+
+        fn key() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("routes"),
+                Just("weights"),
+                Just("sticky"),
+                Just("rollout"),
+                Just("steps"),
+                Just("step-interval-secs"),
+                Just("max-error-rate"),
+                Just("min-requests"),
+                Just("limits.memory"),
+                Just("limits.cpu-time"),
+                Just("limits.timeout"),
+                Just("limits.concurrency"),
+                Just("limits.request-body"),
+                Just("limits.resources"),
+                Just("limits.requests-per-instance"),
+                Just("grants.services"),
+                Just("grants.http"),
+                Just("grants.env"),
+                Just("grants.dir"),
+                Just("config.x"),
+                Just("unknown"),
+            ]
+            .prop_map(str::to_string)
+        }
+
+        proptest! {
+            #[test]
+            fn any_text_parses_or_is_refused(text in ".{0,200}") {
+                let _ = Manifest::parse(&text, "fuzz.toml");
+            }
+
+            #[test]
+            fn manifest_shaped_text_parses_or_is_refused(
+                entries in proptest::collection::vec((key(), toml_value()), 0..6)
+            ) {
+                let text: String = entries.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+                if let Ok(m) = Manifest::parse(&text, "fuzz.toml") {
+                    // Whatever parses yields valid limits or a clear error.
+                    let _ = Limits::default().with_overrides(&m.limits, "fuzz.toml");
+                    prop_assert!(m.steps.last() == Some(&100));
+                }
+            }
+
+            #[test]
+            fn host_patterns_parse_or_are_refused(entry in ".{0,40}") {
+                let _ = crate::spec::HostPattern::parse(&entry);
+            }
+        }
+    }
+}
