@@ -237,38 +237,14 @@ impl Registry {
                 .routes_for(name)
         };
 
-        // Who claims each prefix.
-        let mut claims: BTreeMap<Route, BTreeSet<String>> = BTreeMap::new();
-        for name in by_service.keys() {
-            for prefix in routes_of(name) {
-                claims.entry(prefix).or_default().insert(name.clone());
-            }
-        }
-        let mut refused = BTreeSet::new();
-        for (prefix, owners) in claims.iter().filter(|(_, o)| o.len() > 1) {
-            let list: Vec<_> = owners.iter().map(|o| format!("`{o}`")).collect();
-            let incumbent = previous
-                .and_then(|p| p.routes.lookup_exact(prefix.as_str()))
-                .filter(|owner| owners.contains(*owner))
-                .map(str::to_string);
-            for owner in owners {
-                if Some(owner) == incumbent.as_ref() {
-                    continue;
-                }
-                refused.insert(owner.clone());
-                let outcome = match &incumbent {
-                    Some(i) => format!("`{i}` keeps it and `{owner}` is not served"),
-                    None => format!("service `{owner}` is not served until only one claims it"),
-                };
-                errors.push(LoadError {
-                    file: format!("{owner}.toml"),
-                    error: format!(
-                        "route `{prefix}` is claimed by {}; {outcome}",
-                        list.join(" and ")
-                    ),
-                });
-            }
-        }
+        let claims: BTreeMap<String, Vec<Route>> = by_service
+            .keys()
+            .map(|name| (name.clone(), routes_of(name)))
+            .collect();
+        let incumbent =
+            |prefix: &str| previous.and_then(|p| p.routes.lookup_exact(prefix).map(str::to_string));
+        let (refused, conflicts) = claim_routes(&claims, &incumbent);
+        errors.extend(conflicts);
 
         let mut services = BTreeMap::new();
         let mut table = RouteTable::new();
@@ -404,6 +380,48 @@ impl Registry {
     }
 }
 
+/// Settles who owns each route prefix: `claims` is each service's routes,
+/// `incumbent` the service that owned a prefix before. When services
+/// collide, the incumbent keeps the prefix and the newcomers are refused;
+/// with no incumbent among the claimants every claimant is refused, since
+/// no rule could pick one fairly. Returns the refused services and one
+/// error per refusal, naming the prefix and the claimants.
+fn claim_routes(
+    claims: &BTreeMap<String, Vec<Route>>,
+    incumbent: &dyn Fn(&str) -> Option<String>,
+) -> (BTreeSet<String>, Vec<LoadError>) {
+    let mut owners: BTreeMap<&Route, BTreeSet<&String>> = BTreeMap::new();
+    for (name, routes) in claims {
+        for prefix in routes {
+            owners.entry(prefix).or_default().insert(name);
+        }
+    }
+    let mut refused = BTreeSet::new();
+    let mut errors = Vec::new();
+    for (prefix, owners) in owners.iter().filter(|(_, o)| o.len() > 1) {
+        let list: Vec<_> = owners.iter().map(|o| format!("`{o}`")).collect();
+        let keeper = incumbent(prefix.as_str()).filter(|i| owners.contains(i));
+        for owner in owners {
+            if Some(*owner) == keeper.as_ref() {
+                continue;
+            }
+            refused.insert((*owner).clone());
+            let outcome = match &keeper {
+                Some(i) => format!("`{i}` keeps it and `{owner}` is not served"),
+                None => format!("service `{owner}` is not served until only one claims it"),
+            };
+            errors.push(LoadError {
+                file: format!("{owner}.toml"),
+                error: format!(
+                    "route `{prefix}` is claimed by {}; {outcome}",
+                    list.join(" and ")
+                ),
+            });
+        }
+    }
+    (refused, errors)
+}
+
 /// Versions that sort below a semantic version of their service (a bare
 /// `NAME.wasm`, versioned by its hash, or a name such as `v0.2.0`) and that
 /// no weight sends traffic to: they load, but would never serve by default.
@@ -486,5 +504,57 @@ fn policy_for(
             });
             Policy::resolve(names, None, sticky).unwrap_or_default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(c: &[(&str, &[&str])]) -> BTreeMap<String, Vec<Route>> {
+        c.iter()
+            .map(|(name, routes)| {
+                (
+                    name.to_string(),
+                    routes.iter().map(|r| Route::parse(r).unwrap()).collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn colliding_newcomers_are_all_refused() {
+        let (refused, errors) = claim_routes(
+            &claims(&[("probe", &["/users"]), ("user", &["/users", "/user"])]),
+            &|_| None,
+        );
+        assert_eq!(refused, ["probe".to_string(), "user".to_string()].into());
+        assert_eq!(errors.len(), 2);
+        assert_eq!(
+            errors[0].error,
+            "route `/users` is claimed by `probe` and `user`; service `probe` is not served until only one claims it"
+        );
+    }
+
+    #[test]
+    fn the_incumbent_keeps_its_route() {
+        let (refused, errors) = claim_routes(
+            &claims(&[("probe", &["/users"]), ("user", &["/users"])]),
+            &|prefix| (prefix == "/users").then(|| "user".to_string()),
+        );
+        assert_eq!(refused, ["probe".to_string()].into());
+        assert_eq!(errors[0].file, "probe.toml");
+        assert!(errors[0]
+            .error
+            .ends_with("`user` keeps it and `probe` is not served"));
+    }
+
+    #[test]
+    fn distinct_routes_need_no_settling() {
+        let (refused, errors) =
+            claim_routes(&claims(&[("a", &["/a"]), ("b", &["/b", "/"])]), &|_| {
+                Some("a".to_string())
+            });
+        assert!(refused.is_empty() && errors.is_empty());
     }
 }
