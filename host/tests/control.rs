@@ -5,6 +5,7 @@
 
 use serde_json::json;
 use std::time::Duration;
+use wasmhost::views::{ServiceView, ServicesView};
 use wasmhost_test_support::{
     bin, wait_until, Host, Plugins, TestHost, ADMIN_TOKEN, INVENTORY, USER,
 };
@@ -27,16 +28,8 @@ fn uncached_inventory() -> Vec<u8> {
 }
 
 fn loading_files(host: &Host) -> Vec<String> {
-    let all = host
-        .admin("GET", "/admin/services", None, None)
-        .expect_status(200)
-        .json();
-    all["loading"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["file"].as_str().unwrap().to_string())
-        .collect()
+    let all: ServicesView = host.view("/admin/services");
+    all.loading.into_iter().map(|l| l.file).collect()
 }
 
 #[test]
@@ -57,10 +50,14 @@ fn reads_and_release_commands_answer_while_a_python_version_compiles() {
         },
     );
     // Each of these answers while the compile runs…
-    let user = host.service("user");
-    assert_eq!(user["name"], "user");
-    let inventory = host.service("inventory");
-    assert_eq!(inventory["loading"][0]["version"], "1.1.0", "{inventory}");
+    let user: ServiceView = host.view("/admin/services/user");
+    assert_eq!(user.name, "user");
+    let inventory: ServiceView = host.view("/admin/services/inventory");
+    assert_eq!(
+        inventory.loading.first().and_then(|l| l.version.as_deref()),
+        Some("1.1.0"),
+        "{inventory:?}"
+    );
     host.admin(
         "PUT",
         "/admin/services/user/release",
@@ -91,12 +88,8 @@ fn reads_and_release_commands_answer_while_a_python_version_compiles() {
     );
     // And then it is served.
     wait_until("inventory@1.1.0 loaded", Duration::from_secs(300), || {
-        let svc = host.service("inventory");
-        let versions = svc["versions"].as_array().unwrap().clone();
-        versions
-            .iter()
-            .any(|v| v["version"] == "1.1.0")
-            .then_some(())
+        let inventory: ServiceView = host.view("/admin/services/inventory");
+        inventory.version("1.1.0").map(|_| ())
     });
     assert!(loading_files(&host).is_empty());
     // The new version answers (an unknown SKU is the service's own 404).
@@ -120,33 +113,28 @@ fn rollback_after_a_newcomer_took_over_goes_back_to_the_version_before_it() {
         None,
     )
     .expect_status(200);
-    let back = host
+    let back: ServiceView = host
         .admin("POST", "/admin/services/user/rollback", None, None)
         .expect_status(200)
-        .json();
-    let weights: Vec<_> = back["versions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| {
-            (
-                v["version"].as_str().unwrap().to_string(),
-                v["weight"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+        .parse();
     assert_eq!(
-        weights,
+        back.weights(),
         [("1.1.0".to_string(), 0), ("1.0.0".to_string(), 100)]
     );
-    let history = host.service("user")["history"].clone();
-    let actions: Vec<_> = history
-        .as_array()
-        .unwrap()
+    let user: ServiceView = host.view("/admin/services/user");
+    let history: Vec<_> = user
+        .history
         .iter()
-        .map(|h| h["action"].as_str().unwrap().to_string())
+        .map(|h| (h.action.as_str(), h.detail.as_str()))
         .collect();
-    assert_eq!(actions, ["deploy", "release", "rollback"], "{history}");
+    assert_eq!(
+        history,
+        [
+            ("deploy", "1.1.0 takes over from 1.0.0"),
+            ("release", "1.0.0=90,1.1.0=10"),
+            ("rollback", "1.0.0")
+        ]
+    );
 }
 
 #[test]
@@ -164,28 +152,21 @@ fn removing_a_version_the_weights_name_renormalises_the_rest() {
     )
     .expect_status(200);
     std::fs::remove_file(host.plugins().path().join("user@1.1.0.wasm")).unwrap();
-    let weights = wait_until("1.1.0 removed", Duration::from_secs(30), || {
-        let svc = host.service("user");
-        let w: Vec<_> = svc["versions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| {
-                (
-                    v["version"].as_str().unwrap().to_string(),
-                    v["weight"].as_u64().unwrap(),
-                )
-            })
-            .collect();
-        (w.len() == 2).then_some(w)
+    let user = wait_until("1.1.0 removed", Duration::from_secs(30), || {
+        let user: ServiceView = host.view("/admin/services/user");
+        (user.versions.len() == 2).then_some(user)
     });
     assert_eq!(
-        weights,
+        user.weights(),
         [("1.2.0".to_string(), 50), ("1.0.0".to_string(), 50)]
     );
-    let all = host.admin("GET", "/admin/services", None, None).json();
+    assert_eq!(
+        user.history.last().map(|h| h.detail.as_str()),
+        Some("1.0.0=50,1.2.0=50 (1.1.0 removed)")
+    );
+    let all: ServicesView = host.view("/admin/services");
     assert!(
-        all["load_errors"].as_array().unwrap().is_empty(),
-        "a removed version must not leave an error: {all}"
+        all.load_errors.is_empty(),
+        "a removed version must not leave an error: {all:?}"
     );
 }

@@ -541,6 +541,16 @@ impl Reply {
         })
     }
 
+    /// The body as the typed value `T`; panics with the body when it is not.
+    pub fn parse<T: DeserializeOwned>(&self) -> T {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not the expected value ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
     /// The first value of header `name`.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
