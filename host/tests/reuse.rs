@@ -2,6 +2,8 @@
 //! isolated, and only for the service that asks for it.
 #![allow(clippy::unwrap_used)]
 
+use wasmhost::views::ServiceView;
+
 use wasmhost_test_support::{bin, state_dir, wait_until, Host, Plugins, PROBE};
 
 /// The count the probe's instance keeps across requests it serves.
@@ -19,8 +21,8 @@ fn instances_are_fresh_by_default_and_reused_only_up_to_the_quota() {
     let host = Host::start(&bin(), plugins.path(), state.path());
     // Default: every request sees a fresh instance.
     assert_eq!([served(&host), served(&host), served(&host)], [1, 1, 1]);
-    let limits = &host.service("probe")["limits"];
-    assert_eq!(limits["requests-per-instance"], 1, "{limits}");
+    let probe: ServiceView = host.view("/admin/services/probe");
+    assert_eq!(probe.limits.unwrap().requests_per_instance, 1);
     drop(host);
 
     // Opted in: one instance serves three requests, then a fresh one.
@@ -79,7 +81,10 @@ fn a_retired_version_frees_its_idle_instances() {
         wait_until(
             "the manifest applies",
             std::time::Duration::from_secs(15),
-            || (host.service("probe")["limits"]["cpu-time"] == cpu.as_str()).then_some(()),
+            || {
+                let probe: ServiceView = host.view("/admin/services/probe");
+                (probe.limits?.cpu_time == cpu).then_some(())
+            },
         );
     }
     // The new version starts fresh, and a slot is free for it.

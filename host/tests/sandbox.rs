@@ -164,14 +164,17 @@ fn every_attack_fails_alone_while_good_traffic_flows() {
     eprintln!("good requests served during the attacks: {served}");
 
     // Every failure is counted against the hostile version, none against user.
-    let svc = host.service("hostile");
-    let m = &svc["versions"][0]["metrics"];
-    assert!(m["errors"].as_u64().unwrap() >= 8, "{svc}");
-    assert!(m["traps"].as_u64().unwrap() >= 7, "{svc}");
-    assert_eq!(svc["limits"]["cpu-time"], "200ms", "{svc}");
-    assert_eq!(svc["limits"]["memory"], "32 MiB", "{svc}");
-    let user = host.service("user");
-    assert_eq!(user["versions"][0]["metrics"]["errors"], 0, "{user}");
+    let svc: ServiceView = host.view("/admin/services/hostile");
+    let m = &svc.versions[0].metrics;
+    assert!(m.errors >= 8, "{svc:?}");
+    assert!(m.traps >= 7, "{svc:?}");
+    let limits = svc.limits.as_ref().unwrap();
+    assert_eq!(
+        (limits.cpu_time.as_str(), limits.memory.as_str()),
+        ("200ms", "32 MiB")
+    );
+    let user: ServiceView = host.view("/admin/services/user");
+    assert_eq!(user.versions[0].metrics.errors, 0, "{user:?}");
 }
 
 #[test]
@@ -289,9 +292,14 @@ fn granted_environment_and_directory_are_visible_read_only() {
         .json();
     assert!(r.get("content").is_none(), "{r}");
     // The admin API shows the grants, never the environment's values.
-    let svc = host.service("hostile");
-    assert_eq!(svc["grants"]["env"], json!(["GREETING"]), "{svc}");
-    assert_eq!(svc["grants"]["dir"]["access"], "read-only", "{svc}");
+    let svc: ServiceView = host.view("/admin/services/hostile");
+    let grants = svc.grants.unwrap();
+    assert_eq!(grants.env, ["GREETING"]);
+    let dir = grants.dir.unwrap();
+    assert_eq!(
+        (dir.guest.as_str(), dir.access.as_str()),
+        ("/assets", "read-only")
+    );
 }
 
 #[test]

@@ -6,6 +6,7 @@
 use serde_json::json;
 use std::io::{Read, Write};
 use std::time::Duration;
+use wasmhost::views::ServiceView;
 use wasmhost_test_support::{Plugins, TestHost, HTTP_HELLO, PROBE};
 
 fn start(manifest: &str) -> TestHost {
@@ -81,12 +82,9 @@ fn a_wasi_http_component_is_served_with_streams_trailers_and_limits() {
     assert_eq!(r["body"], "hello from a wasi:http component\n");
 
     // Counted like any version, and shown with its world.
-    let svc = host.service("hello");
-    assert_eq!(svc["versions"][0]["world"], "wasi:http/proxy", "{svc}");
-    assert!(
-        svc["versions"][0]["metrics"]["requests"].as_u64().unwrap() >= 6,
-        "{svc}"
-    );
+    let svc: ServiceView = host.view("/admin/services/hello");
+    assert_eq!(svc.versions[0].world, "wasi:http/proxy", "{svc:?}");
+    assert!(svc.versions[0].metrics.requests >= 6, "{svc:?}");
 }
 
 #[test]

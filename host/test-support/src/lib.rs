@@ -394,13 +394,6 @@ impl Host {
         )
     }
 
-    /// What the admin API says of service `name` (`GET /admin/services/NAME`).
-    pub fn service(&self, name: &str) -> serde_json::Value {
-        self.admin("GET", &format!("/admin/services/{name}"), None, None)
-            .expect_status(200)
-            .json()
-    }
-
     /// The host's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
