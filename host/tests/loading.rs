@@ -5,7 +5,8 @@
 use std::time::Duration;
 use wasmhost::views::ServicesView;
 use wasmhost_test_support::{
-    bin, state_dir, try_wait_until, Host, Plugins, TestHost, Traffic, PROBE, USER, WRONG_WORLD,
+    bin, state_dir, try_wait_until, Host, Plugins, TestHost, Traffic, ADMIN_TOKEN, PROBE, USER,
+    WRONG_WORLD,
 };
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -300,4 +301,28 @@ fn a_size_without_a_unit_is_a_load_error_naming_the_key() {
     );
     // Not 128 bytes: the service is not served with a broken manifest.
     host.get("/probe/echo").expect_status(404);
+}
+
+#[test]
+fn status_shows_a_manifest_error_whole() {
+    let host = TestHost::empty()
+        .add(PROBE, "probe@0.1.0.wasm")
+        .manifest("probe", "rutes = [\"/probe\"]\n")
+        .start();
+    let out = std::process::Command::new(bin())
+        .args([
+            "status",
+            "--admin",
+            host.admin_addr(),
+            "--token",
+            ADMIN_TOKEN,
+        ])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    // The whole error: where, the line itself, and what is wrong with it.
+    assert!(out.contains("not loaded: probe.toml:"), "{out}");
+    assert!(out.contains("line 1, column 1"), "{out}");
+    assert!(out.contains("rutes = [\"/probe\"]"), "{out}");
+    assert!(out.contains("unknown field `rutes`"), "{out}");
 }
