@@ -85,7 +85,12 @@ async fn list(State(admin): State<Admin>) -> Json<ServicesView> {
     let registry = &snapshot.registry;
     Json(ServicesView {
         services: registry.services().map(describe).collect(),
-        loading: snapshot.loading.iter().map(loading_view).collect(),
+        loading: snapshot
+            .loading
+            .iter()
+            .enumerate()
+            .map(|(at, l)| loading_view(at, l))
+            .collect(),
         load_errors: registry.errors().map(load_error_view).collect(),
         warnings: registry.warnings().map(load_error_view).collect(),
         scans: snapshot.scans,
@@ -93,12 +98,13 @@ async fn list(State(admin): State<Admin>) -> Json<ServicesView> {
 }
 
 /// A version being compiled, as the admin API lists it.
-fn loading_view(l: &Loading) -> LoadingView {
+fn loading_view(queued_behind: usize, l: &Loading) -> LoadingView {
     LoadingView {
         service: l.service.clone(),
         version: l.version.clone(),
         file: l.file.clone(),
         state: "loading".into(),
+        queued_behind,
         elapsed_ms: l.since.elapsed().map_or(0, |d| d.as_millis() as u64),
     }
 }
@@ -116,8 +122,9 @@ async fn show(State(admin): State<Admin>, Path(name): Path<String>) -> Response 
     let loading: Vec<LoadingView> = snapshot
         .loading
         .iter()
-        .filter(|l| l.service == name)
-        .map(loading_view)
+        .enumerate()
+        .filter(|(_, l)| l.service == name)
+        .map(|(at, l)| loading_view(at, l))
         .collect();
     let mut view = match registry.service(&name) {
         Some(service) => describe(service),

@@ -81,10 +81,11 @@ impl AdminClient {
             .await?;
         print!("{}", table(&all.services));
         for l in &all.loading {
-            println!(
-                "loading: {} (service {}, compiling for {} ms)",
-                l.file, l.service, l.elapsed_ms
-            );
+            let what = match l.queued_behind {
+                0 => format!("compiling for {} ms", l.elapsed_ms),
+                n => format!("queued behind {n}"),
+            };
+            println!("loading: {} (service {}, {what})", l.file, l.service);
         }
         for w in &all.warnings {
             println!("warning: {}: {}", w.file, w.error);

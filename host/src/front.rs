@@ -75,6 +75,9 @@ async fn handle(
     let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
     let _entered = span.enter();
     match failure {
+        Some(e @ DispatchError::Loading { .. }) => {
+            tracing::debug!(error = %e, elapsed_ms, "request refused");
+        }
         Some(e) if e.status().is_server_error() => {
             if let Some(limit) = e.limit() {
                 span.record("limit", limit);

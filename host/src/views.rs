@@ -104,7 +104,11 @@ pub struct LoadingView {
     pub file: String,
     /// Always `loading`.
     pub state: String,
-    /// How long its compile has run.
+    /// Versions ahead of it (0: it is compiling now; compiles run one at a
+    /// time, smallest file first).
+    #[serde(default)]
+    pub queued_behind: usize,
+    /// How long it has been compiling (or waiting, when queued).
     pub elapsed_ms: u64,
 }
 
