@@ -65,16 +65,20 @@ fn reads_and_release_commands_answer_while_a_python_version_compiles() {
         None,
     )
     .expect_status(200);
-    let status = std::process::Command::new(bin())
-        .args([
-            "status",
-            "--admin",
-            host.admin_addr(),
-            "--token",
-            ADMIN_TOKEN,
-        ])
-        .output()
-        .unwrap();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(bin())
+            .args(args)
+            .args(["--admin", host.admin_addr(), "--token", ADMIN_TOKEN])
+            .output()
+            .unwrap()
+    };
+    let release = cli(&["release", "user", "--weights", "1.0.0=100"]);
+    assert!(
+        release.status.success(),
+        "{}",
+        String::from_utf8_lossy(&release.stderr)
+    );
+    let status = cli(&["status"]);
     let out = String::from_utf8_lossy(&status.stdout);
     assert!(
         status.status.success() && out.contains("inventory@1.1.0.wasm"),

@@ -154,6 +154,7 @@ fn a_slow_plain_copy_is_never_served_half_written() {
             "unexpected status {} during the copy",
             r.status
         );
+        // The pace of a slow writer (the input of this test, not a wait).
         std::thread::sleep(Duration::from_millis(60));
     }
     drop(file);
