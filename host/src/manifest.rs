@@ -7,7 +7,7 @@
 //! naming the file, and nothing later parses its strings again.
 
 use crate::config::{format_size, Limits};
-use crate::spec::{validate_service_name, HostPattern, Route, Size, Sticky, Weights};
+use crate::spec::{HostPattern, Route, ServiceName, Size, Sticky, Weights};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -106,7 +106,7 @@ pub struct LimitOverrides {
 pub struct Grants {
     /// Services this one may call through `services.call`.
     #[serde(default)]
-    pub services: Vec<String>,
+    pub services: Vec<ServiceName>,
     /// Hosts reachable through `wasi:http/outgoing-handler`: `host` (ports 80
     /// and 443), `host:port`, `host:*`, `*.domain` or `*` (any public host).
     /// Private, loopback and link-local addresses are refused unless their
@@ -138,9 +138,6 @@ fn default_guest_dir() -> String {
 
 impl Grants {
     fn validate(&self) -> Result<()> {
-        for service in &self.services {
-            validate_service_name(service).context("in [grants] services")?;
-        }
         for key in self.env.keys() {
             if key.is_empty() || key.contains(['=', '\0']) {
                 bail!(

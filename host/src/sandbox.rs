@@ -91,13 +91,18 @@ impl Sandbox {
 
     /// Whether `service` may be called through `services.call`.
     pub fn may_call(&self, service: &str) -> bool {
-        self.grants.services.iter().any(|s| s == service)
+        self.grants.services.iter().any(|s| s.as_str() == service)
     }
 
     /// The grants as the admin API shows them (environment values are not).
     pub fn grants_view(&self) -> GrantsView {
         GrantsView {
-            services: self.grants.services.clone(),
+            services: self
+                .grants
+                .services
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             http: self.grants.http.iter().map(ToString::to_string).collect(),
             env: self.grants.env.keys().cloned().collect(),
             dir: self.grants.dir.as_ref().map(|d| DirView {

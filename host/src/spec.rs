@@ -38,6 +38,40 @@ pub fn validate_version(version: &str) -> Result<()> {
     Ok(())
 }
 
+/// A checked service name (see [`validate_service_name`]), as manifests
+/// name the services a service may call.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize, serde::Serialize,
+)]
+#[serde(try_from = "String")]
+pub struct ServiceName(String);
+
+impl ServiceName {
+    /// Checks `name`.
+    pub fn parse(name: &str) -> Result<Self> {
+        validate_service_name(name)?;
+        Ok(Self(name.to_string()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ServiceName {
+    type Error = anyhow::Error;
+    fn try_from(s: String) -> Result<Self> {
+        Self::parse(&s)
+    }
+}
+
+impl std::fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Orders versions: semantic versions by precedence and above any other
 /// name; other names alphabetically.
 pub fn compare_versions(a: &str, b: &str) -> Ordering {
