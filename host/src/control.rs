@@ -258,14 +258,7 @@ fn rescan_rules(
         }
     }
     // Entries created only to look are not kept.
-    release.services.retain(|_, s| {
-        !(s.weights.is_none()
-            && s.sticky.is_none()
-            && s.stable.is_none()
-            && s.previous.is_none()
-            && s.canary.is_none()
-            && s.history.is_empty())
-    });
+    release.services.retain(|_, s| !s.is_empty());
     changed
 }
 

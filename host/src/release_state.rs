@@ -42,7 +42,8 @@ pub struct ServiceRelease {
     /// Stickiness set by an operator (`header:NAME` / `cookie:NAME`).
     #[serde(default)]
     pub sticky: Option<Sticky>,
-    /// The last promoted version: where a rollback during a gray release goes.
+    /// The version a rollback during a gray release or a canary goes to: the
+    /// last promoted one, or the one that served before a newcomer took over.
     #[serde(default)]
     pub stable: Option<String>,
     /// The stable version before the last promotion: where a rollback right
@@ -83,6 +84,16 @@ pub struct HistoryEntry {
 }
 
 impl ServiceRelease {
+    /// Whether nothing is on record (such an entry need not be kept).
+    pub fn is_empty(&self) -> bool {
+        self.weights.is_none()
+            && self.sticky.is_none()
+            && self.stable.is_none()
+            && self.previous.is_none()
+            && self.canary.is_none()
+            && self.history.is_empty()
+    }
+
     /// Appends a history entry, keeping the last [`MAX_HISTORY`].
     pub fn record(&mut self, action: &str, detail: String) {
         let at = std::time::SystemTime::now()
