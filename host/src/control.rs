@@ -8,9 +8,9 @@
 //! [`Snapshot`] and swaps it in. A refused change is a typed
 //! [`ReleaseError`] that knows its HTTP status, and nothing moves.
 //!
-//! Invariants: the lock is held only while a change is applied — never
-//! across a compile (the loader compiles first, then hands its result in) —
-//! and readers never take it: admin reads, `wasmhost status` and the canary
+//! Invariants: the writer lock is held only while a change is applied —
+//! never across a compile (the loader compiles first, then hands its result
+//! in; scans take turns on a lock of their own) — and readers never take it: admin reads, `wasmhost status` and the canary
 //! analyst load the snapshot. A release change is persisted before it takes
 //! effect.
 
@@ -95,6 +95,9 @@ pub struct Applied {
 pub struct Control {
     snapshot: Arc<ArcSwap<Snapshot>>,
     write: tokio::sync::Mutex<()>,
+    /// Held by a scan from its start to its last change, so two scans never
+    /// build on the same base (the writer lock is not held meanwhile).
+    scan: tokio::sync::Mutex<()>,
     state_dir: PathBuf,
 }
 
@@ -111,6 +114,7 @@ impl Control {
                 scans: 0,
             })),
             write: tokio::sync::Mutex::new(()),
+            scan: tokio::sync::Mutex::new(()),
             state_dir,
         }
     }
@@ -118,6 +122,13 @@ impl Control {
     /// The handle readers load the snapshot from (the dispatcher's).
     pub fn handle(&self) -> Arc<ArcSwap<Snapshot>> {
         self.snapshot.clone()
+    }
+
+    /// Waits until no other scan runs, and holds that until dropped: a scan
+    /// takes this before it reads its base snapshot and keeps it until its
+    /// last change is applied. Readers and operator changes never wait on it.
+    pub async fn scan_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.scan.lock().await
     }
 
     /// What is served now; never waits.

@@ -135,6 +135,7 @@ impl Host {
             self.plugins_dir.clone(),
             self.control.clone(),
         );
+        let _turn = self.control.scan_turn().await;
         let base = control.snapshot();
         let scan = tokio::task::spawn_blocking(move || {
             let files = std::fs::read_dir(&dir)

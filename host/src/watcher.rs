@@ -92,6 +92,7 @@ async fn scan(
     log: bool,
 ) -> Option<Vec<String>> {
     let started = Instant::now();
+    let _turn = control.scan_turn().await;
     let before = control.snapshot();
     let (l, d, c) = (loader.clone(), dir.to_path_buf(), control.clone());
     let runtime = tokio::runtime::Handle::current();
