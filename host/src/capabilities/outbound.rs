@@ -73,7 +73,7 @@ async fn call_internal(
         .to_bytes();
     let mut req = crate::contract::request(&parts, body.to_vec());
     pass_request_id(&mut req.headers, &request_id);
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
         "call",
         callee = %name,
         depth = depth + 1,

@@ -36,7 +36,7 @@ impl Host for HostState {
         pass_request_id(&mut req.headers, &self.request_id);
         let depth = self.depth + 1;
         let span =
-            tracing::info_span!("call", callee = %name, depth, version = tracing::field::Empty);
+            tracing::debug_span!("call", callee = %name, depth, version = tracing::field::Empty);
         let call = self.calls.call(name.clone(), req, depth);
         let result = async {
             let result = call.await;
