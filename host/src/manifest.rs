@@ -364,6 +364,25 @@ mod tests {
     }
 
     #[test]
+    fn sizes_and_durations_need_their_unit() {
+        for (text, key) in [
+            ("[limits]\nmemory = 128\n", "memory = 128"),
+            ("[limits]\nrequest-body = 1024\n", "request-body = 1024"),
+            ("[limits]\ncpu-time = 200\n", "cpu-time = 200"),
+            ("[limits]\ntimeout = 5\n", "timeout = 5"),
+        ] {
+            let err = format!("{:#}", Manifest::parse(text, "x.toml").unwrap_err());
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let ok = Manifest::parse(
+            "[limits]\nmemory = \"128 MiB\"\ncpu-time = \"200ms\"\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(ok.limits.memory, Some(Size(128 * 1024 * 1024)));
+    }
+
+    #[test]
     fn root_route_stays_root() {
         let m = Manifest::parse("routes = [\"/\"]", "t").unwrap();
         assert_eq!(m.routes_for("x")[0].as_str(), "/");
