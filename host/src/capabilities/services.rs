@@ -118,3 +118,134 @@ pub struct CallLoop {
 
 /// The `types` interface has no functions; this marks it as provided.
 impl crate::bindings::wasmhost::plugin::types::Host for HostState {}
+
+#[cfg(test)]
+mod tests {
+    //! `services.call` against a fake [`Calls`]: the capability is tested on
+    //! its own, with no dispatcher, engine or registry behind it.
+    use super::*;
+    use crate::capabilities::Calls;
+    use crate::manifest::Manifest;
+    use futures::future::BoxFuture;
+    use std::sync::{Arc, Mutex};
+
+    /// Answers every call with `answer`, and remembers what it was asked.
+    struct Fake {
+        answer: Result<Response, CallError>,
+        seen: Mutex<Vec<(String, u32, Vec<(String, String)>)>>,
+    }
+
+    impl Calls for Fake {
+        fn call(
+            &self,
+            callee: String,
+            req: Request,
+            depth: u32,
+        ) -> BoxFuture<'static, Result<Response, CallError>> {
+            self.seen
+                .lock()
+                .unwrap()
+                .push((callee, depth, req.headers.clone()));
+            let answer = self.answer.clone();
+            Box::pin(async move { answer })
+        }
+    }
+
+    fn state(grants: &str, fake: Arc<Fake>, depth: u32) -> (HostState, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = Manifest::parse(grants, "order.toml").unwrap();
+        let sandbox =
+            Sandbox::resolve(&manifest, &Default::default(), dir.path(), "order.toml").unwrap();
+        let kv = crate::kv::KvStore::open(&dir.path().join("kv.redb")).unwrap();
+        let id = ServiceId {
+            service: "order".into(),
+            version: "1.0.0".into(),
+        };
+        let state = HostState::new(id, Arc::new(sandbox), kv, fake, "req-7".into(), depth).unwrap();
+        (state, dir)
+    }
+
+    fn request() -> Request {
+        Request {
+            method: "GET".into(),
+            path: "/users/1".into(),
+            query: String::new(),
+            headers: vec![],
+            body: vec![],
+        }
+    }
+
+    fn ok() -> Result<Response, CallError> {
+        Ok(Response {
+            status: 200,
+            headers: vec![],
+            body: b"{}".to_vec(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_granted_call_goes_one_level_deeper_with_the_request_id() {
+        let fake = Arc::new(Fake {
+            answer: ok(),
+            seen: Mutex::default(),
+        });
+        let (mut state, _dir) = state("[grants]\nservices = [\"user\"]\n", fake.clone(), 2);
+        let resp = state.call("user".into(), request()).await.unwrap().unwrap();
+        assert_eq!(resp.status, 200);
+        let seen = fake.seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!((seen[0].0.as_str(), seen[0].1), ("user", 3));
+        assert_eq!(
+            seen[0].2,
+            [("x-request-id".to_string(), "req-7".to_string())]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_ungranted_call_is_denied_without_reaching_the_callee() {
+        let fake = Arc::new(Fake {
+            answer: ok(),
+            seen: Mutex::default(),
+        });
+        let (mut state, _dir) = state("", fake.clone(), 0);
+        match state.call("user".into(), request()).await.unwrap() {
+            Err(Error::Denied(m)) => assert!(m.contains("[grants] services"), "{m}"),
+            other => panic!("expected a denial, got {other:?}"),
+        }
+        assert!(fake.seen.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn failures_of_the_callee_become_the_interface_errors_or_a_loop_trap() {
+        for (answer, expect) in [
+            (CallError::NotFound("user".into()), "not-found"),
+            (CallError::Failed("user@1.0.0: trapped".into()), "failed"),
+            (CallError::Loop(8), "trap"),
+        ] {
+            let fake = Arc::new(Fake {
+                answer: Err(answer),
+                seen: Mutex::default(),
+            });
+            let (mut state, _dir) = state("[grants]\nservices = [\"user\"]\n", fake, 0);
+            let got = match state.call("user".into(), request()).await {
+                Ok(Err(Error::NotFound(_))) => "not-found",
+                Ok(Err(Error::Failed(m))) => {
+                    assert_eq!(m, "user@1.0.0: trapped");
+                    "failed"
+                }
+                Err(e) if e.downcast_ref::<CallLoop>().is_some() => "trap",
+                other => panic!("unexpected {other:?}"),
+            };
+            assert_eq!(got, expect);
+        }
+        // Past the depth limit nothing is called: the chain is cut here.
+        let fake = Arc::new(Fake {
+            answer: ok(),
+            seen: Mutex::default(),
+        });
+        let (mut state, _dir) = state("[grants]\nservices = [\"user\"]\n", fake.clone(), 8);
+        let err = state.call("user".into(), request()).await.unwrap_err();
+        assert!(err.downcast_ref::<CallLoop>().is_some(), "{err:?}");
+        assert!(fake.seen.lock().unwrap().is_empty());
+    }
+}
