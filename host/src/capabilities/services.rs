@@ -129,10 +129,13 @@ mod tests {
     use futures::future::BoxFuture;
     use std::sync::{Arc, Mutex};
 
+    /// One call the fake saw: callee, depth, request headers.
+    type Seen = (String, u32, Vec<(String, String)>);
+
     /// Answers every call with `answer`, and remembers what it was asked.
     struct Fake {
         answer: Result<Response, CallError>,
-        seen: Mutex<Vec<(String, u32, Vec<(String, String)>)>>,
+        seen: Mutex<Vec<Seen>>,
     }
 
     impl Calls for Fake {
