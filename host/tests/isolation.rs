@@ -200,3 +200,43 @@ fn an_oversized_body_is_refused_with_413() {
     host.send("POST", "/probe/echo", vec![b'x'; 1024])
         .expect_status(200);
 }
+
+#[test]
+fn the_request_id_reaches_the_guest_and_every_nested_call() {
+    let host = host_with_probe("[grants]\nservices = [\"probe\"]\n");
+    // Taken from the client: the guest sees it, and so does the service it
+    // calls (the probe calling itself), and the client gets it back.
+    let r = host.send_with(
+        "GET",
+        "/probe/call/probe/probe/echo",
+        &[("x-request-id", "trace-me-42")],
+    );
+    r.expect_status(200);
+    assert_eq!(r.header("x-request-id"), Some("trace-me-42"));
+    let inner: serde_json::Value =
+        serde_json::from_str(r.json()["body"].as_str().unwrap()).unwrap();
+    assert!(
+        inner["headers"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(["x-request-id", "trace-me-42"])),
+        "{inner}"
+    );
+    // The nested hop is logged inside the request's span, under its id.
+    let line = host.wait_for_log(&["call{callee=probe depth=1", "call answered"], WAIT);
+    assert!(line.contains("request_id=\"trace-me-42\""), "{line}");
+    // Generated when the client sends none: 16 hex digits, sent back.
+    let r = host.get("/probe/echo");
+    let id = r.header("x-request-id").unwrap().to_string();
+    assert!(
+        id.len() == 16 && id.chars().all(|c| c.is_ascii_hexdigit()),
+        "{id}"
+    );
+    let seen = r.json()["headers"].clone();
+    assert!(
+        seen.as_array()
+            .unwrap()
+            .contains(&json!(["x-request-id", id])),
+        "{seen}"
+    );
+}

@@ -417,6 +417,16 @@ impl Host {
         Reply::from(resp)
     }
 
+    /// A request with extra headers and no body.
+    pub fn send_with(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.client.request(method, self.url(path));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        Reply::from(req.send().expect("request"))
+    }
+
     /// A POST of a JSON value.
     pub fn post_json(&self, path: &str, value: serde_json::Value) -> Reply {
         self.send("POST", path, value.to_string())
