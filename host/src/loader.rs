@@ -207,8 +207,12 @@ impl Loader {
                 continue;
             };
             // A file renamed into place is complete (the documented way to
-            // deploy); any other file must first stop changing.
-            if !ready(&path) {
+            // deploy); any other file must first stop changing — unless it
+            // is exactly the file its version was loaded from.
+            let unchanged = last_good
+                .as_ref()
+                .is_some_and(|v| v.stamp.is_some() && v.stamp == FileStamp::of(&path));
+            if !unchanged && !ready(&path) {
                 pending.push(file);
                 versions.extend(last_good);
                 continue;
