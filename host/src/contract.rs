@@ -30,13 +30,18 @@ pub fn wit_headers(headers: &http::HeaderMap) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The request record of an HTTP request head and its whole body.
-pub fn request(parts: &http::request::Parts, body: Vec<u8>) -> Request {
+/// The request record of an HTTP request head, its headers (as
+/// [`wit_headers`] gives them) and its whole body.
+pub fn request(
+    parts: &http::request::Parts,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+) -> Request {
     Request {
         method: parts.method.as_str().to_string(),
         path: parts.uri.path().to_string(),
         query: parts.uri.query().unwrap_or_default().to_string(),
-        headers: wit_headers(&parts.headers),
+        headers,
         body,
     }
 }

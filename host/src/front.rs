@@ -212,7 +212,7 @@ async fn serve(
             return (resp, None);
         }
     };
-    let request = crate::contract::request(&parts, body.to_vec());
+    let request = crate::contract::request(&parts, headers, body.to_vec());
     // Only now, with the whole request at hand, does it take a slot.
     let _permit = match picked.claim() {
         Ok((_, permit)) => permit,

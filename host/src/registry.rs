@@ -171,19 +171,21 @@ pub struct Snapshot {
 impl Snapshot {
     /// The service still compiling its first version that would own `path`.
     pub fn loading_route(&self, path: &str) -> Option<&Loading> {
-        self.loading
+        // Only on a path no loaded service owns, so building the table here
+        // costs the request path nothing; the matching is the router's own.
+        let mut table = RouteTable::new();
+        for l in self
+            .loading
             .iter()
             .filter(|l| self.registry.service(&l.service).is_none())
-            .find(|l| {
-                l.routes.iter().any(|r| {
-                    let r = r.as_str();
-                    r == "/"
-                        || path == r
-                        || path
-                            .strip_prefix(r)
-                            .is_some_and(|rest| rest.starts_with('/'))
-                })
-            })
+        {
+            for route in &l.routes {
+                // A prefix two loading services claim is settled at load.
+                let _ = table.insert(route.as_str(), &l.service);
+            }
+        }
+        let service = table.lookup(path)?;
+        self.loading.iter().find(|l| l.service == service)
     }
 }
 

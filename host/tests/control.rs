@@ -174,3 +174,33 @@ fn removing_a_version_the_weights_name_renormalises_the_rest() {
         "a removed version must not leave an error: {all:?}"
     );
 }
+
+#[test]
+fn a_service_compiling_its_first_version_answers_503_with_retry_after() {
+    let host = TestHost::examples().start();
+    let plugins = host.plugins().path().to_path_buf();
+    let tmp = plugins.join(".stock@1.0.0.wasm.tmp");
+    std::fs::write(&tmp, uncached_inventory()).unwrap();
+    std::fs::rename(&tmp, plugins.join("stock@1.0.0.wasm")).unwrap();
+    wait_until("stock listed as loading", Duration::from_secs(30), || {
+        loading_files(&host)
+            .contains(&"stock@1.0.0.wasm".to_string())
+            .then_some(())
+    });
+    let r = host.get("/stock/anything");
+    r.expect_status(503);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(
+        r.json()["error"],
+        "service `stock` is still loading; retry shortly"
+    );
+    assert!(
+        loading_files(&host).contains(&"stock@1.0.0.wasm".to_string()),
+        "stock finished compiling before the request; the test proves nothing"
+    );
+    // Other services serve meanwhile, and stock once it has compiled.
+    host.get("/users").expect_status(200);
+    wait_until("stock served", Duration::from_secs(300), || {
+        (host.get("/stock/anything").header("x-wasmhost-service") == Some("stock")).then_some(())
+    });
+}

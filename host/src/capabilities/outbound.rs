@@ -71,7 +71,8 @@ async fn call_internal(
         .await
         .map_err(|_| Error::HttpRequestBodySize(Some(limits.max_request_body as u64)))?
         .to_bytes();
-    let mut req = crate::contract::request(&parts, body.to_vec());
+    let headers = crate::contract::wit_headers(&parts.headers);
+    let mut req = crate::contract::request(&parts, headers, body.to_vec());
     pass_request_id(&mut req.headers, &request_id);
     let span = tracing::debug_span!(
         "call",
