@@ -94,6 +94,7 @@ async fn list(State(admin): State<Admin>) -> Json<ServicesView> {
         load_errors: registry.errors().map(load_error_view).collect(),
         warnings: registry.warnings().map(load_error_view).collect(),
         scans: snapshot.scans,
+        watch_events: admin.control.watch_events(),
     })
 }
 

@@ -98,6 +98,8 @@ pub struct Control {
     /// Held by a scan from its start to its last change, so two scans never
     /// build on the same base (the writer lock is not held meanwhile).
     scan: tokio::sync::Mutex<()>,
+    /// Changes of the plugins directory the watcher acted on.
+    watch_events: std::sync::atomic::AtomicU64,
     state_dir: PathBuf,
 }
 
@@ -115,6 +117,7 @@ impl Control {
             })),
             write: tokio::sync::Mutex::new(()),
             scan: tokio::sync::Mutex::new(()),
+            watch_events: Default::default(),
             state_dir,
         }
     }
@@ -129,6 +132,17 @@ impl Control {
     /// last change is applied. Readers and operator changes never wait on it.
     pub async fn scan_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.scan.lock().await
+    }
+
+    /// Counts a change of the plugins directory the watcher acts on.
+    pub fn count_watch_event(&self) {
+        self.watch_events
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Changes of the plugins directory the watcher has acted on.
+    pub fn watch_events(&self) -> u64 {
+        self.watch_events.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// What is served now; never waits.

@@ -27,6 +27,10 @@ pub struct ServicesView {
     /// Scans of the plugins directory finished since the host started.
     #[serde(default)]
     pub scans: u64,
+    /// Changes of the plugins directory the watcher acted on (reads and
+    /// temporary files are not changes).
+    #[serde(default)]
+    pub watch_events: u64,
 }
 
 /// One service: `GET /admin/services/NAME`, an element of the list, and

@@ -39,23 +39,33 @@ impl Drop for Watcher {
 /// compiles, then loads every change through `control`.
 pub fn spawn(dir: PathBuf, loader: Arc<Loader>, control: Arc<Control>) -> Result<Watcher> {
     let (tx, rx) = mpsc::unbounded_channel();
+    let counter = control.clone();
+    // inotify reports a rename as From, To and then Both; Both repeats the
+    // To just sent and would only queue a second, empty rescan.
+    let mut last_to: Option<PathBuf> = None;
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
+            use notify::event::{ModifyKind, RenameMode};
             // Opening or reading a file changes nothing, and the rescan's own
             // reads would otherwise trigger the next rescan, forever.
             if matches!(event.kind, notify::EventKind::Access(_)) {
                 return;
             }
-            let renamed = matches!(
-                event.kind,
-                notify::EventKind::Modify(notify::event::ModifyKind::Name(
-                    notify::event::RenameMode::To | notify::event::RenameMode::Both
-                ))
-            );
-            if let Some(path) = event.paths.iter().rev().find(|p| is_relevant(p)) {
-                tracing::trace!(kind = ?event.kind, path = %path.display(), "plugins directory changed");
-                let _ = tx.send(renamed.then(|| path.clone()));
+            let rename = match event.kind {
+                notify::EventKind::Modify(ModifyKind::Name(mode)) => Some(mode),
+                _ => None,
+            };
+            let Some(path) = event.paths.iter().rev().find(|p| is_relevant(p)) else {
+                return;
+            };
+            if rename == Some(RenameMode::Both) && last_to.as_ref() == Some(path) {
+                return;
             }
+            last_to = (rename == Some(RenameMode::To)).then(|| path.clone());
+            let renamed = matches!(rename, Some(RenameMode::To | RenameMode::Both));
+            tracing::trace!(kind = ?event.kind, path = %path.display(), "plugins directory changed");
+            counter.count_watch_event();
+            let _ = tx.send(renamed.then(|| path.clone()));
         }
     })
     .context("failed to create the plugins directory watcher")?;
