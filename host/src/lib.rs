@@ -32,6 +32,7 @@ pub mod control;
 pub mod dispatch;
 pub mod engine;
 pub mod error;
+pub mod files;
 pub mod front;
 mod host;
 pub mod instance;

@@ -39,9 +39,7 @@ const CORE_MODULE: [u8; 4] = [1, 0, 0, 0];
 /// Layer field of a component (bytes 6–7 are `01 00`).
 const COMPONENT_LAYER: [u8; 2] = [1, 0];
 
-/// A file modified more recently than this is still being written and is
-/// loaded on a later scan.
-pub const STABLE_AGE: Duration = Duration::from_millis(300);
+pub use crate::files::STABLE_AGE;
 
 /// What a scan reports while it runs, so the control plane can list what
 /// is compiling and serve each version as soon as it is ready.
@@ -65,15 +63,6 @@ pub struct Scan {
     pub registry: Registry,
     /// Files deferred because they are still being written.
     pub pending: Vec<String>,
-}
-
-/// Whether `path` has not been modified for [`STABLE_AGE`].
-fn is_stable(path: &Path) -> bool {
-    std::fs::metadata(path)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.elapsed().ok())
-        .is_none_or(|age| age >= STABLE_AGE)
 }
 
 /// Compiles and pre-links components.
@@ -140,8 +129,8 @@ impl Loader {
                 p.clone(),
             )
         });
-        let ready = |path: &PathBuf| renamed.contains(path) || is_stable(path);
-        let mut loading = to_compile(dir, &files, previous, &ready);
+        let ready = |path: &PathBuf| renamed.contains(path) || crate::files::is_settled(path);
+        let mut loading = to_compile(dir, &files, previous, &ready, self.outside_symlinks);
         if !loading.is_empty() {
             progress(Progress::Loading(loading.clone()));
         }
@@ -152,6 +141,7 @@ impl Loader {
         let mut manifests: BTreeMap<String, Manifest> = BTreeMap::new();
         let mut sandboxes: BTreeMap<String, Arc<Sandbox>> = BTreeMap::new();
         let mut bad_manifests = BTreeMap::new();
+        let mut unsettled = std::collections::BTreeSet::new();
         for path in &files {
             let path = path.clone();
             let file = display_name(&path);
@@ -169,10 +159,38 @@ impl Loader {
             if !manifests.contains_key(&name.service) && !bad_manifests.contains_key(&name.service)
             {
                 let origin = format!("{}.toml", name.service);
-                let loaded = Manifest::load(dir, &name.service).and_then(|m| {
-                    let sandbox = Sandbox::resolve(&m, &self.defaults, dir, &origin)?;
-                    Ok((m, sandbox))
-                });
+                // A manifest is settled like a component: one being rewritten
+                // in place is not applied half-written; the service keeps
+                // what it had (or waits, when it is new) until it settles.
+                let manifest_path = Manifest::path(dir, &name.service);
+                if !ready(&manifest_path) {
+                    pending.push(origin.clone());
+                    let last_sandbox = previous
+                        .service(&name.service)
+                        .and_then(|s| s.versions.first())
+                        .map(|v| v.sandbox.clone());
+                    match (previous.manifest(&name.service), last_sandbox) {
+                        (Some(m), Some(sandbox)) => {
+                            manifests.insert(name.service.clone(), m.clone());
+                            sandboxes.insert(name.service.clone(), sandbox);
+                        }
+                        _ => {
+                            unsettled.insert(name.service.clone());
+                            bad_manifests.insert(name.service.clone(), ());
+                        }
+                    }
+                    // (Versions of a live service keep loading under the
+                    // manifest they had.)
+                }
+            }
+            if !manifests.contains_key(&name.service) && !bad_manifests.contains_key(&name.service)
+            {
+                let origin = format!("{}.toml", name.service);
+                let loaded =
+                    Manifest::load(dir, &name.service, self.outside_symlinks).and_then(|m| {
+                        let sandbox = Sandbox::resolve(&m, &self.defaults, dir, &origin)?;
+                        Ok((m, sandbox))
+                    });
                 match loaded {
                     Ok((m, sandbox)) => {
                         manifests.insert(name.service.clone(), m);
@@ -198,6 +216,10 @@ impl Loader {
                         }
                     }
                 }
+            }
+            if unsettled.contains(&name.service) {
+                pending.push(file);
+                continue;
             }
             let Some(sandbox) = sandboxes.get(&name.service) else {
                 errors.push(LoadError {
@@ -316,7 +338,8 @@ impl Loader {
                 return Ok(v.clone());
             }
         }
-        let bytes = read_plugin(dir, path, self.outside_symlinks)?;
+        let bytes =
+            crate::files::read_regular(dir, path, MAX_COMPONENT_SIZE, self.outside_symlinks)?;
         let digest = hex::encode(Sha256::digest(&bytes));
         let size = bytes.len() as u64;
         let version = name
@@ -403,30 +426,6 @@ impl Loader {
     }
 }
 
-/// Reads a plugin file, refusing what is not a regular file inside `dir`
-/// or is larger than [`MAX_COMPONENT_SIZE`].
-/// A symlink leading outside is refused unless `outside_symlinks` is set.
-fn read_plugin(dir: &Path, path: &Path, outside_symlinks: bool) -> Result<Vec<u8>> {
-    let link = std::fs::symlink_metadata(path).context("cannot read file metadata")?;
-    if link.file_type().is_symlink() {
-        let target = path.canonicalize().context("broken symlink")?;
-        if !target.starts_with(dir) && !outside_symlinks {
-            bail!("symlink leads outside the plugins directory; copy the file in instead (or start the host with --follow-symlinks)");
-        }
-    }
-    let meta = std::fs::metadata(path).context("cannot read file metadata")?;
-    if !meta.is_file() {
-        bail!("not a regular file");
-    }
-    if meta.len() > MAX_COMPONENT_SIZE {
-        bail!(
-            "file is {} bytes, over the {MAX_COMPONENT_SIZE}-byte limit",
-            meta.len()
-        );
-    }
-    std::fs::read(path).context("cannot read file")
-}
-
 /// Checks the WebAssembly header: a component, not a core module or
 /// something else entirely.
 fn check_header(bytes: &[u8]) -> Result<()> {
@@ -462,6 +461,7 @@ fn to_compile(
     files: &[PathBuf],
     previous: &Registry,
     ready: &dyn Fn(&PathBuf) -> bool,
+    follow_outside: bool,
 ) -> Vec<Loading> {
     let since = std::time::SystemTime::now();
     files
@@ -474,7 +474,7 @@ fn to_compile(
         })
         .filter_map(|path| {
             let name = PluginName::from_path(path).ok()?;
-            let routes = Manifest::load(dir, &name.service)
+            let routes = Manifest::load(dir, &name.service, follow_outside)
                 .map(|m| m.routes_for(&name.service))
                 .unwrap_or_default();
             Some(Loading {

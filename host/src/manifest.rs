@@ -14,6 +14,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Largest manifest read, in bytes (a manifest is a page of TOML).
+pub const MAX_MANIFEST_SIZE: u64 = 256 * 1024;
+
 impl Limits {
     /// These limits with a manifest's `[limits]` applied; `origin` names the
     /// manifest in errors.
@@ -296,14 +299,29 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// Reads `DIR/NAME.toml` when it exists; a missing file is the default manifest.
-    pub fn load(plugins_dir: &Path, service: &str) -> Result<Self> {
-        let path = plugins_dir.join(format!("{service}.toml"));
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Self::parse(&text, &path.display().to_string()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(e).with_context(|| format!("failed to read manifest {}", path.display())),
+    /// Reads `DIR/NAME.toml` when it exists; a missing file is the default
+    /// manifest. Only a regular file of at most [`MAX_MANIFEST_SIZE`] bytes
+    /// is read (see [`crate::files`]); a symlink must stay inside the
+    /// directory unless `follow_outside`.
+    pub fn load(plugins_dir: &Path, service: &str, follow_outside: bool) -> Result<Self> {
+        let path = Self::path(plugins_dir, service);
+        if let Err(e) = std::fs::symlink_metadata(&path) {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                return Ok(Self::default());
+            }
         }
+        let bytes =
+            crate::files::read_regular(plugins_dir, &path, MAX_MANIFEST_SIZE, follow_outside)
+                .with_context(|| format!("failed to read manifest {}", path.display()))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| anyhow::anyhow!("invalid manifest {}: not UTF-8 text", path.display()))?;
+        Self::parse(&text, &path.display().to_string())
+            .map_err(|e| anyhow::anyhow!(crate::files::clip(&format!("{e:#}"), 600)))
+    }
+
+    /// Where the manifest of `service` lives.
+    pub fn path(plugins_dir: &Path, service: &str) -> PathBuf {
+        plugins_dir.join(format!("{service}.toml"))
     }
 
     /// The route prefixes of `service` (default: `/NAME`).

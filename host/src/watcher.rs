@@ -6,7 +6,9 @@
 //! the result goes to the control plane, which swaps it in atomically. Requests in flight keep
 //! the `Arc<Version>` they started with, so a swap never cuts one off, and a
 //! removed version is freed once its last request ends. Unchanged files keep
-//! their compiled version; files still being written are retried shortly.
+//! their compiled version; files still being written are retried shortly, and
+//! so is a scan that failed. A plugins directory replaced or recreated at its
+//! path is watched again (checked every [`DIR_CHECK`]).
 
 use crate::control::{Change, Control, ScanDone};
 use crate::loader::{Loader, Progress, STABLE_AGE};
@@ -23,9 +25,16 @@ use tokio::sync::mpsc;
 /// (a rename into place is loaded without waiting).
 pub const DEBOUNCE: Duration = Duration::from_millis(50);
 
+/// How often the watcher checks that the directory it watches is still the
+/// one at its path (a directory replaced by `mv` or removed and recreated
+/// takes its inotify watch with it).
+pub const DIR_CHECK: Duration = Duration::from_secs(1);
+
+/// Longest wait between retries of a scan that failed.
+pub const SCAN_RETRY_MAX: Duration = Duration::from_secs(10);
+
 /// Keeps the directory watched; dropping it stops the watcher task.
 pub struct Watcher {
-    _watcher: notify::RecommendedWatcher,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -72,11 +81,12 @@ pub fn spawn(dir: PathBuf, loader: Arc<Loader>, control: Arc<Control>) -> Result
     watcher
         .watch(&dir, RecursiveMode::NonRecursive)
         .with_context(|| format!("failed to watch plugins directory {}", dir.display()))?;
-    let task = tokio::spawn(run(dir, loader, control, rx));
-    Ok(Watcher {
-        _watcher: watcher,
-        task,
-    })
+    let watched = WatchedDir {
+        identity: identity(&dir),
+        watcher,
+    };
+    let task = tokio::spawn(run(dir, loader, control, rx, watched));
+    Ok(Watcher { task })
 }
 
 /// Components and manifests at the top of the directory; temp files are not.
@@ -197,28 +207,103 @@ async fn initial(dir: &Path, loader: &Arc<Loader>, control: &Arc<Control>) {
     );
 }
 
+/// The directory under watch and which directory it was when watched.
+struct WatchedDir {
+    identity: Option<(u64, u64)>,
+    watcher: notify::RecommendedWatcher,
+}
+
+impl WatchedDir {
+    /// Re-establishes the watch when the path now names another directory
+    /// (or names one again); says whether it did. A missing directory is
+    /// reported once and checked again later; what is loaded keeps serving.
+    fn check(&mut self, dir: &Path) -> bool {
+        let now = identity(dir);
+        if now == self.identity {
+            return false;
+        }
+        let was = self.identity.take();
+        let _ = self.watcher.unwatch(dir);
+        match now {
+            None => {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    "the plugins directory is gone; what is loaded keeps serving until it is back"
+                );
+                false
+            }
+            Some(_) => match self.watcher.watch(dir, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    self.identity = now;
+                    tracing::info!(
+                        dir = %dir.display(),
+                        replaced = was.is_some(),
+                        "watching the plugins directory again; rescanning"
+                    );
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the plugins directory yet");
+                    false
+                }
+            },
+        }
+    }
+}
+
+/// Device and inode of `dir`, when it is a directory.
+fn identity(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).ok()?;
+    meta.is_dir().then(|| (meta.dev(), meta.ino()))
+}
+
+/// Waits for a change; `None` when the channel closed. A replaced
+/// directory counts as a change; so does the end of `settle` when set.
+async fn next_event(
+    dir: &Path,
+    rx: &mut mpsc::UnboundedReceiver<Option<PathBuf>>,
+    watched: &mut WatchedDir,
+    settle: Option<Duration>,
+) -> Option<Option<PathBuf>> {
+    let deadline = settle.map(|d| tokio::time::Instant::now() + d);
+    let mut check = tokio::time::interval(DIR_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    check.tick().await;
+    loop {
+        let until = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            event = rx.recv() => return event,
+            () = until => return Some(None),
+            _ = check.tick() => {
+                if watched.check(dir) {
+                    return Some(None);
+                }
+            }
+        }
+    }
+}
+
 async fn run(
     dir: PathBuf,
     loader: Arc<Loader>,
     control: Arc<Control>,
     mut rx: mpsc::UnboundedReceiver<Option<PathBuf>>,
+    mut watched: WatchedDir,
 ) {
     initial(&dir, &loader, &control).await;
-    let mut retry = false;
+    let mut retry: Option<Duration> = None;
     loop {
         let mut renamed = std::collections::HashSet::new();
-        // Wait for a change, or for files still being written to settle.
-        let first = if retry {
-            match tokio::time::timeout(STABLE_AGE, rx.recv()).await {
-                Ok(None) => return,
-                Ok(Some(event)) => event,
-                Err(_) => None,
-            }
-        } else {
-            match rx.recv().await {
-                None => return,
-                Some(event) => event,
-            }
+        // Wait for a change, or for files still being written to settle,
+        // or for a failed scan's retry.
+        let Some(first) = next_event(&dir, &mut rx, &mut watched, retry).await else {
+            return;
         };
         // A file renamed into place is complete: load it at once, with
         // whatever else is already queued. Other changes (a file being
@@ -239,10 +324,16 @@ async fn run(
         }
         tracing::debug!(renamed = renamed.len(), "rescanning the plugins directory");
         let pending = scan(&dir, &loader, &control, renamed, true).await;
-        retry = pending.as_ref().is_some_and(|p| !p.is_empty());
-        if retry {
-            tracing::debug!(files = ?pending, "waiting for files still being written");
-        }
+        retry = match &pending {
+            Some(files) if files.is_empty() => None,
+            Some(files) => {
+                tracing::debug!(?files, "waiting for files still being written");
+                Some(STABLE_AGE)
+            }
+            // A scan that failed (out of file descriptors, the directory
+            // gone for a moment) is retried: a deploy is never lost.
+            None => Some(retry.map_or(STABLE_AGE, |d| (d * 2).min(SCAN_RETRY_MAX))),
+        };
     }
 }
 

@@ -23,6 +23,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("metrics", 0),
     ("kv", 0),
     ("plugin", 0),
+    ("files", 0),
     ("views", 0),
     ("shutdown", 0),
     // L1 — the Wasm runtime

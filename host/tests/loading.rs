@@ -5,8 +5,8 @@
 use std::time::Duration;
 use wasmhost::views::ServicesView;
 use wasmhost_test_support::{
-    bin, state_dir, try_wait_until, Host, Plugins, TestHost, Traffic, ADMIN_TOKEN, PROBE, USER,
-    WRONG_WORLD,
+    bin, state_dir, try_wait_until, wait_until, Host, Plugins, TestHost, Traffic, ADMIN_TOKEN,
+    PROBE, USER, WRONG_WORLD,
 };
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -325,4 +325,149 @@ fn status_shows_a_manifest_error_whole() {
     assert!(out.contains("line 1, column 1"), "{out}");
     assert!(out.contains("rutes = [\"/probe\"]"), "{out}");
     assert!(out.contains("unknown field `rutes`"), "{out}");
+}
+
+/// The manifests an operator can get wrong without writing bad TOML: a
+/// FIFO, a symlink to a system file, a file of 50 MB. Each is refused with
+/// its reason, the service keeps its last good manifest, admin writes and
+/// SIGTERM still work.
+#[test]
+fn manifests_that_are_not_regular_small_files_are_refused_without_blocking() {
+    let host = TestHost::examples().start();
+    let dir = host.plugins().path().to_path_buf();
+    std::fs::remove_file(dir.join("user.toml")).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(dir.join("user.toml"))
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo failed");
+    std::fs::remove_file(dir.join("order.toml")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", dir.join("order.toml")).unwrap();
+    let big = std::fs::File::create(dir.join("catalog.toml")).unwrap();
+    big.set_len(50 * 1024 * 1024).unwrap();
+    drop(big);
+    let expected = [
+        ("user.toml", "not a regular file"),
+        ("order.toml", "symlink leads outside the plugins directory"),
+        ("catalog.toml", "over the 262144-byte limit"),
+    ];
+    let errors = wait_until("the three manifests refused", WAIT * 4, || {
+        let errors = load_errors(&host);
+        expected
+            .iter()
+            .all(|(file, why)| errors.iter().any(|(f, e)| f == file && e.contains(why)))
+            .then_some(errors)
+    });
+    for (file, error) in &errors {
+        assert!(
+            error.len() < 1000 && !error.contains("root:"),
+            "{file}: {error}"
+        );
+    }
+    // Every service keeps serving under its last good manifest.
+    assert_eq!(served_by(&host, "/users/1").as_deref(), Some("user"));
+    assert_eq!(served_by(&host, "/products").as_deref(), Some("catalog"));
+    assert_eq!(served_by(&host, "/orders/1").as_deref(), Some("order"));
+    // The control plane is not stuck behind the FIFO.
+    host.admin(
+        "PUT",
+        "/admin/services/user/release",
+        Some(serde_json::json!({"weights": {"1.0.0": 100}})),
+        None,
+    )
+    .expect_status(200);
+    let log = host.stop();
+    assert!(log.contains("not a regular file"), "{log}");
+}
+
+/// A FIFO manifest present at start does not keep the host from serving.
+#[test]
+fn a_fifo_manifest_at_start_leaves_the_other_services_serving() {
+    let host = TestHost::examples()
+        .with(|p| {
+            std::fs::remove_file(p.path().join("catalog.toml")).unwrap();
+            let made = std::process::Command::new("mkfifo")
+                .arg(p.path().join("catalog.toml"))
+                .status()
+                .unwrap();
+            assert!(made.success(), "mkfifo failed");
+        })
+        .start();
+    assert_eq!(served_by(&host, "/users/1").as_deref(), Some("user"));
+    assert!(load_errors(&host)
+        .iter()
+        .any(|(f, e)| f == "catalog.toml" && e.contains("not a regular file")));
+}
+
+/// A manifest rewritten in place (truncated, then written) is not applied
+/// half-written: between the two writes `user` keeps its routes.
+#[test]
+fn a_manifest_rewritten_in_place_is_applied_only_once_it_settles() {
+    let host = TestHost::examples().start();
+    let path = host.plugins().path().join("user.toml");
+    let full = std::fs::read_to_string(&path).unwrap();
+    let scans = host.view::<ServicesView>("/admin/services").scans;
+    // First write: truncated in place. An empty manifest is valid and would
+    // move `user` to its default route, /user, away from /users.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    wait_until("a rescan after the truncation", WAIT, || {
+        (host.view::<ServicesView>("/admin/services").scans > scans).then_some(())
+    });
+    assert_eq!(served_by(&host, "/users/1").as_deref(), Some("user"));
+    let routes = host.admin("GET", "/admin/services/user", None, None).json()["routes"].clone();
+    assert_eq!(routes, serde_json::json!(["/users", "/user"]));
+    // Second write: the whole manifest, now with one more route.
+    std::fs::write(&path, full.replace("\"/user\"]", "\"/user\", \"/people\"]")).unwrap();
+    wait_until("the settled manifest applied", WAIT * 2, || {
+        (served_by(&host, "/people/1").as_deref() == Some("user")
+            && host.admin("GET", "/admin/services/user", None, None).json()["routes"]
+                .as_array()
+                .is_some_and(|r| r.len() == 3))
+        .then_some(())
+    });
+}
+
+/// The plugins directory replaced by another (`mv`), and later removed and
+/// recreated: the host watches the new one and loads what it holds.
+#[test]
+fn a_replaced_plugins_directory_is_watched_again() {
+    let host = TestHost::empty().add(USER, "user@1.0.0.wasm").start();
+    assert_eq!(served_by(&host, "/user/1").as_deref(), Some("user"));
+    let dir = host.plugins().path().to_path_buf();
+    let old = dir.with_extension("old");
+    let new = dir.with_extension("new");
+    std::fs::create_dir(&new).unwrap();
+    std::fs::copy(USER, new.join("user@1.0.0.wasm")).unwrap();
+    std::fs::copy(PROBE, new.join("probe@1.0.0.wasm")).unwrap();
+    std::fs::rename(&dir, &old).unwrap();
+    std::fs::rename(&new, &dir).unwrap();
+    wait_until("probe loaded from the new directory", WAIT * 2, || {
+        (served_by(&host, "/probe/echo").as_deref() == Some("probe")).then_some(())
+    });
+    // A file added to the new directory is loaded too.
+    std::fs::remove_dir_all(&old).unwrap();
+    std::fs::copy(USER, dir.join(".u.tmp")).unwrap();
+    std::fs::rename(dir.join(".u.tmp"), dir.join("user@1.1.0.wasm")).unwrap();
+    wait_until("user 1.1.0 loaded", WAIT, || {
+        (host.get("/user/1").header("x-wasmhost-version") == Some("1.1.0")).then_some(())
+    });
+    // Removed and recreated.
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(USER, dir.join("user@1.2.0.wasm")).unwrap();
+    wait_until("user 1.2.0 loaded", WAIT * 2, || {
+        (host.get("/user/1").header("x-wasmhost-version") == Some("1.2.0")).then_some(())
+    });
+    host.wait_for_log(&["watching the plugins directory again"], WAIT);
+}
+
+/// The service that answered `path`, as its response header names it.
+fn served_by(host: &Host, path: &str) -> Option<String> {
+    host.get(path)
+        .header("x-wasmhost-service")
+        .map(str::to_string)
 }
