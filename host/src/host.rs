@@ -85,7 +85,8 @@ impl HostBuilder {
         crate::engine::start_epoch_ticker(&engine)?;
         let loader = Arc::new(
             Loader::new(engine.clone(), config.limits.clone())?
-                .follow_outside_symlinks(config.follow_symlinks),
+                .follow_outside_symlinks(config.follow_symlinks)
+                .trial_instantiation(kv.clone()),
         );
         let release = ReleaseState::load(&state_dir)?;
         // Absolute, so the watcher's paths and the scan's paths are the same

@@ -9,8 +9,11 @@
 //! it never stops the other files from loading.
 
 use crate::bindings::ServicePre;
+use crate::capabilities::calls::{CallError, Calls, ServiceId};
 use crate::capabilities::{self, HostState};
 use crate::config::Limits;
+use crate::instance::{classify, new_store, Failure};
+use crate::kv::KvStore;
 use crate::manifest::Manifest;
 use crate::plugin::PluginName;
 use crate::registry::{FileStamp, LoadError, Loading, Pre, Registry, Version};
@@ -71,6 +74,8 @@ pub struct Loader {
     linker: Linker<HostState>,
     defaults: Limits,
     outside_symlinks: bool,
+    /// The store a trial instantiation writes to, when trials are on.
+    kv: Option<KvStore>,
 }
 
 impl Loader {
@@ -83,7 +88,16 @@ impl Loader {
             linker,
             defaults,
             outside_symlinks: false,
+            kv: None,
         })
+    }
+
+    /// Instantiates every version once, under its service's limits, before
+    /// it may take traffic (see [`Loader::trial`]); `kv` is the store the
+    /// instance sees (its start code runs with the service's own grants).
+    pub fn trial_instantiation(mut self, kv: KvStore) -> Self {
+        self.kv = Some(kv);
+        self
     }
 
     /// Also loads symlinks whose target is outside the plugins directory
@@ -359,6 +373,11 @@ impl Loader {
             }
             _ => self.compile(bytes)?,
         };
+        let id = ServiceId {
+            service: name.service.as_str().into(),
+            version: version.as_str().into(),
+        };
+        self.trial(&pre, id, &sandbox)?;
         Ok(Arc::new(Version {
             service: name.service.into(),
             version: version.into(),
@@ -422,6 +441,73 @@ impl Loader {
                 "component does not implement the wasmhost:plugin/service world (it must export `wasmhost:plugin/handler@0.1.0`, or `wasi:http/incoming-handler` for a wasi:http component): {}",
                 first_line(&format!("{e:#}"))
             )
+        })
+    }
+}
+
+impl Loader {
+    /// Instantiates `pre` once as `id` under `sandbox` (memory, CPU time,
+    /// timeout), so a version that can never run — initial memory above its
+    /// limit, a start function that loops or traps — is a load error instead
+    /// of a live version failing every request. Its start code may use the
+    /// service's key-value store; calls to other services are refused.
+    fn trial(&self, pre: &Pre, id: ServiceId, sandbox: &Arc<Sandbox>) -> Result<()> {
+        let Some(kv) = &self.kv else {
+            return Ok(());
+        };
+        let limits = &sandbox.limits;
+        let state = HostState::new(
+            id,
+            sandbox.clone(),
+            kv.clone(),
+            Arc::new(NoCalls),
+            "load-trial".into(),
+            0,
+        )?;
+        let mut store = new_store(&self.engine, state, limits.cpu_time);
+        let run = async {
+            match pre {
+                Pre::Service(pre) => pre.instantiate_async(&mut store).await.map(drop),
+                Pre::Proxy(pre) => pre.instantiate_async(&mut store).await.map(drop),
+            }
+            .map_err(|e| classify(e, limits))
+        };
+        let outcome = match tokio::runtime::Handle::try_current() {
+            Ok(handle) => handle.block_on(tokio::time::timeout(limits.timeout, run)),
+            Err(_) => tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .context("cannot start a runtime for the trial instantiation")?
+                .block_on(tokio::time::timeout(limits.timeout, run)),
+        };
+        let failure = match outcome {
+            Ok(Ok(())) => return Ok(()),
+            // Initial memory above the limit is refused before any code runs.
+            Ok(Err(_)) if store.data().limiter.memory_exhausted => {
+                Failure::OutOfMemory(limits.max_memory)
+            }
+            Ok(Err(failure)) => failure,
+            Err(_) => Failure::Timeout(limits.timeout),
+        };
+        bail!("the component cannot start under its limits, so it is not served: {failure}")
+    }
+}
+
+/// Service calls during a trial instantiation: there is no request to call
+/// on behalf of.
+struct NoCalls;
+
+impl Calls for NoCalls {
+    fn call(
+        &self,
+        callee: String,
+        _req: crate::bindings::Request,
+        _depth: u32,
+    ) -> futures::future::BoxFuture<'static, Result<crate::bindings::Response, CallError>> {
+        Box::pin(async move {
+            Err(CallError::Failed(format!(
+                "`{callee}` cannot be called while a version is instantiated at load"
+            )))
         })
     }
 }

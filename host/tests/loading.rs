@@ -471,3 +471,57 @@ fn served_by(host: &Host, path: &str) -> Option<String> {
         .header("x-wasmhost-service")
         .map(str::to_string)
 }
+
+/// A component whose start function loops (`tests/fixtures/spin-start.wat`).
+fn spin_start() -> Vec<u8> {
+    wat::parse_file(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/spin-start.wat"
+    ))
+    .unwrap()
+}
+
+/// Versions that compile but can never run are refused at load instead of
+/// going live: a start function that loops (as a newer version of a live
+/// service, it would take all the traffic) and an initial memory above the
+/// service's limit. Then a manifest lowering the limit below what the live
+/// version needs keeps the last good build.
+#[test]
+fn versions_that_cannot_start_under_their_limits_never_take_traffic() {
+    let host = TestHost::empty()
+        .add(USER, "user@1.0.0.wasm")
+        .manifest("probe", "[limits]\nmemory = \"64 KiB\"\n")
+        .add(PROBE, "probe@1.0.0.wasm")
+        .start();
+    let errors = load_errors(&host);
+    assert!(
+        errors.iter().any(|(f, e)| f == "probe@1.0.0.wasm"
+            && e.contains("cannot start under its limits")
+            && e.contains("ran out of memory (limit 64 KiB)")),
+        "{errors:#?}"
+    );
+    assert_eq!(served_by(&host, "/probe/echo"), None);
+
+    host.plugins().write(".spin.tmp", spin_start());
+    std::fs::rename(
+        host.plugins().path().join(".spin.tmp"),
+        host.plugins().path().join("user@2.0.0.wasm"),
+    )
+    .unwrap();
+    let errors = wait_until("user 2.0.0 refused", WAIT * 3, || {
+        let errors = load_errors(&host);
+        errors
+            .iter()
+            .any(|(f, _)| f == "user@2.0.0.wasm")
+            .then_some(errors)
+    });
+    assert!(
+        errors.iter().any(|(f, e)| f == "user@2.0.0.wasm"
+            && e.contains("cannot start under its limits")
+            && e.contains("CPU time limit")),
+        "{errors:#?}"
+    );
+    let r = host.get("/user/1");
+    assert_eq!(r.header("x-wasmhost-version"), Some("1.0.0"));
+    assert_ne!(r.status, 504);
+}
