@@ -30,6 +30,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
+use subtle::ConstantTimeEq;
 
 /// Shared state of the admin handlers.
 #[derive(Clone)]
@@ -67,17 +68,13 @@ async fn authorize(State(admin): State<Admin>, req: Request, next: Next) -> Resp
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match presented {
-        Some(t) if constant_time_eq(t.as_bytes(), admin.token.as_bytes()) => next.run(req).await,
+        Some(t) if bool::from(t.as_bytes().ct_eq(admin.token.as_bytes())) => next.run(req).await,
         _ => error_response(
             StatusCode::UNAUTHORIZED,
             "missing or wrong admin token (Authorization: Bearer TOKEN)",
             None,
         ),
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn list(State(admin): State<Admin>) -> Json<ServicesView> {
@@ -285,6 +282,7 @@ fn describe(service: &ServiceEntry) -> ServiceView {
             size: v.size,
             world: v.pre.world().to_string(),
             metrics: v.metrics.snapshot(),
+            pinned_metrics: v.pinned_metrics.snapshot(),
         })
         .collect();
     // Every version of a service shares its manifest, so one sandbox speaks for all.

@@ -61,6 +61,9 @@ pub struct ServeConfig {
     pub follow_symlinks: bool,
     /// Where compiled artifacts are cached; default `STATE/cache`.
     pub cache_dir: Option<PathBuf>,
+    /// When set, an outside request's pin (`x-wasmhost-version`) is honoured
+    /// only with header `x-wasmhost-pin-token` carrying this value.
+    pub pin_token: Option<String>,
 }
 
 impl Default for ServeConfig {
@@ -78,6 +81,7 @@ impl Default for ServeConfig {
             http: HttpLimits::default(),
             follow_symlinks: false,
             cache_dir: None,
+            pin_token: None,
         }
     }
 }
@@ -166,6 +170,13 @@ pub struct ServeArgs {
     /// directory (refused by default).
     #[arg(long)]
     pub follow_symlinks: bool,
+    /// Honour version pins (`x-wasmhost-version` header or cookie) from
+    /// outside only with header `x-wasmhost-pin-token: TOKEN`; without it
+    /// such requests are routed like any other. Unset, anyone may pin to a
+    /// loaded version that was not rolled back (pinned requests never count
+    /// in canary analysis either way).
+    #[arg(long, env = "WASMHOST_PIN_TOKEN", hide_env_values = true)]
+    pub pin_token: Option<String>,
 }
 
 impl From<ServeArgs> for ServeConfig {
@@ -177,6 +188,7 @@ impl From<ServeArgs> for ServeConfig {
             state_dir: a.state,
             follow_symlinks: a.follow_symlinks,
             cache_dir: a.cache_dir,
+            pin_token: a.pin_token.filter(|t| !t.is_empty()),
             ..Default::default()
         };
         config.limits.max_instances = a.max_instances;

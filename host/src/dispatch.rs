@@ -19,6 +19,7 @@ use crate::contract::validate;
 use crate::instance::{classify, new_store, IdleInstance};
 use crate::kv::KvStore;
 use crate::registry::{Pre, ServiceEntry, Snapshot, Version};
+use crate::release::Pins;
 use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
 use std::sync::{Arc, Weak};
@@ -88,7 +89,12 @@ impl Dispatcher {
     /// Chooses the version that serves an outside request for `path` with
     /// `headers`. It takes no concurrency slot yet: the caller claims one once
     /// the request body has arrived, so slow clients cannot fill a service.
-    pub fn pick(&self, path: &str, headers: &[(String, String)]) -> Result<Picked, DispatchError> {
+    pub fn pick(
+        &self,
+        path: &str,
+        headers: &[(String, String)],
+        pins: Pins,
+    ) -> Result<Picked, DispatchError> {
         let snapshot = self.snapshot.load();
         let Some(service) = snapshot.registry.route(path) else {
             if let Some(loading) = snapshot.loading_route(path) {
@@ -100,7 +106,7 @@ impl Dispatcher {
                 path: path.to_string(),
             });
         };
-        Picked::of(service, headers)
+        Picked::of(service, headers, pins)
     }
 
     /// Runs `req` on the live version of the service `name`, `depth` calls
@@ -118,31 +124,33 @@ impl Dispatcher {
                     .registry
                     .service(&name)
                     .ok_or_else(|| DispatchError::UnknownService(name.clone()))?;
-                Picked::of(service, &req.headers)?.claim()?
+                Picked::of(service, &req.headers, Pins::Trusted)?.claim()?
             };
             let span = tracing::Span::current();
             span.record("version", &*version.version);
-            self.run(version, req, depth).await
+            self.run(version, req, depth, false).await
         })
     }
 
-    /// Runs one request in a fresh instance of `version`.
+    /// Runs one request in a fresh instance of `version`; `pinned` says it
+    /// is an outside request that pinned the version (counted apart).
     pub async fn run(
         self: &Arc<Self>,
         version: Arc<Version>,
         req: Request,
         depth: u32,
+        pinned: bool,
     ) -> Result<Response, DispatchError> {
         let fail = |failure| DispatchError::failed(&version, failure);
         let limits = &version.sandbox.limits;
         let started = std::time::Instant::now();
-        let in_flight = version.metrics.start();
+        let in_flight = version.tally(pinned).start();
         let pre = match &version.pre {
             Pre::Service(pre) => pre.clone(),
             Pre::Proxy(_) => {
                 drop(in_flight);
                 let store = self.new_store(&version, depth, request_id(&req.headers));
-                return crate::proxy::call_buffered(store, version.clone(), req).await;
+                return crate::proxy::call_buffered(store, version.clone(), req, pinned).await;
             }
         };
         // A fresh instance, unless the service opted into reuse and an
@@ -220,19 +228,26 @@ impl Dispatcher {
 pub struct Picked {
     /// The version that will run the request.
     pub version: Arc<Version>,
+    /// Whether an outside pin chose it.
+    pub pinned: bool,
     slots: Arc<tokio::sync::Semaphore>,
     concurrency: u32,
 }
 
 impl Picked {
     /// Picks the version of `service` for a request with `headers`.
-    fn of(service: &ServiceEntry, headers: &[(String, String)]) -> Result<Self, DispatchError> {
-        let version = service
-            .pick(headers, fastrand::u64(..))
-            .cloned()
+    fn of(
+        service: &ServiceEntry,
+        headers: &[(String, String)],
+        pins: Pins,
+    ) -> Result<Self, DispatchError> {
+        let (version, pinned) = service
+            .pick(headers, fastrand::u64(..), pins)
+            .map(|(v, pinned)| (v.clone(), pinned && pins == Pins::Outside))
             .ok_or_else(|| DispatchError::UnknownService(service.name.clone()))?;
         Ok(Self {
             version,
+            pinned,
             slots: service.slots.clone(),
             concurrency: service.concurrency,
         })
@@ -245,7 +260,7 @@ impl Picked {
             Ok(permit) => Ok((self.version, permit)),
             Err(_) => {
                 self.version
-                    .metrics
+                    .tally(self.pinned)
                     .start()
                     .finish(503, false, Duration::ZERO);
                 Err(DispatchError::failed(

@@ -10,11 +10,13 @@ pub use crate::contract::{SERVICE_HEADER, VERSION_HEADER};
 use crate::contract::{tag, to_http, wit_headers};
 use crate::dispatch::{DispatchError, Dispatcher, Failure};
 use crate::registry::Pre;
+use crate::release::Pins;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
@@ -27,14 +29,28 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 use axum::http::HeaderName;
 
-/// The axum app serving plugin traffic; a request body must arrive within
-/// `body_timeout`.
-pub fn app(dispatcher: Arc<Dispatcher>, body_timeout: Duration) -> axum::Router {
+/// Header an outside request carries the pin token in (see
+/// [`FrontOptions::pin_token`]); never passed to the service.
+pub const PIN_TOKEN_HEADER: HeaderName = HeaderName::from_static("x-wasmhost-pin-token");
+
+/// How the front treats requests.
+#[derive(Debug, Clone)]
+pub struct FrontOptions {
+    /// Time a request body has to arrive.
+    pub body_timeout: Duration,
+    /// When set, an outside pin is honoured only with [`PIN_TOKEN_HEADER`]
+    /// carrying this value (and then reaches any loaded version).
+    pub pin_token: Option<Arc<str>>,
+}
+
+/// The axum app serving plugin traffic.
+pub fn app(dispatcher: Arc<Dispatcher>, options: FrontOptions) -> axum::Router {
     axum::Router::new()
         .fallback(handle)
         .with_state(Front {
             dispatcher,
-            body_timeout,
+            body_timeout: options.body_timeout,
+            pin_token: options.pin_token,
         })
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, NewRequestId))
@@ -45,6 +61,21 @@ pub fn app(dispatcher: Arc<Dispatcher>, body_timeout: Duration) -> axum::Router 
 struct Front {
     dispatcher: Arc<Dispatcher>,
     body_timeout: Duration,
+    pin_token: Option<Arc<str>>,
+}
+
+/// Which pins an outside request may use: with a pin token configured,
+/// only one that presents it (compared in constant time), and then any
+/// loaded version; without one, any version that was not rolled back.
+fn pins(parts: &mut http::request::Parts, token: Option<&str>) -> Pins {
+    let presented = parts.headers.remove(PIN_TOKEN_HEADER);
+    match token {
+        None => Pins::Outside,
+        Some(token) => match presented {
+            Some(p) if bool::from(p.as_bytes().ct_eq(token.as_bytes())) => Pins::Trusted,
+            _ => Pins::Ignored,
+        },
+    }
 }
 
 /// Makes the id of a request that came without one: 16 random hex digits
@@ -140,18 +171,21 @@ async fn serve(
     Front {
         dispatcher,
         body_timeout,
+        pin_token,
     }: Front,
     req: axum::extract::Request,
 ) -> (axum::response::Response, Option<DispatchError>) {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    let pins = pins(&mut parts, pin_token.as_deref());
     let headers = wit_headers(&parts.headers);
     let path = parts.uri.path().to_string();
     // Route first: the body limit is the chosen service's own.
-    let picked = match dispatcher.pick(&path, &headers) {
+    let picked = match dispatcher.pick(&path, &headers, pins) {
         Ok(picked) => picked,
         Err(e) => return failed(e),
     };
     let version = picked.version.clone();
+    let pinned = picked.pinned;
     let span = tracing::Span::current();
     span.record("service", &*version.service);
     span.record("version", &*version.version);
@@ -176,7 +210,7 @@ async fn serve(
         let req = axum::http::Request::from_parts(parts, body);
         let request_id = crate::dispatch::request_id(&headers);
         let store = dispatcher.new_store(&version, 0, request_id);
-        return match crate::proxy::handle(store, version.clone(), req).await {
+        return match crate::proxy::handle(store, version.clone(), req, pinned).await {
             Ok(resp) => {
                 let mut out = resp.map(Body::new);
                 tag(out.headers_mut(), &version.service, &version.version);
@@ -218,7 +252,7 @@ async fn serve(
         Ok((_, permit)) => permit,
         Err(e) => return failed(e),
     };
-    match dispatcher.run(version.clone(), request, 0).await {
+    match dispatcher.run(version.clone(), request, 0, pinned).await {
         Ok(resp) => (to_http(resp, &version.service, &version.version), None),
         Err(e) => failed(e),
     }

@@ -164,7 +164,13 @@ impl Host {
 
     /// The app serving the services (plugin traffic).
     pub fn front(&self) -> axum::Router {
-        crate::front::app(self.dispatcher.clone(), self.config.http.body_timeout)
+        crate::front::app(
+            self.dispatcher.clone(),
+            crate::front::FrontOptions {
+                body_timeout: self.config.http.body_timeout,
+                pin_token: self.config.pin_token.as_deref().map(Arc::from),
+            },
+        )
     }
 
     /// The admin API, every call requiring `token`.

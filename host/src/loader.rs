@@ -360,9 +360,9 @@ impl Loader {
             .version
             .clone()
             .unwrap_or_else(|| digest[..12].to_string());
-        let metrics = match last {
-            Some(v) if *v.version == *version => v.metrics.clone(),
-            _ => Arc::default(),
+        let (metrics, pinned_metrics) = match last {
+            Some(v) if *v.version == *version => (v.metrics.clone(), v.pinned_metrics.clone()),
+            _ => Default::default(),
         };
         let pre = match last {
             Some(v) if v.digest == digest && *v.version == *version => {
@@ -388,6 +388,7 @@ impl Loader {
             pre,
             sandbox,
             metrics,
+            pinned_metrics,
             idle: Arc::default(),
         }))
     }

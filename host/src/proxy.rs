@@ -30,6 +30,7 @@ pub async fn handle<B>(
     store: Result<wasmtime::Store<HostState>, Failure>,
     version: Arc<Version>,
     req: http::Request<B>,
+    pinned: bool,
 ) -> Result<http::Response<HyperOutgoingBody>, DispatchError>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
@@ -42,7 +43,7 @@ where
     let pre = pre.clone();
     let limits = version.sandbox.limits.clone();
     let started = Instant::now();
-    let in_flight = version.metrics.start();
+    let in_flight = version.tally(pinned).start();
     let mut store = match store {
         Ok(store) => store,
         Err(failure) => {
@@ -134,6 +135,7 @@ pub async fn call_buffered(
     store: Result<wasmtime::Store<HostState>, Failure>,
     version: Arc<Version>,
     req: Request,
+    pinned: bool,
 ) -> Result<Response, DispatchError> {
     let fail = |failure| DispatchError::failed(&version, failure);
     let uri = if req.query.is_empty() {
@@ -151,7 +153,7 @@ pub async fn call_buffered(
         .body(Full::new(Bytes::from(req.body)))
         .map_err(|e| fail(Failure::Internal(format!("invalid request: {e}"))))?;
     let limits = version.sandbox.limits.clone();
-    let resp = handle(store, version.clone(), request).await?;
+    let resp = handle(store, version.clone(), request, pinned).await?;
     let (parts, body) = resp.into_parts();
     let collected = tokio::time::timeout(limits.timeout, body.collect())
         .await

@@ -10,7 +10,7 @@ use crate::capabilities::HostState;
 use crate::instance::IdleInstances;
 use crate::manifest::Manifest;
 use crate::metrics::VersionMetrics;
-use crate::release::Policy;
+use crate::release::{Pins, Policy};
 use crate::release_state::ReleaseState;
 use crate::router::RouteTable;
 use crate::sandbox::Sandbox;
@@ -58,11 +58,26 @@ pub struct Version {
     pub pre: Pre,
     /// Its limits and grants, from the service's manifest.
     pub sandbox: Arc<Sandbox>,
-    /// Request metrics; kept across reloads of the same version.
+    /// Request metrics of routed traffic (what canary analysis judges);
+    /// kept across reloads of the same version.
     pub metrics: Arc<VersionMetrics>,
+    /// Request metrics of outside requests that pinned this version: shown
+    /// apart, never judged.
+    pub pinned_metrics: Arc<VersionMetrics>,
     /// Instances waiting for their next request, when the service's
     /// `requests-per-instance` is above 1 (empty otherwise).
     pub idle: Arc<IdleInstances>,
+}
+
+impl Version {
+    /// The metrics a request counts in: a pinned outside request apart.
+    pub fn tally(&self, pinned: bool) -> &VersionMetrics {
+        if pinned {
+            &self.pinned_metrics
+        } else {
+            &self.metrics
+        }
+    }
 }
 
 /// What identifies one state of a file on disk: its device, inode, size and
@@ -129,10 +144,16 @@ impl ServiceEntry {
         self.versions.iter().find(|v| *v.version == *name)
     }
 
-    /// The version for a request with `headers` (see [`Policy::pick`]).
-    pub fn pick(&self, headers: &[(String, String)], roll: u64) -> Option<&Arc<Version>> {
-        let name = self.policy.pick(&self.names, headers, roll)?;
-        self.version(name)
+    /// The version for a request with `headers` (see [`Policy::pick`]),
+    /// and whether a pin chose it.
+    pub fn pick(
+        &self,
+        headers: &[(String, String)],
+        roll: u64,
+        pins: Pins,
+    ) -> Option<(&Arc<Version>, bool)> {
+        let (name, pinned) = self.policy.pick(&self.names, headers, roll, pins)?;
+        Some((self.version(name)?, pinned))
     }
 }
 
@@ -495,7 +516,7 @@ fn policy_for(
             "the manifest",
         ),
     };
-    match Policy::resolve(names, weights, sticky.clone()) {
+    let mut policy = match Policy::resolve(names, weights, sticky.clone()) {
         Ok(p) => p,
         Err(e) => {
             errors.push(LoadError {
@@ -506,7 +527,16 @@ fn policy_for(
             });
             Policy::resolve(names, None, sticky).unwrap_or_default()
         }
-    }
+    };
+    policy.rolled_back = operator
+        .map(|r| {
+            r.rolled_back
+                .iter()
+                .map(|v| Arc::from(v.as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    policy
 }
 
 #[cfg(test)]

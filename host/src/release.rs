@@ -21,6 +21,19 @@ pub const PIN_HEADER: &str = "x-wasmhost-version";
 /// Cookie that pins a request to a version.
 pub const PIN_COOKIE: &str = "wasmhost-version";
 
+/// Which pins a request may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pins {
+    /// Pins are ignored: the request is routed by stickiness and weights
+    /// (an outside request without the pin token, when one is set).
+    Ignored,
+    /// An outside client's pin: any loaded version except one rolled back.
+    Outside,
+    /// A pin from a trusted caller (the pin token, or a service's own
+    /// call): any loaded version.
+    Trusted,
+}
+
 /// The resolved policy of one service: (version, weight) newest first.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
@@ -28,6 +41,9 @@ pub struct Policy {
     pub weights: Vec<(Arc<str>, u32)>,
     /// Optional stickiness.
     pub sticky: Option<Sticky>,
+    /// Versions rolled back and not given traffic since: outside pins do
+    /// not reach them.
+    pub rolled_back: Vec<Arc<str>>,
 }
 
 impl Policy {
@@ -60,21 +76,31 @@ impl Policy {
         Ok(Self {
             weights: out,
             sticky,
+            rolled_back: Vec::new(),
         })
     }
 
     /// Picks the version for a request with `headers`; `roll` is a random
-    /// number used when neither a pin nor a sticky key decides.
+    /// number used when neither a pin nor a sticky key decides. Says
+    /// whether a pin chose it.
     pub fn pick<'a>(
         &'a self,
         loaded: &'a [Arc<str>],
         headers: &[(String, String)],
         roll: u64,
-    ) -> Option<&'a Arc<str>> {
-        let pinned = header(headers, PIN_HEADER).or_else(|| cookie(headers, PIN_COOKIE));
+        pins: Pins,
+    ) -> Option<(&'a Arc<str>, bool)> {
+        let pinned = match pins {
+            Pins::Ignored => None,
+            Pins::Outside | Pins::Trusted => {
+                header(headers, PIN_HEADER).or_else(|| cookie(headers, PIN_COOKIE))
+            }
+        };
         if let Some(pin) = pinned {
-            if let Some(v) = loaded.iter().find(|v| ***v == *pin) {
-                return Some(v);
+            let reachable =
+                |v: &&Arc<str>| pins == Pins::Trusted || !self.rolled_back.iter().any(|r| r == *v);
+            if let Some(v) = loaded.iter().find(|v| ***v == *pin).filter(reachable) {
+                return Some((v, true));
             }
         }
         let bucket = match self.sticky.as_ref().and_then(|s| sticky_key(s, headers)) {
@@ -85,10 +111,10 @@ impl Policy {
         for (version, weight) in &self.weights {
             upper += u64::from(*weight);
             if bucket < upper {
-                return Some(version);
+                return Some((version, false));
             }
         }
-        self.weights.first().map(|(v, _)| v)
+        self.weights.first().map(|(v, _)| (v, false))
     }
 }
 
@@ -141,7 +167,10 @@ mod tests {
         let loaded = versions(&["1.0.0", "1.1.0"]);
         let p = Policy::resolve(&loaded, None, None).unwrap();
         for roll in 0..100 {
-            assert_eq!(p.pick(&loaded, &[], roll).map(|v| &**v), Some("1.1.0"));
+            assert_eq!(
+                p.pick(&loaded, &[], roll, Pins::Outside).map(|(v, _)| &**v),
+                Some("1.1.0")
+            );
         }
     }
 
@@ -155,7 +184,7 @@ mod tests {
         )
         .unwrap();
         let new = (0..100)
-            .filter(|r| p.pick(&loaded, &[], *r).map(|v| &**v) == Some("1.1.0"))
+            .filter(|r| p.pick(&loaded, &[], *r, Pins::Outside).map(|(v, _)| &**v) == Some("1.1.0"))
             .count();
         assert_eq!(new, 10);
     }
@@ -165,14 +194,53 @@ mod tests {
         let loaded = versions(&["1.0.0", "1.1.0"]);
         let p = Policy::resolve(&loaded, None, None).unwrap();
         let h = vec![("x-wasmhost-version".to_string(), "1.0.0".to_string())];
-        assert_eq!(p.pick(&loaded, &h, 0).map(|v| &**v), Some("1.0.0"));
+        assert_eq!(
+            p.pick(&loaded, &h, 0, Pins::Outside).map(|(v, _)| &**v),
+            Some("1.0.0")
+        );
         let c = vec![(
             "cookie".to_string(),
             "a=b; wasmhost-version=1.0.0".to_string(),
         )];
-        assert_eq!(p.pick(&loaded, &c, 0).map(|v| &**v), Some("1.0.0"));
+        assert_eq!(
+            p.pick(&loaded, &c, 0, Pins::Outside).map(|(v, _)| &**v),
+            Some("1.0.0")
+        );
         let bad = vec![("x-wasmhost-version".to_string(), "9.9.9".to_string())];
-        assert_eq!(p.pick(&loaded, &bad, 0).map(|v| &**v), Some("1.1.0"));
+        assert_eq!(
+            p.pick(&loaded, &bad, 0, Pins::Outside).map(|(v, _)| &**v),
+            Some("1.1.0")
+        );
+        // A pin says so; a weighted pick does not.
+        assert_eq!(
+            p.pick(&loaded, &h, 0, Pins::Outside).map(|(_, pin)| pin),
+            Some(true)
+        );
+        assert_eq!(
+            p.pick(&loaded, &[], 0, Pins::Outside).map(|(_, pin)| pin),
+            Some(false)
+        );
+        // Without the pin token a pin is ignored.
+        assert_eq!(
+            p.pick(&loaded, &h, 0, Pins::Ignored).map(|(v, _)| &**v),
+            Some("1.1.0")
+        );
+    }
+
+    #[test]
+    fn a_rolled_back_version_is_reached_only_by_a_trusted_pin() {
+        let loaded = versions(&["1.0.0", "1.1.0"]);
+        let mut p = Policy::resolve(&loaded, Some(&weights(&[("1.0.0", 100)])), None).unwrap();
+        p.rolled_back = vec![Arc::from("1.1.0")];
+        let h = vec![("x-wasmhost-version".to_string(), "1.1.0".to_string())];
+        assert_eq!(
+            p.pick(&loaded, &h, 0, Pins::Outside).map(|(v, _)| &**v),
+            Some("1.0.0")
+        );
+        assert_eq!(
+            p.pick(&loaded, &h, 0, Pins::Trusted).map(|(v, _)| &**v),
+            Some("1.1.0")
+        );
     }
 
     #[test]
@@ -190,13 +258,18 @@ mod tests {
         let (p10, p50) = (at(10), at(50));
         for user in 0..1000 {
             let h = vec![("x-user-id".to_string(), format!("user-{user}"))];
-            let before = p10.pick(&loaded, &h, user).map(|v| v.to_string());
+            let before = p10
+                .pick(&loaded, &h, user, Pins::Outside)
+                .map(|(v, _)| v.to_string());
             // The same key always lands on the same version, whatever the roll.
             assert_eq!(
                 before,
-                p10.pick(&loaded, &h, user + 17).map(|v| v.to_string())
+                p10.pick(&loaded, &h, user + 17, Pins::Outside)
+                    .map(|(v, _)| v.to_string())
             );
-            let after = p50.pick(&loaded, &h, user).map(|v| v.to_string());
+            let after = p50
+                .pick(&loaded, &h, user, Pins::Outside)
+                .map(|(v, _)| v.to_string());
             if before.as_deref() == Some("1.1.0") {
                 assert_eq!(after.as_deref(), Some("1.1.0"), "user-{user} moved back");
             }

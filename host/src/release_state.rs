@@ -56,6 +56,10 @@ pub struct ServiceRelease {
     /// What changed, oldest first.
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
+    /// Versions rolled back (by an operator or by canary analysis) and not
+    /// given traffic since: an outside pin does not reach them.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub rolled_back: std::collections::BTreeSet<String>,
 }
 
 /// A canary release in progress.
@@ -234,6 +238,11 @@ pub fn set_weights(
         .transpose()
         .map_err(|e| ReleaseError::Invalid(e.to_string()))?;
     let detail = weights.summary();
+    for (version, weight) in weights.as_map() {
+        if *weight > 0 {
+            entry.rolled_back.remove(version);
+        }
+    }
     entry.weights = Some(weights.into());
     entry.canary = None;
     if sticky.is_some() {
@@ -258,6 +267,7 @@ pub fn promote(
     entry.weights = Some(Weights::all(version).into());
     entry.canary = None;
     entry.stable = Some(version.to_string());
+    entry.rolled_back.remove(version);
     entry.record("promote", version.to_string());
     Ok(version.to_string())
 }
@@ -293,6 +303,17 @@ pub fn rollback_target(entry: &ServiceRelease, loaded: Loaded<'_>) -> Option<Str
 pub fn rollback(entry: &mut ServiceRelease, loaded: Loaded<'_>) -> Result<String, ReleaseError> {
     let target = rollback_target(entry, loaded)
         .ok_or_else(|| ReleaseError::NoStable(loaded.service.to_string()))?;
+    let mut from: Vec<String> = entry
+        .weights
+        .iter()
+        .flatten()
+        .filter(|(_, w)| **w > 0)
+        .map(|(v, _)| v.clone())
+        .chain(loaded.live.map(str::to_string))
+        .chain(entry.canary.as_ref().map(|c| c.candidate.clone()))
+        .collect();
+    from.retain(|v| *v != target);
+    entry.rolled_back.extend(from);
     entry.weights = Some(Weights::all(&target).into());
     entry.stable = Some(target.clone());
     entry.previous = None;
@@ -333,6 +354,8 @@ pub fn on_takeover(entry: &mut ServiceRelease, was_live: &str, now_live: &str) -
 /// weights are cleared when nothing named is left (the highest version then
 /// takes all). Returns whether the state changed.
 pub fn prune_removed(entry: &mut ServiceRelease, loaded: Loaded<'_>) -> bool {
+    // (A version removed and deployed again later starts afresh.)
+    entry.rolled_back.retain(|v| loaded.has(v));
     let Some(weights) = entry.weights.as_ref() else {
         return false;
     };
@@ -432,6 +455,7 @@ pub fn apply_canary(entry: &mut ServiceRelease, decision: &CanaryDecision) -> bo
             entry.record("canary", "ended: a version of it was removed".into());
         }
         CanaryVerdict::Rollback { reason } => {
+            entry.rolled_back.insert(canary.candidate.clone());
             entry.weights = Some(Weights::all(&canary.stable).into());
             entry.canary = None;
             entry.record(
@@ -467,6 +491,7 @@ pub fn apply_canary(entry: &mut ServiceRelease, decision: &CanaryDecision) -> bo
 /// Starts a canary of `candidate` beside `stable` at `first` percent.
 pub fn start_canary(entry: &mut ServiceRelease, stable: &str, candidate: &str, first: u32) {
     entry.weights = Some(canary_weights(stable, candidate, first));
+    entry.rolled_back.remove(candidate);
     entry.stable = Some(stable.to_string());
     entry.canary = Some(Canary {
         candidate: candidate.to_string(),

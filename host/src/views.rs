@@ -93,8 +93,12 @@ pub struct VersionView {
     pub size: u64,
     /// `wasmhost:plugin/service` or `wasi:http/proxy`.
     pub world: String,
-    /// Request metrics since it was loaded.
+    /// Request metrics of routed traffic since it was loaded (what canary
+    /// analysis judges).
     pub metrics: Snapshot,
+    /// Outside requests that pinned this version, counted apart.
+    #[serde(default)]
+    pub pinned_metrics: Snapshot,
 }
 
 /// A version being compiled.

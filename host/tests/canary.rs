@@ -71,7 +71,9 @@ fn a_failing_canary_is_rolled_back_with_its_reason() {
     plugins
         .add(USER, "user@1.0.0.wasm")
         .write("user.toml", MANIFEST);
-    let host = TestHost::with_plugins(plugins).start();
+    let host = TestHost::with_plugins(plugins)
+        .args(&["--pin-token", "let-me-pin"])
+        .start();
 
     // The probe fixture, dropped as user 1.1.0, traps on GET /users/trap,
     // where the stable user service answers 400: a 5xx rate of 100% vs 0%.
@@ -85,11 +87,65 @@ fn a_failing_canary_is_rolled_back_with_its_reason() {
     assert_eq!(last.action, "rollback", "{svc:?}");
     assert!(last.detail.contains("error rate 100.0%"), "{last:?}");
     assert!(svc.canary.is_none(), "{svc:?}");
-    // The rolled-back version stays loaded and pinnable.
+    // The rolled-back version stays loaded, pinnable with the pin token
+    // only (and then the guest never sees the token).
     let pinned = host.get_pinned("/users/echo", "1.1.0");
+    assert_eq!(pinned.header("x-wasmhost-version"), Some("1.0.0"));
+    let pinned = host.send_with(
+        "GET",
+        "/users/echo",
+        &[
+            ("x-wasmhost-version", "1.1.0"),
+            ("x-wasmhost-pin-token", "let-me-pin"),
+        ],
+    );
     assert_eq!(pinned.header("x-wasmhost-version"), Some("1.1.0"));
+    let seen = pinned.json()["headers"].to_string();
+    assert!(!seen.contains("let-me-pin"), "{seen}");
     host.wait_for_log(
         &["canary rolled back", "service=user", "version=1.1.0"],
         Duration::from_secs(5),
     );
+}
+
+/// Pinned outside requests never steer a canary: a candidate that only
+/// pinned traffic reaches is not promoted, and its pinned requests are
+/// counted apart. Without a pin token, a rolled-back version is not
+/// reachable by a pin either.
+#[test]
+fn pinned_outside_traffic_is_counted_apart_and_never_promotes_a_canary() {
+    let plugins = Plugins::new();
+    plugins
+        .add(USER, "user@1.0.0.wasm")
+        .write("user.toml", MANIFEST);
+    let host = TestHost::with_plugins(plugins).start();
+    host.plugins().deploy(USER_V2, "user@1.1.0.wasm");
+    wait_until("the canary starts", Duration::from_secs(10), || {
+        let svc: ServiceView = host.view("/admin/services/user");
+        svc.canary.is_some().then_some(())
+    });
+    // Three step intervals of pinned traffic alone.
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    let mut sent = 0;
+    while std::time::Instant::now() < until {
+        let r = host.get_pinned("/users/1", "1.1.0");
+        assert_eq!(r.header("x-wasmhost-version"), Some("1.1.0"));
+        sent += 1;
+    }
+    let svc: ServiceView = host.view("/admin/services/user");
+    assert!(
+        svc.history.iter().all(|h| h.action != "promote"),
+        "{:?}",
+        svc.history
+    );
+    assert_eq!(weight(&svc, "1.1.0"), 50, "{svc:?}");
+    let candidate = svc.version("1.1.0").unwrap();
+    assert_eq!(candidate.metrics.requests, 0);
+    assert_eq!(candidate.pinned_metrics.requests, sent);
+
+    // Rolled back, the candidate is out of reach of outside pins.
+    host.admin("POST", "/admin/services/user/rollback", None, None)
+        .expect_status(200);
+    let r = host.get_pinned("/users/1", "1.1.0");
+    assert_eq!(r.header("x-wasmhost-version"), Some("1.0.0"));
 }
