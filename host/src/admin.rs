@@ -290,6 +290,15 @@ fn describe(service: &ServiceEntry) -> ServiceView {
     ServiceView {
         name: service.name.clone(),
         routes: service.routes.iter().map(ToString::to_string).collect(),
+        private_routes: if service.private {
+            service.routes.iter().map(ToString::to_string).collect()
+        } else {
+            service
+                .private_routes
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        },
         sticky: service.policy.sticky.as_ref().map(ToString::to_string),
         versions,
         running: service.concurrency as usize - service.slots.available_permits(),

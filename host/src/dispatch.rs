@@ -96,7 +96,9 @@ impl Dispatcher {
         pins: Pins,
     ) -> Result<Picked, DispatchError> {
         let snapshot = self.snapshot.load();
-        let Some(service) = snapshot.registry.route(path) else {
+        // A private service (or route) is answered like a path no one owns.
+        let public = snapshot.registry.route(path).filter(|s| s.is_public(path));
+        let Some(service) = public else {
             if let Some(loading) = snapshot.loading_route(path) {
                 return Err(DispatchError::Loading {
                     service: loading.service.clone(),

@@ -172,6 +172,15 @@ pub struct Manifest {
     /// Path prefixes the service owns. Default: `["/NAME"]`.
     #[serde(default)]
     pub routes: Option<Vec<Route>>,
+    /// Reachable only from other services (`services.call`,
+    /// `http://NAME.internal`), never from outside: outside requests for
+    /// its routes get the 404 of a path no service owns.
+    #[serde(default)]
+    pub private: bool,
+    /// Path prefixes within its routes that only other services reach
+    /// (e.g. an inventory's reservations), the rest staying public.
+    #[serde(default)]
+    pub private_routes: Vec<Route>,
     /// Values the service reads through `wasi:config/store`.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
@@ -264,6 +273,13 @@ impl Manifest {
         if let Some(routes) = &manifest.routes {
             if routes.is_empty() {
                 bail!("invalid manifest {origin}: `routes` must list at least one prefix");
+            }
+        }
+        if let Some(routes) = &manifest.routes {
+            for private in &manifest.private_routes {
+                if !routes.iter().any(|r| r.covers(private.as_str())) {
+                    bail!("invalid manifest {origin}: `private-routes` entry `{private}` is under none of the service's `routes`");
+                }
             }
         }
         let steps = &manifest.steps;

@@ -124,9 +124,18 @@ pub struct ServiceEntry {
     pub slots: Arc<tokio::sync::Semaphore>,
     /// The service's concurrency limit (the size of `slots`).
     pub concurrency: u32,
+    /// Reachable only from other services.
+    pub private: bool,
+    /// Prefixes only other services reach.
+    pub private_routes: Vec<Route>,
 }
 
 impl ServiceEntry {
+    /// Whether an outside request for `path` may reach this service.
+    pub fn is_public(&self, path: &str) -> bool {
+        !self.private && !self.private_routes.iter().any(|r| r.covers(path))
+    }
+
     /// The version that takes new traffic without a pin: the one with the
     /// largest weight (the highest version by default).
     pub fn live(&self) -> Option<&Arc<Version>> {
@@ -304,6 +313,11 @@ impl Registry {
             services.insert(
                 name.clone(),
                 ServiceEntry {
+                    private: manifests.get(&name).is_some_and(|m| m.private),
+                    private_routes: manifests
+                        .get(&name)
+                        .map(|m| m.private_routes.clone())
+                        .unwrap_or_default(),
                     name,
                     routes,
                     versions,

@@ -117,6 +117,17 @@ impl Route {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whether `path` is this prefix or below it, segment by segment (the
+    /// router's rule: `/a` covers `/a` and `/a/b`, not `/ab`).
+    pub fn covers(&self, path: &str) -> bool {
+        let path = path.trim_end_matches('/');
+        self.0 == "/"
+            || path == self.0
+            || path
+                .strip_prefix(self.0.as_str())
+                .is_some_and(|rest| rest.starts_with('/'))
+    }
 }
 
 impl TryFrom<String> for Route {

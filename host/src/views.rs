@@ -41,6 +41,10 @@ pub struct ServiceView {
     pub name: String,
     /// Route prefixes it owns.
     pub routes: Vec<String>,
+    /// Route prefixes only other services reach (all of them when the
+    /// service is private).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub private_routes: Vec<String>,
     /// `header:NAME` or `cookie:NAME`, when requests stick to a version.
     pub sticky: Option<String>,
     /// Loaded versions, newest first.

@@ -253,3 +253,63 @@ fn unknown_routes_get_a_json_404() {
         assert_eq!(r.json()["error"], format!("no service serves `{path}`"));
     }
 }
+
+/// The inventory's reservations and releases are private: an outside
+/// client cannot mint stock with `POST /inventory/releases` (the 404 of a
+/// path no one owns), while the order service still reserves through
+/// `services.call`, and the public inventory routes still answer.
+#[test]
+fn private_routes_are_reachable_only_from_other_services() {
+    let host = TestHost::examples().start();
+    host.post_json("/users", json!({"name": "Ada", "email": "ada@example.com"}))
+        .expect_status(201);
+    stock(&host, "KB-1", "Keyboard", 4999, 10);
+    for path in [
+        "/inventory/releases",
+        "/inventory/reservations",
+        "/inventory/releases/x",
+    ] {
+        let r = host.send(
+            "POST",
+            path,
+            json!({"items": [{"sku": "KB-1", "quantity": 1000}]}).to_string(),
+        );
+        r.expect_status(404);
+        assert_eq!(r.header("x-wasmhost-service"), None, "{path}");
+        assert!(
+            r.json()["error"].as_str().unwrap().contains("no service"),
+            "{path}"
+        );
+    }
+    assert_eq!(available(&host, "KB-1"), 10);
+    host.post_json(
+        "/orders",
+        json!({"user_id": 1, "items": [{"sku": "KB-1", "quantity": 2}]}),
+    )
+    .expect_status(201);
+    assert_eq!(available(&host, "KB-1"), 8);
+    let view = host
+        .admin("GET", "/admin/services/inventory", None, None)
+        .json();
+    assert_eq!(
+        view["private_routes"],
+        json!(["/inventory/reservations", "/inventory/releases"])
+    );
+}
+
+/// `private = true` hides the whole service from outside.
+#[test]
+fn a_private_service_is_not_reachable_from_outside() {
+    let host = TestHost::examples()
+        .with(|p| {
+            let text = std::fs::read_to_string(p.path().join("catalog.toml")).unwrap();
+            p.write("catalog.toml", format!("private = true\n{text}"));
+        })
+        .start();
+    host.get("/products").expect_status(404);
+    host.post_json(
+        "/products",
+        json!({"sku": "KB-1", "name": "Keyboard", "price_cents": 1}),
+    )
+    .expect_status(404);
+}
