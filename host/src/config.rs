@@ -61,6 +61,8 @@ pub struct ServeConfig {
     pub follow_symlinks: bool,
     /// Where compiled artifacts are cached; default `STATE/cache`.
     pub cache_dir: Option<PathBuf>,
+    /// Longest a component may take to compile.
+    pub compile_timeout: Duration,
     /// When set, an outside request's pin (`x-wasmhost-version`) is honoured
     /// only with header `x-wasmhost-pin-token` carrying this value.
     pub pin_token: Option<String>,
@@ -81,6 +83,7 @@ impl Default for ServeConfig {
             http: HttpLimits::default(),
             follow_symlinks: false,
             cache_dir: None,
+            compile_timeout: DEFAULT_COMPILE_TIMEOUT,
             pin_token: None,
         }
     }
@@ -94,6 +97,9 @@ pub const DEFAULT_MAX_HEADERS: usize = 100;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Default time a client has to send a request head (also the keep-alive idle timeout).
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default longest time a component may take to compile (a compile bomb is
+/// refused after it, and not compiled again until its bytes change).
+pub const DEFAULT_COMPILE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Default time a client has to send a request body.
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -162,6 +168,10 @@ pub struct ServeArgs {
     /// Time a client has to send a request body (over → 408).
     #[arg(long, default_value_t = DEFAULT_BODY_TIMEOUT.into())]
     pub body_timeout: humantime::Duration,
+    /// Longest a component may take to compile; one that takes longer is
+    /// refused, and not compiled again until its file changes.
+    #[arg(long, default_value_t = DEFAULT_COMPILE_TIMEOUT.into())]
+    pub compile_timeout: humantime::Duration,
     /// Where compiled artifacts are cached (default: STATE/cache). Several
     /// hosts may share one.
     #[arg(long)]
@@ -189,6 +199,7 @@ impl From<ServeArgs> for ServeConfig {
             follow_symlinks: a.follow_symlinks,
             cache_dir: a.cache_dir,
             pin_token: a.pin_token.filter(|t| !t.is_empty()),
+            compile_timeout: a.compile_timeout.into(),
             ..Default::default()
         };
         config.limits.max_instances = a.max_instances;

@@ -86,7 +86,8 @@ impl HostBuilder {
         let loader = Arc::new(
             Loader::new(engine.clone(), config.limits.clone())?
                 .follow_outside_symlinks(config.follow_symlinks)
-                .trial_instantiation(kv.clone()),
+                .trial_instantiation(kv.clone())
+                .compile_timeout(config.compile_timeout),
         );
         let release = ReleaseState::load(&state_dir)?;
         // Absolute, so the watcher's paths and the scan's paths are the same

@@ -32,8 +32,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 /// Largest component accepted, in bytes.
 pub const MAX_COMPONENT_SIZE: u64 = 64 * 1024 * 1024;
 
-/// Longest a component may take to compile.
-pub const COMPILE_TIMEOUT: Duration = Duration::from_secs(120);
+pub use crate::config::DEFAULT_COMPILE_TIMEOUT as COMPILE_TIMEOUT;
 
 /// The WebAssembly magic number.
 const MAGIC: &[u8; 4] = b"\0asm";
@@ -76,7 +75,18 @@ pub struct Loader {
     outside_symlinks: bool,
     /// The store a trial instantiation writes to, when trials are on.
     kv: Option<KvStore>,
+    /// Longest a component may take to compile.
+    compile_timeout: Duration,
+    /// Content digests refused for their compile time: not compiled again
+    /// until the file's bytes change (a compile bomb costs one timeout, not
+    /// one per scan).
+    too_slow: std::sync::Mutex<std::collections::HashSet<String>>,
 }
+
+/// Compilation was given up after the compile timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("compilation took longer than {0:?}; the component is refused")]
+pub struct CompileTimeout(pub Duration);
 
 impl Loader {
     /// A loader for `engine`, with the host's full linker; `defaults` are
@@ -89,7 +99,15 @@ impl Loader {
             defaults,
             outside_symlinks: false,
             kv: None,
+            too_slow: Default::default(),
+            compile_timeout: COMPILE_TIMEOUT,
         })
+    }
+
+    /// Gives up a compile after `timeout` (default [`COMPILE_TIMEOUT`]).
+    pub fn compile_timeout(mut self, timeout: Duration) -> Self {
+        self.compile_timeout = timeout;
+        self
     }
 
     /// Instantiates every version once, under its service's limits, before
@@ -371,7 +389,25 @@ impl Loader {
                 }
                 v.pre.clone()
             }
-            _ => self.compile(bytes)?,
+            _ => {
+                if self.too_slow.lock().is_ok_and(|s| s.contains(&digest)) {
+                    bail!(
+                        "{} (not compiled again until the file changes)",
+                        CompileTimeout(self.compile_timeout)
+                    );
+                }
+                match self.compile(bytes) {
+                    Ok(pre) => pre,
+                    Err(e) => {
+                        if e.is::<CompileTimeout>() {
+                            if let Ok(mut s) = self.too_slow.lock() {
+                                s.insert(digest);
+                            }
+                        }
+                        return Err(e);
+                    }
+                }
+            }
         };
         let id = ServiceId {
             service: name.service.as_str().into(),
@@ -408,12 +444,12 @@ impl Loader {
                 let _ = tx.send(Component::from_binary(&engine, &bytes));
             })
             .context("cannot start a compile thread")?;
-        let component = match rx.recv_timeout(COMPILE_TIMEOUT) {
+        let component = match rx.recv_timeout(self.compile_timeout) {
             Ok(compiled) => compiled.map_err(|e| {
                 anyhow::anyhow!("invalid component: {}", first_line(&format!("{e:#}")))
             })?,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                bail!("compilation took longer than {COMPILE_TIMEOUT:?}; the component is refused")
+                return Err(CompileTimeout(self.compile_timeout).into())
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 bail!("the compiler stopped without a result")

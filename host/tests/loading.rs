@@ -6,7 +6,7 @@ use std::time::Duration;
 use wasmhost::views::ServicesView;
 use wasmhost_test_support::{
     bin, state_dir, try_wait_until, wait_until, Host, Plugins, TestHost, Traffic, ADMIN_TOKEN,
-    PROBE, USER, WRONG_WORLD,
+    INVENTORY, PROBE, USER, WRONG_WORLD,
 };
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -524,4 +524,62 @@ fn versions_that_cannot_start_under_their_limits_never_take_traffic() {
     let r = host.get("/user/1");
     assert_eq!(r.header("x-wasmhost-version"), Some("1.0.0"));
     assert_ne!(r.status, 504);
+}
+
+/// `component` with a custom section appended: the same code under a new
+/// digest, so nothing cached can stand in for compiling it.
+fn with_custom_section(component: &str, payload: &[u8]) -> Vec<u8> {
+    let mut bytes = std::fs::read(component).unwrap();
+    let name = b"wasmhost-test";
+    let mut section = vec![name.len() as u8];
+    section.extend_from_slice(name);
+    section.extend_from_slice(payload);
+    // Section id 0 (custom), its size as LEB128, then the section.
+    bytes.push(0);
+    let mut len = section.len();
+    loop {
+        let byte = (len & 0x7f) as u8;
+        len >>= 7;
+        bytes.push(if len == 0 { byte } else { byte | 0x80 });
+        if len == 0 {
+            break;
+        }
+    }
+    bytes.extend_from_slice(&section);
+    bytes
+}
+
+/// A component refused for its compile time costs one timeout: later scans
+/// refuse it at once, until its bytes change, and a good version deployed
+/// beside it loads.
+#[test]
+fn a_component_too_slow_to_compile_is_not_compiled_again() {
+    let host = TestHost::empty()
+        .add(USER, "user@1.0.0.wasm")
+        .args(&["--compile-timeout", "1s"])
+        .start();
+    let nonce = format!("{:?}", std::time::SystemTime::now());
+    let bomb = with_custom_section(INVENTORY, nonce.as_bytes());
+    host.plugins().write(".bomb.tmp", bomb);
+    std::fs::rename(
+        host.plugins().path().join(".bomb.tmp"),
+        host.plugins().path().join("inventory@1.0.0.wasm"),
+    )
+    .unwrap();
+    wait_until("the slow compile refused", WAIT * 6, || {
+        load_errors(&host)
+            .iter()
+            .any(|(f, e)| f == "inventory@1.0.0.wasm" && e.contains("longer than 1s"))
+            .then_some(())
+    });
+    host.plugins().deploy(USER, "user@1.1.0.wasm");
+    wait_until("user 1.1.0 live", WAIT * 2, || {
+        (host.get("/user/1").header("x-wasmhost-version") == Some("1.1.0")).then_some(())
+    });
+    let errors = load_errors(&host);
+    assert!(
+        errors.iter().any(|(f, e)| f == "inventory@1.0.0.wasm"
+            && e.contains("not compiled again until the file changes")),
+        "{errors:#?}"
+    );
 }
