@@ -89,8 +89,24 @@ impl Default for ServeConfig {
     }
 }
 
-/// Default number of client connections open at once.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default number of client connections open at once (lowered at start to
+/// fit the process's file-descriptor limit, see [`fit_to_fd_limit`]).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Connections the admin listener accepts at once.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
+/// File descriptors kept for everything but client connections: component
+/// and manifest files, the database, the cache, the watcher, the admin API.
+pub const RESERVED_FDS: u64 = 256;
+
+/// Raises the soft limit on open files as far as the hard limit allows and
+/// returns the connection cap that fits in it beside the admin listener and
+/// [`RESERVED_FDS`]: `wanted` when there is room, less when not.
+pub fn fit_to_fd_limit(wanted: usize) -> (usize, u64) {
+    let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+    let room = limit.saturating_sub(RESERVED_FDS + DEFAULT_ADMIN_MAX_CONNECTIONS as u64);
+    let room = usize::try_from(room).unwrap_or(usize::MAX).max(16);
+    (wanted.min(room), limit)
+}
 /// Default number of header fields in one request (more → 431).
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 /// Default size of one request's head in bytes (more → 431).
@@ -119,6 +135,21 @@ pub struct HttpLimits {
     pub header_timeout: Duration,
     /// Time a client has to send a request body (over → 408).
     pub body_timeout: Duration,
+    /// Connections one peer address may hold at once (0: no cap); more are
+    /// closed as they arrive.
+    pub max_connections_per_peer: usize,
+}
+
+impl HttpLimits {
+    /// The limits of the admin listener: a small connection cap of its own
+    /// (an operator needs a few connections, never hundreds) and the same
+    /// head limits and timeouts.
+    pub fn admin() -> Self {
+        Self {
+            max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for HttpLimits {
@@ -129,6 +160,7 @@ impl Default for HttpLimits {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             body_timeout: DEFAULT_BODY_TIMEOUT,
+            max_connections_per_peer: 0,
         }
     }
 }
@@ -158,9 +190,14 @@ pub struct ServeArgs {
     /// The most linear memory any service may be given in its manifest.
     #[arg(long, default_value_t = bytesize::ByteSize(DEFAULT_MEMORY_CEILING as u64))]
     pub memory_ceiling: bytesize::ByteSize,
-    /// Client connections open at once.
+    /// Client connections open at once (at most what the open-file limit
+    /// leaves room for; the host raises its soft limit to the hard one). At
+    /// the cap the connection idle the longest is closed for a new client.
     #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// Connections one client address may hold at once (0: no cap).
+    #[arg(long, default_value_t = 0)]
+    pub max_connections_per_peer: usize,
     /// Time a client has to send a request's headers; also how long an
     /// idle keep-alive connection stays open.
     #[arg(long, default_value_t = DEFAULT_HEADER_TIMEOUT.into())]
@@ -206,6 +243,7 @@ impl From<ServeArgs> for ServeConfig {
         config.limits.memory_ceiling =
             usize::try_from(a.memory_ceiling.as_u64()).unwrap_or(usize::MAX);
         config.http.max_connections = a.max_connections;
+        config.http.max_connections_per_peer = a.max_connections_per_peer;
         config.http.header_timeout = a.header_timeout.into();
         config.http.body_timeout = a.body_timeout.into();
         config

@@ -59,7 +59,7 @@ pub use host::{Host, HostBuilder};
 pub use manifest::Manifest;
 
 use anyhow::{Context, Result};
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
@@ -85,7 +85,20 @@ pub async fn run(
     let admin_addr = admin_listener
         .local_addr()
         .context("failed to read the admin listening address")?;
-    let http = config.http.clone();
+    let mut http = config.http.clone();
+    // The soft fd limit is often 1024: raise it, and keep the connection cap
+    // inside it, so a connection flood cannot take the fds a rescan needs.
+    let (cap, fd_limit) = config::fit_to_fd_limit(http.max_connections);
+    if cap < http.max_connections {
+        tracing::warn!(
+            wanted = http.max_connections,
+            cap,
+            fd_limit,
+            "the open-file limit leaves room for fewer connections; raise `ulimit -n` for more"
+        );
+    }
+    http.max_connections = cap;
+    tracing::debug!(fd_limit, max_connections = cap, "connection cap");
     let host = Host::builder().config(config).build()?;
     let token = admin::token(host.state_dir())?;
     let analyst = tokio::spawn(canary::analyst(host.control().clone()));
@@ -96,7 +109,13 @@ pub async fn run(
         format!("in {}", host.state_dir().join("admin-token").display())
     };
     tracing::info!(token = %token_hint, "admin API on http://{admin_addr}");
-    let admin_task = tokio::spawn(axum::serve(admin_listener, host.admin(&token)).into_future());
+    let admin_task = tokio::spawn(server::serve(
+        admin_listener,
+        host.admin(&token),
+        config::HttpLimits::admin(),
+        std::future::pending(),
+        Duration::ZERO,
+    ));
     tracing::info!(
         startup_ms = started.elapsed().as_millis() as u64,
         "listening on http://{addr}"

@@ -1,8 +1,14 @@
-//! The HTTP/1.1 listener of plugin traffic, hardened against hostile
-//! clients: a cap on open connections, on header count and size (431), a
-//! deadline for the request head that also closes idle keep-alive
-//! connections, TCP_NODELAY, and a graceful shutdown that lets requests in
-//! flight finish.
+//! The HTTP/1.1 listeners (plugin traffic and the admin API), hardened
+//! against hostile clients: a cap on open connections, on header count and
+//! size (431), a deadline for the request head that also closes idle
+//! keep-alive connections, TCP_NODELAY, and a graceful shutdown that lets
+//! requests in flight finish.
+//!
+//! Invariant: a full listener never makes a new client wait behind idle
+//! connections. At the cap, the connection idle the longest (no request in
+//! flight) is closed to make room; only when every connection is busy does
+//! a new client wait. An optional per-peer cap refuses a client that holds
+//! too many connections already, so one address cannot take every slot.
 //!
 //! (The request body is read with its own size and time bounds in
 //! [`crate::front`], once the service — and so its body limit — is known.)
@@ -11,11 +17,61 @@ use crate::config::HttpLimits;
 use anyhow::Result;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
+
+/// One open connection, as the listener sees it.
+struct Conn {
+    /// Requests running on it now.
+    active: Arc<AtomicUsize>,
+    /// When its last request ended (or it opened), in ms since the listener
+    /// started.
+    idle_since: Arc<AtomicU64>,
+    /// Tells it to close once its current request (if any) is answered.
+    evict: Arc<Notify>,
+    peer: IpAddr,
+}
+
+/// The open connections of one listener.
+#[derive(Default)]
+struct Conns {
+    open: Mutex<HashMap<u64, Conn>>,
+    next: AtomicU64,
+}
+
+impl Conns {
+    /// Closes the connection idle the longest; says whether there was one.
+    fn evict_oldest_idle(&self) -> bool {
+        let Ok(mut open) = self.open.lock() else {
+            return false;
+        };
+        let oldest = open
+            .iter()
+            .filter(|(_, c)| c.active.load(Ordering::Acquire) == 0)
+            .min_by_key(|(_, c)| c.idle_since.load(Ordering::Acquire))
+            .map(|(id, _)| *id);
+        // Out of the table at once, so the next accept picks another.
+        match oldest.and_then(|id| open.remove(&id)) {
+            Some(conn) => {
+                conn.evict.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn held_by(&self, peer: IpAddr) -> usize {
+        self.open
+            .lock()
+            .map_or(0, |open| open.values().filter(|c| c.peer == peer).count())
+    }
+}
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops
 /// accepting and waits (at most `drain`) for open requests to finish.
@@ -26,8 +82,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) -> Result<()> {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let max = limits.max_connections.max(1);
+    let slots = Arc::new(Semaphore::new(max));
+    let conns = Arc::new(Conns::default());
+    let started = Instant::now();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -41,10 +100,13 @@ pub async fn serve(
         let permit = match slots.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                if !warned_full {
+                // Make room by closing the connection idle the longest; wait
+                // only when every connection has a request running.
+                let evicted = conns.evict_oldest_idle();
+                if !evicted && !warned_full {
                     tracing::warn!(
-                        limit = limits.max_connections,
-                        "connection limit reached; new clients wait until one closes"
+                        limit = max,
+                        "connection limit reached with every connection busy; new clients wait until one closes"
                     );
                     warned_full = true;
                 }
@@ -70,24 +132,102 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         warned_full = false;
+        if limits.max_connections_per_peer > 0
+            && conns.held_by(peer.ip()) >= limits.max_connections_per_peer
+        {
+            tracing::debug!(%peer, limit = limits.max_connections_per_peer, "refused: too many connections from this peer");
+            drop(tcp);
+            continue;
+        }
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!("cannot set TCP_NODELAY: {e}");
         }
-        let service = TowerToHyperService::new(app.clone());
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(tcp), service));
+        let id = conns.next.fetch_add(1, Ordering::Relaxed);
+        let now_ms = || started.elapsed().as_millis() as u64;
+        let conn = Conn {
+            active: Arc::default(),
+            idle_since: Arc::new(AtomicU64::new(now_ms())),
+            evict: Arc::default(),
+            peer: peer.ip(),
+        };
+        let (active, idle_since, evict) = (
+            conn.active.clone(),
+            conn.idle_since.clone(),
+            conn.evict.clone(),
+        );
+        if let Ok(mut open) = conns.open.lock() {
+            open.insert(id, conn);
+        }
+        let tracked = {
+            let (active, idle_since) = (active.clone(), idle_since.clone());
+            let app = app.clone();
+            tower::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                active.fetch_add(1, Ordering::AcqRel);
+                let guard = Busy {
+                    active: active.clone(),
+                    idle_since: idle_since.clone(),
+                    started,
+                };
+                let call = tower::ServiceExt::oneshot(app.clone(), req);
+                async move {
+                    let resp = call.await;
+                    drop(guard);
+                    resp
+                }
+            })
+        };
+        let service = TowerToHyperService::new(tracked);
+        let conn = builder.serve_connection(TokioIo::new(tcp), service);
+        let (conns, mut stop) = (conns.clone(), stop_rx.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = conn.await {
+            let mut conn = std::pin::pin!(conn);
+            let mut closing = false;
+            let result = loop {
+                tokio::select! {
+                    result = conn.as_mut() => break result,
+                    () = evict.notified(), if !closing => {
+                        tracing::debug!(%peer, "closing an idle connection to make room");
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    _ = stop.changed(), if !closing => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, "connection ended: {e}");
+            }
+            if let Ok(mut open) = conns.open.lock() {
+                open.remove(&id);
             }
         });
     }
     drop(listener);
+    let _ = stop_tx.send(true);
+    // Every connection holds a slot until it ends: all slots back = drained.
     tokio::select! {
-        () = graceful.shutdown() => {}
+        _ = slots.acquire_many(max as u32) => {}
         () = tokio::time::sleep(drain) => {
             tracing::warn!("requests still running after {drain:?}; stopping anyway");
         }
     }
     Ok(())
+}
+
+/// Marks a request running on its connection until dropped.
+struct Busy {
+    active: Arc<AtomicUsize>,
+    idle_since: Arc<AtomicU64>,
+    started: Instant,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.idle_since
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Release);
+        self.active.fetch_sub(1, Ordering::AcqRel);
+    }
 }

@@ -111,12 +111,24 @@ fn a_chunked_body_over_the_limit_is_refused_without_reading_it_all() {
 }
 
 #[test]
-fn connections_beyond_the_cap_wait_for_a_free_one() {
+fn connections_beyond_the_cap_wait_only_when_every_connection_is_busy() {
     let host = start(&["--max-connections", "2"]);
-    let a = connect(&host);
-    let b = connect(&host);
-    // The host has accepted both once it says it is full.
-    host.wait_for_log(&["connection limit reached"], Duration::from_secs(10));
+    // Two connections, each running a slow request.
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            let url = host.url("/hostile/sleep?ms=3000");
+            std::thread::spawn(move || {
+                reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(20))
+                    .build()
+                    .unwrap()
+                    .get(url)
+                    .send()
+                    .map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    host.wait_for_log(&["every connection busy"], Duration::from_secs(10));
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_millis(800))
         .build()
@@ -127,13 +139,51 @@ fn connections_beyond_the_cap_wait_for_a_free_one() {
         Err(e) => assert!(e.is_timeout(), "the third client failed otherwise: {e:?}"),
         Ok(r) => panic!("a third connection was served: {}", r.status()),
     }
-    drop(a);
-    drop(b);
+    for b in busy {
+        assert_eq!(b.join().unwrap().unwrap(), 200);
+    }
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
     assert_eq!(client.get(host.url("/users")).send().unwrap().status(), 200);
+}
+
+/// One client holding many idle sockets (more than the cap, and the idle
+/// timeout far away) does not lock others out: at the cap the connection
+/// idle the longest is closed for each newcomer. The admin listener, with a
+/// small cap of its own, does the same.
+#[test]
+fn an_idle_connection_flood_does_not_lock_out_other_clients() {
+    let host = start(&["--max-connections", "20", "--header-timeout", "60s"]);
+    let idle: Vec<TcpStream> = (0..100).map(|_| connect(&host)).collect();
+    let admin_idle: Vec<TcpStream> = (0..100)
+        .map(|_| TcpStream::connect(host.admin_addr()).unwrap())
+        .collect();
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    for _ in 0..8 {
+        let r = client.get(host.url("/users")).send().unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = client
+        .get(format!("http://{}/admin/services", host.admin_addr()))
+        .bearer_auth(wasmhost_test_support::ADMIN_TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The oldest idle sockets were the ones closed.
+    let mut first = idle.into_iter().next().unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        first.read(&mut buf).unwrap(),
+        0,
+        "the oldest idle socket is still open"
+    );
+    drop(admin_idle);
 }
 
 #[test]
