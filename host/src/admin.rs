@@ -405,6 +405,9 @@ pub fn token(state_dir: &std::path::Path) -> anyhow::Result<String> {
     let mut file = options
         .open(&path)
         .with_context(|| format!("failed to write {}", path.display()))?;
+    // A file that existed before keeps its old mode through `open`: set it.
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .with_context(|| format!("failed to make {} private (mode 0600)", path.display()))?;
     std::io::Write::write_all(&mut file, token.as_bytes())?;
     Ok(token)
 }

@@ -7,11 +7,18 @@
 //! or write another's keys. Every write is its own transaction committed with
 //! redb's default (immediate) durability: when a write returns, it survives a
 //! crash.
+//!
+//! A store that hit an I/O error (a full disk) does not stay broken: redb
+//! refuses every later transaction on that handle ("Previous I/O error"),
+//! so the handle is dropped and the file reopened — at the next operation
+//! once the last one using the old handle has ended — and the failure and
+//! the recovery are each logged once.
 
 use anyhow::{bail, Context, Result};
 use redb::{Database, ReadableTable, TableDefinition};
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 
@@ -27,7 +34,64 @@ pub const LIST_PAGE: usize = 1000;
 /// A handle to the database; cheap to clone.
 #[derive(Clone)]
 pub struct KvStore {
-    db: Arc<Database>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    /// The open database; `None` after an I/O error until it reopens.
+    db: RwLock<Option<Arc<Database>>>,
+    /// Whether the store is failing writes now (logged once per episode).
+    failing: AtomicBool,
+}
+
+/// Whether `e` is an I/O failure of the database file (disk full, EIO, or
+/// the handle refusing work after one).
+fn is_io(e: &anyhow::Error) -> bool {
+    let storage = e.downcast_ref::<redb::StorageError>().or_else(|| {
+        if let Some(redb::TransactionError::Storage(s)) = e.downcast_ref() {
+            return Some(s);
+        }
+        if let Some(redb::CommitError::Storage(s)) = e.downcast_ref() {
+            return Some(s);
+        }
+        if let Some(redb::TableError::Storage(s)) = e.downcast_ref() {
+            return Some(s);
+        }
+        None
+    });
+    matches!(
+        storage,
+        Some(redb::StorageError::Io(_) | redb::StorageError::PreviousIo)
+    )
+}
+
+/// Opens the database file, turning redb's panics on damaged files into
+/// an error.
+fn open_db(path: &Path) -> Result<Database> {
+    // redb panics on some damaged files instead of returning an error:
+    // either way the operator gets one clear sentence, never a crash. (Its
+    // panic message would print a backtrace: it is kept quiet meanwhile.)
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(
+        |info| tracing::debug!(%info, "the database panicked while opening"),
+    ));
+    let opened = std::panic::catch_unwind(|| Database::create(path));
+    std::panic::set_hook(hook);
+    let opened = opened.map_err(|_| {
+        anyhow::anyhow!(
+            "the key-value database {} is damaged (truncated or overwritten) and cannot be opened; move it aside to start with an empty store, or restore it from a backup",
+            path.display()
+        )
+    })?;
+    opened.map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => anyhow::anyhow!(
+            "the key-value database {} is already open: is another wasmhost using this state directory?",
+            path.display()
+        ),
+        other => anyhow::Error::new(other)
+            .context(format!("failed to open key-value database {}", path.display())),
+    })
 }
 
 /// One service's bucket: the namespace every key of it lives under.
@@ -67,14 +131,7 @@ impl Namespace {
 impl KvStore {
     /// Opens (or creates) the database at `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => anyhow::anyhow!(
-                "the key-value database {} is already open: is another wasmhost using this state directory?",
-                path.display()
-            ),
-            other => anyhow::Error::new(other)
-                .context(format!("failed to open key-value database {}", path.display())),
-        })?;
+        let db = open_db(path)?;
         let txn = db
             .begin_write()
             .context("failed to initialise key-value database")?;
@@ -82,15 +139,82 @@ impl KvStore {
             .context("failed to create key-value table")?;
         txn.commit()
             .context("failed to initialise key-value database")?;
-        Ok(Self { db: Arc::new(db) })
+        // Only this user reads the services' data.
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .with_context(|| format!("failed to make {} private (mode 0600)", path.display()))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                db: RwLock::new(Some(Arc::new(db))),
+                failing: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Whether the store failed its last operation for an I/O error and has
+    /// not recovered yet.
+    pub fn is_failing(&self) -> bool {
+        self.inner.failing.load(Ordering::Acquire)
+    }
+
+    /// Runs `op` on the open database; an I/O failure drops the handle so
+    /// that a later operation reopens the file.
+    fn with<T>(&self, op: impl FnOnce(&Database) -> Result<T>) -> Result<T> {
+        let db = self.handle()?;
+        let result = op(&db);
+        match &result {
+            Err(e) if is_io(e) => {
+                if !self.inner.failing.swap(true, Ordering::AcqRel) {
+                    tracing::error!(
+                        path = %self.inner.path.display(),
+                        error = format_args!("{e:#}"),
+                        "the key-value store cannot write; writes fail until it recovers (is the disk full?)"
+                    );
+                }
+                if let Ok(mut slot) = self.inner.db.write() {
+                    if slot.as_ref().is_some_and(|d| Arc::ptr_eq(d, &db)) {
+                        *slot = None;
+                    }
+                }
+            }
+            Ok(_) if self.inner.failing.swap(false, Ordering::AcqRel) => {
+                tracing::info!(path = %self.inner.path.display(), "the key-value store writes again");
+            }
+            _ => {}
+        }
+        result
+    }
+
+    /// The open database, reopening it after an I/O failure once no
+    /// operation holds the old handle any more.
+    fn handle(&self) -> Result<Arc<Database>> {
+        if let Some(db) = self.inner.db.read().ok().and_then(|d| d.clone()) {
+            return Ok(db);
+        }
+        let mut slot = self
+            .inner
+            .db
+            .write()
+            .map_err(|_| anyhow::anyhow!("the key-value store lock is poisoned"))?;
+        if let Some(db) = slot.as_ref() {
+            return Ok(db.clone());
+        }
+        let db = Arc::new(
+            open_db(&self.inner.path)
+                .context("the key-value store is unavailable after an I/O error")?,
+        );
+        *slot = Some(db.clone());
+        Ok(db)
     }
 
     /// The value of `key`, if any.
     pub fn get(&self, ns: &Namespace, key: &str) -> Result<Option<Vec<u8>>> {
         let full = ns.key(key)?;
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(TABLE)?;
-        Ok(table.get(full.as_str())?.map(|v| v.value().to_vec()))
+        self.with(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(TABLE)?;
+            Ok(table.get(full.as_str())?.map(|v| v.value().to_vec()))
+        })
     }
 
     /// Whether `key` has a value.
@@ -104,43 +228,49 @@ impl KvStore {
             bail!("value larger than {MAX_VALUE_LEN} bytes");
         }
         let full = ns.key(key)?;
-        let txn = self.db.begin_write()?;
-        txn.open_table(TABLE)?.insert(full.as_str(), value)?;
-        txn.commit()?;
-        Ok(())
+        self.with(|db| {
+            let txn = db.begin_write()?;
+            txn.open_table(TABLE)?.insert(full.as_str(), value)?;
+            txn.commit()?;
+            Ok(())
+        })
     }
 
     /// Removes `key`; removing a missing key is not an error.
     pub fn delete(&self, ns: &Namespace, key: &str) -> Result<()> {
         let full = ns.key(key)?;
-        let txn = self.db.begin_write()?;
-        txn.open_table(TABLE)?.remove(full.as_str())?;
-        txn.commit()?;
-        Ok(())
+        self.with(|db| {
+            let txn = db.begin_write()?;
+            txn.open_table(TABLE)?.remove(full.as_str())?;
+            txn.commit()?;
+            Ok(())
+        })
     }
 
     /// Adds `delta` to the decimal number stored under `key` (0 when absent)
     /// in one transaction, and returns the new value.
     pub fn increment(&self, ns: &Namespace, key: &str, delta: u64) -> Result<u64> {
         let full = ns.key(key)?;
-        let txn = self.db.begin_write()?;
-        let next = {
-            let mut table = txn.open_table(TABLE)?;
-            let current = match table.get(full.as_str())? {
-                Some(v) => std::str::from_utf8(v.value())
-                    .ok()
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .with_context(|| format!("value of `{key}` is not a decimal u64"))?,
-                None => 0,
+        self.with(|db| {
+            let txn = db.begin_write()?;
+            let next = {
+                let mut table = txn.open_table(TABLE)?;
+                let current = match table.get(full.as_str())? {
+                    Some(v) => std::str::from_utf8(v.value())
+                        .ok()
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .with_context(|| format!("value of `{key}` is not a decimal u64"))?,
+                    None => 0,
+                };
+                let next = current
+                    .checked_add(delta)
+                    .context("increment overflows u64")?;
+                table.insert(full.as_str(), next.to_string().as_bytes())?;
+                next
             };
-            let next = current
-                .checked_add(delta)
-                .context("increment overflows u64")?;
-            table.insert(full.as_str(), next.to_string().as_bytes())?;
-            next
-        };
-        txn.commit()?;
-        Ok(next)
+            txn.commit()?;
+            Ok(next)
+        })
     }
 
     /// One page of keys in key order, starting after `cursor` keys; the
@@ -151,21 +281,23 @@ impl KvStore {
         cursor: Option<u64>,
     ) -> Result<(Vec<String>, Option<u64>)> {
         let skip = usize::try_from(cursor.unwrap_or(0)).unwrap_or(usize::MAX);
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(TABLE)?;
-        let end = ns.end();
-        let mut keys = Vec::new();
-        let mut more = false;
-        for entry in table.range(ns.prefix.as_str()..end.as_str())?.skip(skip) {
-            if keys.len() == LIST_PAGE {
-                more = true;
-                break;
+        self.with(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(TABLE)?;
+            let end = ns.end();
+            let mut keys = Vec::new();
+            let mut more = false;
+            for entry in table.range(ns.prefix.as_str()..end.as_str())?.skip(skip) {
+                if keys.len() == LIST_PAGE {
+                    more = true;
+                    break;
+                }
+                let (k, _) = entry?;
+                keys.push(k.value()[ns.prefix.len()..].to_string());
             }
-            let (k, _) = entry?;
-            keys.push(k.value()[ns.prefix.len()..].to_string());
-        }
-        let next = more.then(|| (skip + keys.len()) as u64);
-        Ok((keys, next))
+            let next = more.then(|| (skip + keys.len()) as u64);
+            Ok((keys, next))
+        })
     }
 }
 
