@@ -209,8 +209,10 @@ pub struct ServeArgs {
     /// refused, and not compiled again until its file changes.
     #[arg(long, default_value_t = DEFAULT_COMPILE_TIMEOUT.into())]
     pub compile_timeout: humantime::Duration,
-    /// Where compiled artifacts are cached (default: STATE/cache). Several
-    /// hosts may share one.
+    /// Where compiled artifacts are cached (default: STATE/cache). Its
+    /// entries run as native code: it must belong to this user and not be
+    /// writable by others (checked at start), and every entry is checked
+    /// against a MAC before it loads. Hosts of one user may share one.
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
     /// Load components that are symlinks to files outside the plugins

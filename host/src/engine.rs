@@ -54,7 +54,11 @@ pub fn build(limits: &Limits, cache_dir: &Path) -> Result<Engine> {
         .async_stack_keep_resident(KEEP_RESIDENT / 4);
 
     let mut cache = CacheConfig::new();
-    cache.with_directory(cache_dir);
+    // Entries are never rewritten in place (no recompression), so the MAC
+    // recorded for each (see `cache_guard`) stays valid.
+    cache
+        .with_directory(cache_dir)
+        .with_optimized_compression_usage_counter_threshold(u64::MAX);
     let cache = Cache::new(cache)
         .map_err(anyhow::Error::from)
         .with_context(|| {

@@ -81,13 +81,15 @@ impl HostBuilder {
             }
             None => state_dir.join("cache"),
         };
+        let guard = Arc::new(crate::cache_guard::CacheGuard::open(&cache_dir)?);
         let engine = crate::engine::build(&config.limits, &cache_dir)?;
         crate::engine::start_epoch_ticker(&engine)?;
         let loader = Arc::new(
             Loader::new(engine.clone(), config.limits.clone())?
                 .follow_outside_symlinks(config.follow_symlinks)
                 .trial_instantiation(kv.clone())
-                .compile_timeout(config.compile_timeout),
+                .compile_timeout(config.compile_timeout)
+                .cache_guard(guard),
         );
         let release = ReleaseState::load(&state_dir)?;
         // Absolute, so the watcher's paths and the scan's paths are the same

@@ -23,6 +23,7 @@
 
 pub mod admin;
 mod bindings;
+pub mod cache_guard;
 pub mod canary;
 mod capabilities;
 pub mod client;

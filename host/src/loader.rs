@@ -77,6 +77,8 @@ pub struct Loader {
     kv: Option<KvStore>,
     /// Longest a component may take to compile.
     compile_timeout: Duration,
+    /// Checks the compiled-artifact cache before each compile.
+    cache_guard: Option<Arc<crate::cache_guard::CacheGuard>>,
     /// Content digests refused for their compile time: not compiled again
     /// until the file's bytes change (a compile bomb costs one timeout, not
     /// one per scan).
@@ -101,7 +103,15 @@ impl Loader {
             kv: None,
             too_slow: Default::default(),
             compile_timeout: COMPILE_TIMEOUT,
+            cache_guard: None,
         })
+    }
+
+    /// Checks the cache's entries against their MACs before every compile
+    /// and records the entries each compile writes.
+    pub fn cache_guard(mut self, guard: Arc<crate::cache_guard::CacheGuard>) -> Self {
+        self.cache_guard = Some(guard);
+        self
     }
 
     /// Gives up a compile after `timeout` (default [`COMPILE_TIMEOUT`]).
@@ -438,10 +448,18 @@ impl Loader {
         check_header(&bytes)?;
         let (tx, rx) = std::sync::mpsc::channel();
         let engine = self.engine.clone();
+        let guard = self.cache_guard.clone();
+        if let Some(guard) = &guard {
+            guard.check();
+        }
         std::thread::Builder::new()
             .name("wasmhost-compile".into())
             .spawn(move || {
-                let _ = tx.send(Component::from_binary(&engine, &bytes));
+                let compiled = Component::from_binary(&engine, &bytes);
+                if let Some(guard) = guard {
+                    guard.record();
+                }
+                let _ = tx.send(compiled);
             })
             .context("cannot start a compile thread")?;
         let component = match rx.recv_timeout(self.compile_timeout) {

@@ -28,6 +28,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("shutdown", 0),
     // L1 — the Wasm runtime
     ("engine", 1),
+    ("cache_guard", 1),
     ("sandbox", 1),
     ("bindings", 1),
     ("capabilities", 1),

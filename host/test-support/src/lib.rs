@@ -261,10 +261,14 @@ impl Host {
             .arg(plugins)
             .arg("--state")
             .arg(state)
-            // One artifact cache for every test host: a component is compiled
-            // once per test run, not once per test.
-            .arg("--cache-dir")
-            .arg(TEST_CACHE_DIR)
+            // One artifact cache for every test host (unless the test names
+            // its own): a component is compiled once per test run, not once
+            // per test.
+            .args(if extra.contains(&"--cache-dir") {
+                vec![]
+            } else {
+                vec!["--cache-dir", TEST_CACHE_DIR]
+            })
             .args(extra)
             .env("RUST_LOG", "info,wasmhost=debug")
             .env("WASMHOST_ADMIN_TOKEN", ADMIN_TOKEN)

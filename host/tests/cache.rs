@@ -1,0 +1,108 @@
+//! The compiled-artifact cache runs as native code, so the host trusts only
+//! entries whose MAC it recorded: an entry changed on disk, or another
+//! component's entry under its name, is deleted and compiled again.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use wasmhost_test_support::{bin, state_dir, Host, Plugins, PROBE, USER};
+
+/// The cache entries (`modules/COMPILER/HASH`), largest first.
+fn entries(cache: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(cache.join("modules"))
+        .unwrap()
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).unwrap().flatten())
+        .map(|f| f.path())
+        .filter(|p| p.extension().is_none())
+        .collect();
+    out.sort_by_key(|p| std::cmp::Reverse(std::fs::metadata(p).unwrap().len()));
+    out
+}
+
+fn start(plugins: &Path, state: &Path, cache: &Path) -> Host {
+    Host::start_with(
+        &bin(),
+        plugins,
+        state,
+        &["--cache-dir", cache.to_str().unwrap()],
+    )
+}
+
+#[test]
+fn tampered_and_swapped_cache_entries_are_never_loaded() {
+    let plugins = Plugins::new();
+    plugins.add(USER, "user@1.0.0.wasm");
+    let (state, cache) = (state_dir(), tempfile::tempdir().unwrap());
+    let host = start(plugins.path(), state.path(), cache.path());
+    host.get("/user/1").expect_status(404);
+    host.stop();
+    let user_entry = entries(cache.path()).remove(0);
+
+    // Another component's entry under the user's name.
+    let probe_plugins = Plugins::new();
+    probe_plugins.add(PROBE, "probe@1.0.0.wasm");
+    let other_state = state_dir();
+    start(probe_plugins.path(), other_state.path(), cache.path()).stop();
+    let all = entries(cache.path());
+    let probe_entry = all.iter().find(|p| **p != user_entry).unwrap();
+    std::fs::copy(probe_entry, &user_entry).unwrap();
+    let host = start(plugins.path(), state.path(), cache.path());
+    let r = host.get("/user/1");
+    assert_eq!(r.header("x-wasmhost-service"), Some("user"));
+    // The user service's own answer, not the probe's echo.
+    assert!(
+        !String::from_utf8_lossy(&r.body).contains("\"method\""),
+        "{r:?}"
+    );
+    host.wait_for_log(
+        &["failed its integrity check"],
+        std::time::Duration::from_secs(5),
+    );
+    host.stop();
+
+    // Flip the code in the middle of the artifact, as a writer with access
+    // to the directory could (decompressed, changed, compressed again).
+    let mut code = zstd::decode_all(&std::fs::read(&user_entry).unwrap()[..]).unwrap();
+    let (from, to) = (code.len() / 4, code.len() / 2);
+    for b in &mut code[from..to] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&user_entry, zstd::encode_all(&code[..], 3).unwrap()).unwrap();
+    let host = start(plugins.path(), state.path(), cache.path());
+    let r = host.get("/user/1");
+    assert_eq!(r.header("x-wasmhost-service"), Some("user"));
+    assert_ne!(r.status, 500);
+    host.wait_for_log(
+        &["failed its integrity check"],
+        std::time::Duration::from_secs(5),
+    );
+    host.stop();
+}
+
+#[test]
+fn a_cache_directory_others_may_write_is_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let plugins = Plugins::new();
+    plugins.add(USER, "user@1.0.0.wasm");
+    let (state, cache) = (state_dir(), tempfile::tempdir().unwrap());
+    std::fs::set_permissions(cache.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = std::process::Command::new(bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--plugins")
+        .arg(plugins.path())
+        .arg("--state")
+        .arg(state.path())
+        .arg("--cache-dir")
+        .arg(cache.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("writable by other users"), "{stderr}");
+}
