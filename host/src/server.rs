@@ -26,6 +26,9 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore};
 
+/// How long a connection must have been idle to be closed for a newcomer.
+const MIN_IDLE: Duration = Duration::from_millis(100);
+
 /// One open connection, as the listener sees it.
 struct Conn {
     /// Requests running on it now.
@@ -46,14 +49,19 @@ struct Conns {
 }
 
 impl Conns {
-    /// Closes the connection idle the longest; says whether there was one.
-    fn evict_oldest_idle(&self) -> bool {
+    /// Closes the connection idle the longest (for at least [`MIN_IDLE`]:
+    /// a client that just connected is about to send its request); says
+    /// whether there was one. `now` is the time since the listener started.
+    fn evict_oldest_idle(&self, now: Duration) -> bool {
+        let now = now.as_millis() as u64;
+        let min_idle = MIN_IDLE.as_millis() as u64;
         let Ok(mut open) = self.open.lock() else {
             return false;
         };
         let oldest = open
             .iter()
             .filter(|(_, c)| c.active.load(Ordering::Acquire) == 0)
+            .filter(|(_, c)| c.idle_since.load(Ordering::Acquire) + min_idle <= now)
             .min_by_key(|(_, c)| c.idle_since.load(Ordering::Acquire))
             .map(|(id, _)| *id);
         // Out of the table at once, so the next accept picks another.
@@ -97,28 +105,6 @@ pub async fn serve(
     let mut shutdown = std::pin::pin!(shutdown);
     let mut warned_full = false;
     loop {
-        let permit = match slots.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                // Make room by closing the connection idle the longest; wait
-                // only when every connection has a request running.
-                let evicted = conns.evict_oldest_idle();
-                if !evicted && !warned_full {
-                    tracing::warn!(
-                        limit = max,
-                        "connection limit reached with every connection busy; new clients wait until one closes"
-                    );
-                    warned_full = true;
-                }
-                tokio::select! {
-                    permit = slots.clone().acquire_owned() => match permit {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    },
-                    () = &mut shutdown => break,
-                }
-            }
-        };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -131,7 +117,44 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        warned_full = false;
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                warned_full = false;
+                permit
+            }
+            Err(_) => {
+                // A client is here and the cap is reached: make room by
+                // closing the connection idle the longest; wait only when
+                // every connection has a request running.
+                let mut evicted = conns.evict_oldest_idle(started.elapsed());
+                if !evicted && !warned_full {
+                    tracing::warn!(
+                        limit = max,
+                        "connection limit reached with every connection busy; new clients wait until one closes"
+                    );
+                    warned_full = true;
+                }
+                let mut retry = tokio::time::interval(MIN_IDLE / 2);
+                retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let waited = loop {
+                    tokio::select! {
+                        permit = slots.clone().acquire_owned() => match permit {
+                            Ok(p) => break Some(p),
+                            Err(_) => break None,
+                        },
+                        () = &mut shutdown => break None,
+                        // A connection may have gone idle since: try again.
+                        _ = retry.tick(), if !evicted => {
+                            evicted = conns.evict_oldest_idle(started.elapsed());
+                        }
+                    }
+                };
+                match waited {
+                    Some(permit) => permit,
+                    None => break,
+                }
+            }
+        };
         if limits.max_connections_per_peer > 0
             && conns.held_by(peer.ip()) >= limits.max_connections_per_peer
         {

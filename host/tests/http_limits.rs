@@ -128,17 +128,26 @@ fn connections_beyond_the_cap_wait_only_when_every_connection_is_busy() {
             })
         })
         .collect();
-    host.wait_for_log(&["every connection busy"], Duration::from_secs(10));
+    // Both requests are running once the service has them.
+    wait_until(
+        "both slow requests running",
+        Duration::from_secs(10),
+        || {
+            let svc: ServiceView = host.view("/admin/services/hostile");
+            (svc.running == 2).then_some(())
+        },
+    );
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_millis(800))
         .build()
         .unwrap();
-    // A third client waits in the accept queue: it times out, unanswered
-    // (not refused, not reset).
+    // A third client waits: it times out, unanswered (not refused, not
+    // reset), and the host says why.
     match client.get(host.url("/users")).send() {
         Err(e) => assert!(e.is_timeout(), "the third client failed otherwise: {e:?}"),
         Ok(r) => panic!("a third connection was served: {}", r.status()),
     }
+    host.wait_for_log(&["every connection busy"], Duration::from_secs(10));
     for b in busy {
         assert_eq!(b.join().unwrap().unwrap(), 200);
     }
