@@ -19,7 +19,6 @@ use crate::registry::{LoadError, Loading, ServiceEntry};
 use crate::views::{
     LimitsView, LoadErrorView, LoadingView, ServiceView, ServicesView, VersionView,
 };
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
@@ -173,9 +172,9 @@ struct PromoteBody {
 async fn release(
     State(admin): State<Admin>,
     Path(name): Path<String>,
-    body: Result<Json<ReleaseBody>, JsonRejection>,
+    body: axum::body::Bytes,
 ) -> Response {
-    let body = match json_body(body) {
+    let body = match json_body::<ReleaseBody>(&body) {
         Ok(b) => b,
         Err(resp) => return *resp,
     };
@@ -190,9 +189,9 @@ async fn release(
 async fn promote(
     State(admin): State<Admin>,
     Path(name): Path<String>,
-    body: Result<Json<PromoteBody>, JsonRejection>,
+    body: axum::body::Bytes,
 ) -> Response {
-    let body = match json_body(body) {
+    let body = match json_body::<PromoteBody>(&body) {
         Ok(b) => b,
         Err(resp) => return *resp,
     };
@@ -226,12 +225,13 @@ async fn resume(State(admin): State<Admin>, Path(name): Path<String>) -> Respons
     respond(&admin, &name, "resume", change).await
 }
 
-/// The parsed body, or a 400 saying what is wrong with it.
-fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Box<Response>> {
-    body.map(|Json(b)| b).map_err(|e| {
+/// The parsed body, or a 400 saying what is wrong with it. The body is
+/// JSON whatever its content type says (`curl -d` sends a form type).
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Box<Response>> {
+    serde_json::from_slice(body).map_err(|e| {
         Box::new(error_response(
             StatusCode::BAD_REQUEST,
-            &e.body_text(),
+            &format!("the request body is not the JSON expected: {e}"),
             None,
         ))
     })

@@ -198,6 +198,21 @@ async fn serve(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
+        // A client waiting for `100 Continue` is refused before it sends
+        // the body (reading it would make hyper send the 100); the
+        // connection closes, since the body was never read.
+        let expects_continue = parts
+            .headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects_continue {
+            let mut resp = too_large(limit, origin);
+            resp.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            return (resp, None);
+        }
         drain(body).await;
         return (too_large(limit, origin), None);
     }

@@ -272,3 +272,21 @@ async fn a_rollback_with_nowhere_to_go_is_refused() {
         "service `user` has no stable version to roll back to"
     );
 }
+
+/// `curl -d '{…}'` sends the form content type: the body is still read as
+/// the JSON it is (the README's examples work as written).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_json_body_sent_with_a_form_content_type_is_accepted() {
+    let host = host().await;
+    let req = http::Request::builder()
+        .method("PUT")
+        .uri("/admin/services/user/release")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from(r#"{"weights": {"1.0.0": 100}}"#))
+        .unwrap();
+    let resp = host.host.admin(TOKEN).oneshot(req).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let weights = user(&host).await.weights();
+    assert!(weights.contains(&("1.0.0".to_string(), 100)), "{weights:?}");
+}

@@ -213,3 +213,18 @@ fn shutdown_finishes_requests_in_flight() {
     assert!(body.contains("slept_ms"), "{body}");
     assert!(log.contains("stopped"), "{log}");
 }
+
+/// A client that asks `Expect: 100-continue` for a body over the limit is
+/// told 413 before it sends the body, never `100 Continue` first.
+#[test]
+fn an_expect_continue_over_the_limit_gets_413_without_100_continue() {
+    let host = start(&[]);
+    let mut tcp = connect(&host);
+    tcp.write_all(
+        b"POST /users HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 50000000\r\nexpect: 100-continue\r\n\r\n",
+    )
+    .unwrap();
+    let reply = read_all(&mut tcp);
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert!(!reply.contains("100 Continue"), "{reply}");
+}
