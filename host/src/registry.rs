@@ -533,13 +533,21 @@ fn policy_for(
     let mut policy = match Policy::resolve(names, weights, sticky.clone()) {
         Ok(p) => p,
         Err(e) => {
+            // The stable version on record, when loaded, is what an operator
+            // chose last; only without one does the highest take over.
+            let stable = operator
+                .and_then(|r| r.stable.as_deref())
+                .filter(|s| names.iter().any(|n| **n == **s));
+            let fallback = match stable {
+                Some(s) => format!("the stable version {s} takes all traffic"),
+                None => "the highest version takes all traffic".to_string(),
+            };
             errors.push(LoadError {
                 file: format!("{name}.toml"),
-                error: format!(
-                    "weights from {origin}: {e:#}; the highest version takes all traffic"
-                ),
+                error: format!("weights from {origin}: {e:#}; {fallback}"),
             });
-            Policy::resolve(names, None, sticky).unwrap_or_default()
+            let all = stable.map(|s| BTreeMap::from([(s.to_string(), 100)]));
+            Policy::resolve(names, all.as_ref(), sticky).unwrap_or_default()
         }
     };
     policy.rolled_back = operator

@@ -120,12 +120,27 @@ impl ReleaseState {
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(FILE);
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
-                format!(
-                    "release state {} is corrupt; move it aside to start afresh",
-                    path.display()
-                )
-            }),
+            Ok(bytes) => {
+                let state: Self = serde_json::from_slice(&bytes).with_context(|| {
+                    format!(
+                        "release state {} is corrupt; move it aside to start afresh",
+                        path.display()
+                    )
+                })?;
+                // Weights that cannot apply would send the traffic somewhere
+                // nobody chose: refuse them here, naming the service.
+                for (service, entry) in &state.services {
+                    if let Some(weights) = &entry.weights {
+                        crate::spec::validate_weights(weights).with_context(|| {
+                            format!(
+                                "release state {}: the weights of `{service}` are invalid; fix them or move the file aside to start afresh",
+                                path.display()
+                            )
+                        })?;
+                    }
+                }
+                Ok(state)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(e) => {
                 Err(e).with_context(|| format!("failed to read release state {}", path.display()))

@@ -153,3 +153,31 @@ fn the_key_value_store_recovers_after_the_disk_was_full() {
     );
     host.stop();
 }
+
+/// Weights in `release.json` that cannot apply stop the host at start,
+/// naming the service, instead of sending every request to the newest
+/// version.
+#[test]
+fn invalid_weights_in_the_release_state_are_refused_at_start() {
+    let plugins = Plugins::new();
+    plugins
+        .add(USER, "user@1.0.0.wasm")
+        .add(USER, "user@1.1.0.wasm");
+    let state = state_dir();
+    std::fs::write(
+        state.path().join("release.json"),
+        r#"{"services": {"user": {"weights": {"1.0.0": 150, "1.1.0": 0}}}}"#,
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .arg("--plugins")
+        .arg(plugins.path())
+        .arg("--state")
+        .arg(state.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the weights of `user` are invalid"), "{stderr}");
+}
