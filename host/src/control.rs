@@ -284,6 +284,13 @@ fn rescan_rules(
     }
     // Entries created only to look are not kept.
     release.services.retain(|_, s| !s.is_empty());
+    if complete {
+        let owners = next.route_owners();
+        if owners != release.route_owners {
+            release.route_owners = owners;
+            changed = true;
+        }
+    }
     changed
 }
 

@@ -246,9 +246,10 @@ impl Registry {
     /// Builds a snapshot from loaded versions and their manifests.
     ///
     /// When services' routes collide, a service that already owned the
-    /// prefix in `previous` keeps it and the newcomers are refused; with no
-    /// such owner (e.g. at start) every claimant is refused, since no rule
-    /// could pick one fairly. Each refusal is an error naming the prefix and
+    /// prefix in `previous` keeps it and the newcomers are refused; at start
+    /// the owner recorded in `release` (the table last served) does; with
+    /// neither, every claimant is refused, since no rule could pick one
+    /// fairly. Each refusal is an error naming the prefix and
     /// the claimants.
     pub fn build(
         versions: Vec<Arc<Version>>,
@@ -273,8 +274,13 @@ impl Registry {
             .keys()
             .map(|name| (name.clone(), routes_of(name)))
             .collect();
-        let incumbent =
-            |prefix: &str| previous.and_then(|p| p.routes.lookup_exact(prefix).map(str::to_string));
+        // The owner before this scan; at start, the owner recorded when the
+        // host last served.
+        let incumbent = |prefix: &str| {
+            previous
+                .and_then(|p| p.routes.lookup_exact(prefix).map(str::to_string))
+                .or_else(|| release.route_owners.get(prefix).cloned())
+        };
         let (refused, conflicts) = claim_routes(&claims, &incumbent);
         errors.extend(conflicts);
 
@@ -392,6 +398,14 @@ impl Registry {
         self.routes
             .lookup(path)
             .and_then(|name| self.services.get(name))
+    }
+
+    /// Every routed prefix and its service.
+    pub fn route_owners(&self) -> BTreeMap<String, String> {
+        self.routes
+            .iter()
+            .map(|(prefix, service)| (prefix.to_string(), service.to_string()))
+            .collect()
     }
 
     /// The service named `name`.

@@ -31,6 +31,11 @@ pub struct ReleaseState {
     /// Per service.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceRelease>,
+    /// The route table last served (prefix → service): after a restart,
+    /// the service that owned a contested prefix keeps it, as it would
+    /// have while running.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub route_owners: BTreeMap<String, String>,
 }
 
 /// The release state of one service.

@@ -583,3 +583,29 @@ fn a_component_too_slow_to_compile_is_not_compiled_again() {
         "{errors:#?}"
     );
 }
+
+/// A route conflict the incumbent survives while running is settled the
+/// same way after a restart: the owner recorded when the host last served
+/// keeps the prefix, instead of both services going dark.
+#[test]
+fn the_incumbent_keeps_a_contested_route_across_a_restart() {
+    let mut host = TestHost::empty()
+        .add(USER, "user@1.0.0.wasm")
+        .manifest("user", "routes = [\"/users\"]\n")
+        .start();
+    host.plugins()
+        .write("people.toml", "routes = [\"/users\"]\n")
+        .deploy(PROBE, "people@1.0.0.wasm");
+    wait_until("the newcomer refused", WAIT * 2, || {
+        load_errors(&host)
+            .iter()
+            .any(|(f, e)| f == "people.toml" && e.contains("`user` keeps it"))
+            .then_some(())
+    });
+    assert_eq!(served_by(&host, "/users/1").as_deref(), Some("user"));
+    host.restart();
+    assert_eq!(served_by(&host, "/users/1").as_deref(), Some("user"));
+    assert!(load_errors(&host)
+        .iter()
+        .any(|(f, e)| f == "people.toml" && e.contains("`user` keeps it")));
+}

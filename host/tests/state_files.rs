@@ -170,7 +170,13 @@ fn invalid_weights_in_the_release_state_are_refused_at_start() {
     )
     .unwrap();
     let out = Command::new(bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
         .arg("--plugins")
         .arg(plugins.path())
         .arg("--state")
@@ -179,5 +185,8 @@ fn invalid_weights_in_the_release_state_are_refused_at_start() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("the weights of `user` are invalid"), "{stderr}");
+    assert!(
+        stderr.contains("the weights of `user` are invalid"),
+        "{stderr}"
+    );
 }
