@@ -263,13 +263,31 @@ async fn serve(
     };
     let request = crate::contract::request(&parts, headers, body.to_vec());
     // Only now, with the whole request at hand, does it take a slot.
-    let _permit = match picked.claim() {
+    let permit = match picked.claim() {
         Ok((_, permit)) => permit,
         Err(e) => return failed(e),
     };
-    match dispatcher.run(version.clone(), request, 0, pinned).await {
-        Ok(resp) => (to_http(resp, &version.service, &version.version), None),
-        Err(e) => failed(e),
+    // The guest runs on a task of its own: a client that hangs up does not
+    // cut it off half-way (between reserving stock and recording the order,
+    // say). It ends as it would have, within its limits, and its slot is
+    // held until then.
+    let run = {
+        let version = version.clone();
+        tokio::spawn(
+            async move {
+                let _permit = permit;
+                dispatcher.run(version, request, 0, pinned).await
+            }
+            .instrument(tracing::Span::current()),
+        )
+    };
+    match run.await {
+        Ok(Ok(resp)) => (to_http(resp, &version.service, &version.version), None),
+        Ok(Err(e)) => failed(e),
+        Err(e) => failed(DispatchError::failed(
+            &version,
+            Failure::Internal(format!("the request task failed: {e}")),
+        )),
     }
 }
 

@@ -313,3 +313,56 @@ fn a_private_service_is_not_reachable_from_outside() {
     )
     .expect_status(404);
 }
+
+/// Clients that hang up right after sending an order do not leak stock:
+/// every order runs to its end (recorded, or its reservation released), so
+/// the stock taken is exactly what the orders that exist hold.
+#[test]
+fn orders_whose_clients_hang_up_leak_no_stock() {
+    use std::io::Write;
+    let host = TestHost::examples().start();
+    host.post_json("/users", json!({"name": "Ada", "email": "ada@example.com"}))
+        .expect_status(201);
+    stock(&host, "KB-1", "Keyboard", 4999, 1000);
+    let body = json!({"user_id": 1, "items": [{"sku": "KB-1", "quantity": 2}]}).to_string();
+    let request = format!(
+        "POST /orders HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let clients: Vec<_> = (0..40)
+        .map(|_| {
+            let mut tcp = std::net::TcpStream::connect(host.addr()).unwrap();
+            tcp.write_all(request.as_bytes()).unwrap();
+            tcp
+        })
+        .collect();
+    // Hang up at once, before any answer.
+    drop(clients);
+    wasmhost_test_support::wait_until(
+        "every order finished",
+        std::time::Duration::from_secs(60),
+        || {
+            let all: serde_json::Value = host.admin("GET", "/admin/services", None, None).json();
+            let running: u64 = all["services"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["running"].as_u64().unwrap())
+                .sum();
+            (running == 0).then_some(())
+        },
+    );
+    let orders = host.get("/orders").json().as_array().unwrap().len() as u64;
+    assert_eq!(
+        available(&host, "KB-1"),
+        1000 - 2 * orders,
+        "{orders} orders"
+    );
+    // An order of more lines than one reservation may hold is refused whole.
+    let lines: Vec<_> = (0..101)
+        .map(|_| json!({"sku": "KB-1", "quantity": 1}))
+        .collect();
+    let r = host.post_json("/orders", json!({"user_id": 1, "items": lines}));
+    r.expect_status(400);
+    assert_eq!(available(&host, "KB-1"), 1000 - 2 * orders);
+}

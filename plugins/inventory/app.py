@@ -48,6 +48,11 @@ def available(bucket: kv.Bucket, sku: str) -> int:
     )
 
 
+# Lines in one reservation: a reservation must always finish well within the
+# service's time limit, or the host would stop it half-way with stock taken.
+MAX_ITEMS = 100
+
+
 def parse_items(body: bytes):
     """The `items` of a reservation body, or an error response."""
     try:
@@ -56,6 +61,8 @@ def parse_items(body: bytes):
         return None, error(400, "the body must be a JSON object")
     if not isinstance(items, list) or not items:
         return None, error(400, "`items` must be a non-empty list of {sku, quantity}")
+    if len(items) > MAX_ITEMS:
+        return None, error(400, f"at most {MAX_ITEMS} items per reservation, not {len(items)}")
     parsed = []
     for item in items:
         if not isinstance(item, dict):

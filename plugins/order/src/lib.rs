@@ -56,6 +56,11 @@ struct Order {
     total_cents: u64,
 }
 
+/// Lines in one order (the inventory's limit per reservation): an order
+/// always finishes well within its time limit, never stopped half-way with
+/// stock reserved.
+const MAX_ITEMS: usize = 100;
+
 /// The body of `POST /orders`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -103,6 +108,15 @@ fn create(body: &[u8]) -> Result<Response, Response> {
         serde_json::from_slice(body).map_err(|e| error(400, &format!("invalid order: {e}")))?;
     if new.items.is_empty() {
         return Err(error(400, "invalid order: `items` must not be empty"));
+    }
+    if new.items.len() > MAX_ITEMS {
+        return Err(error(
+            400,
+            &format!(
+                "invalid order: at most {MAX_ITEMS} items per order, not {}",
+                new.items.len()
+            ),
+        ));
     }
     for item in &new.items {
         if item.sku.trim().is_empty() {
