@@ -63,6 +63,8 @@ pub struct ServeConfig {
     pub cache_dir: Option<PathBuf>,
     /// Longest a component may take to compile.
     pub compile_timeout: Duration,
+    /// Requests of one version that may run guest code at once (0: no cap).
+    pub cpu_lanes: Option<usize>,
     /// When set, an outside request's pin (`x-wasmhost-version`) is honoured
     /// only with header `x-wasmhost-pin-token` carrying this value.
     pub pin_token: Option<String>,
@@ -84,6 +86,7 @@ impl Default for ServeConfig {
             follow_symlinks: false,
             cache_dir: None,
             compile_timeout: DEFAULT_COMPILE_TIMEOUT,
+            cpu_lanes: None,
             pin_token: None,
         }
     }
@@ -205,6 +208,12 @@ pub struct ServeArgs {
     /// Time a client has to send a request body (over → 408).
     #[arg(long, default_value_t = DEFAULT_BODY_TIMEOUT.into())]
     pub body_timeout: humantime::Duration,
+    /// Requests of one version that may run guest code at once; the others
+    /// wait their turn at each 10 ms tick, so one service flooded with
+    /// CPU-bound requests leaves the others their share of the cores.
+    /// Default: all cores but one (at least 1); 0 turns the cap off.
+    #[arg(long)]
+    pub cpu_lanes: Option<usize>,
     /// Longest a component may take to compile; one that takes longer is
     /// refused, and not compiled again until its file changes.
     #[arg(long, default_value_t = DEFAULT_COMPILE_TIMEOUT.into())]
@@ -239,6 +248,7 @@ impl From<ServeArgs> for ServeConfig {
             cache_dir: a.cache_dir,
             pin_token: a.pin_token.filter(|t| !t.is_empty()),
             compile_timeout: a.compile_timeout.into(),
+            cpu_lanes: a.cpu_lanes,
             ..Default::default()
         };
         config.limits.max_instances = a.max_instances;

@@ -83,6 +83,9 @@ impl Dispatcher {
             &self.engine,
             state,
             version.sandbox.limits.cpu_time,
+            // Lanes for outside requests only: a nested call waiting for a
+            // lane its caller holds would wait for ever.
+            version.lanes.as_ref().filter(|_| depth == 0),
         ))
     }
 
@@ -215,6 +218,7 @@ impl Dispatcher {
         // Only an instance that answered well goes back, and only until it
         // has served its quota; any fault drops it with its store.
         if let Some(service) = keep.filter(|_| reuse && served + 1 < limits.requests_per_instance) {
+            store.data().lane.release();
             version.idle.put(IdleInstance {
                 store,
                 service,

@@ -89,7 +89,12 @@ impl HostBuilder {
                 .follow_outside_symlinks(config.follow_symlinks)
                 .trial_instantiation(kv.clone())
                 .compile_timeout(config.compile_timeout)
-                .cache_guard(guard),
+                .cache_guard(guard)
+                .cpu_lanes(
+                    config
+                        .cpu_lanes
+                        .unwrap_or_else(crate::instance::default_lanes),
+                ),
         );
         let release = ReleaseState::load(&state_dir)?;
         // Absolute, so the watcher's paths and the scan's paths are the same

@@ -13,7 +13,9 @@ use crate::capabilities::services::CallLoop;
 use crate::capabilities::HostState;
 use crate::config::Limits;
 use crate::engine::TICK;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 /// How a service failed a request.
@@ -140,22 +142,86 @@ fn ticks(d: Duration) -> u64 {
 #[error("CPU time limit exceeded")]
 struct CpuBudgetSpent;
 
+/// A version's share of the CPU: how many of its requests may run guest
+/// code at once past their first tick. A request that used a tick gives its
+/// lane back and queues for one again (first come, first served), so a
+/// version flooded with CPU-bound requests keeps only its lanes' worth of
+/// them on the runtime's threads, and other services' requests are not
+/// queued behind the flood.
+#[derive(Clone)]
+pub struct CpuLanes(Arc<Semaphore>);
+
+impl Default for CpuLanes {
+    fn default() -> Self {
+        Self::new(default_lanes())
+    }
+}
+
+impl CpuLanes {
+    /// `n` lanes (at least one).
+    pub fn new(n: usize) -> Self {
+        Self(Arc::new(Semaphore::new(n.max(1))))
+    }
+}
+
+/// Lanes per version by default: all cores but one (one on a machine of
+/// two), so a single service can never keep every core busy.
+pub fn default_lanes() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get().saturating_sub(1))
+        .max(1)
+}
+
+/// The lane a store holds while it runs guest code, if any.
+#[derive(Default, Clone)]
+pub struct LaneHold(Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl LaneHold {
+    /// Gives the lane back (at the end of a request).
+    pub(crate) fn release(&self) {
+        if let Ok(mut held) = self.0.lock() {
+            held.take();
+        }
+    }
+}
+
 /// A store for one request, holding `state`: its memory limiter, and an
 /// epoch callback that counts the CPU time the guest actually runs against
-/// `cpu_time`, yielding every tick.
-pub fn new_store(engine: &Engine, state: HostState, cpu_time: Duration) -> Store<HostState> {
+/// `cpu_time`, yielding every tick — and, with `lanes`, waiting for one of
+/// the version's CPU lanes before it goes on.
+pub fn new_store(
+    engine: &Engine,
+    state: HostState,
+    cpu_time: Duration,
+    lanes: Option<&CpuLanes>,
+) -> Store<HostState> {
+    let hold = state.lane.clone();
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
     let budget = ticks(cpu_time);
+    let lanes = lanes.map(|l| l.0.clone());
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |mut ctx| {
         let state = ctx.data_mut();
         state.cpu_ticks += 1;
         if state.cpu_ticks >= budget {
-            Err(CpuBudgetSpent.into())
-        } else {
-            Ok(UpdateDeadline::Yield(1))
+            return Err(CpuBudgetSpent.into());
         }
+        let Some(lanes) = lanes.clone() else {
+            return Ok(UpdateDeadline::Yield(1));
+        };
+        hold.release();
+        let hold = hold.clone();
+        Ok(UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(async move {
+                if let Ok(permit) = lanes.acquire_owned().await {
+                    if let Ok(mut held) = hold.0.lock() {
+                        *held = Some(permit);
+                    }
+                }
+            }),
+        ))
     });
     store
 }

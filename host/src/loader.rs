@@ -12,7 +12,7 @@ use crate::bindings::ServicePre;
 use crate::capabilities::calls::{CallError, Calls, ServiceId};
 use crate::capabilities::{self, HostState};
 use crate::config::Limits;
-use crate::instance::{classify, new_store, Failure};
+use crate::instance::{classify, new_store, CpuLanes, Failure};
 use crate::kv::KvStore;
 use crate::manifest::Manifest;
 use crate::plugin::PluginName;
@@ -77,6 +77,8 @@ pub struct Loader {
     kv: Option<KvStore>,
     /// Longest a component may take to compile.
     compile_timeout: Duration,
+    /// CPU lanes of each version (0: none, requests of a version all run).
+    cpu_lanes: usize,
     /// Checks the compiled-artifact cache before each compile.
     cache_guard: Option<Arc<crate::cache_guard::CacheGuard>>,
     /// Content digests refused for their compile time: not compiled again
@@ -104,7 +106,15 @@ impl Loader {
             too_slow: Default::default(),
             compile_timeout: COMPILE_TIMEOUT,
             cache_guard: None,
+            cpu_lanes: crate::instance::default_lanes(),
         })
+    }
+
+    /// Gives each version `n` CPU lanes (0: no lanes, see
+    /// [`crate::instance::CpuLanes`]).
+    pub fn cpu_lanes(mut self, n: usize) -> Self {
+        self.cpu_lanes = n;
+        self
     }
 
     /// Checks the cache's entries against their MACs before every compile
@@ -435,6 +445,7 @@ impl Loader {
             sandbox,
             metrics,
             pinned_metrics,
+            lanes: (self.cpu_lanes > 0).then(|| CpuLanes::new(self.cpu_lanes)),
             idle: Arc::default(),
         }))
     }
@@ -519,7 +530,7 @@ impl Loader {
             "load-trial".into(),
             0,
         )?;
-        let mut store = new_store(&self.engine, state, limits.cpu_time);
+        let mut store = new_store(&self.engine, state, limits.cpu_time, None);
         let run = async {
             match pre {
                 Pre::Service(pre) => pre.instantiate_async(&mut store).await.map(drop),

@@ -64,6 +64,8 @@ pub struct Version {
     /// Request metrics of outside requests that pinned this version: shown
     /// apart, never judged.
     pub pinned_metrics: Arc<VersionMetrics>,
+    /// Its share of the CPU (see [`crate::instance::CpuLanes`]).
+    pub lanes: Option<crate::instance::CpuLanes>,
     /// Instances waiting for their next request, when the service's
     /// `requests-per-instance` is above 1 (empty otherwise).
     pub idle: Arc<IdleInstances>,

@@ -58,6 +58,8 @@ pub struct HostState {
     pub(crate) output: stdio::GuestOutput,
     /// Epoch ticks of CPU time the current request has used.
     pub(crate) cpu_ticks: u64,
+    /// The CPU lane it holds while running guest code, if any.
+    pub(crate) lane: crate::instance::LaneHold,
 }
 
 impl HostState {
@@ -113,6 +115,7 @@ impl HostState {
             depth,
             output,
             cpu_ticks: 0,
+            lane: Default::default(),
         })
     }
 
