@@ -15,7 +15,7 @@ use crate::config::Limits;
 use crate::engine::TICK;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 /// How a service failed a request.
@@ -172,19 +172,6 @@ pub fn default_lanes() -> usize {
         .max(1)
 }
 
-/// The lane a store holds while it runs guest code, if any.
-#[derive(Default, Clone)]
-pub struct LaneHold(Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>);
-
-impl LaneHold {
-    /// Gives the lane back (at the end of a request).
-    pub(crate) fn release(&self) {
-        if let Ok(mut held) = self.0.lock() {
-            held.take();
-        }
-    }
-}
-
 /// A store for one request, holding `state`: its memory limiter, and an
 /// epoch callback that counts the CPU time the guest actually runs against
 /// `cpu_time`, yielding every tick — and, with `lanes`, waiting for one of
@@ -196,6 +183,8 @@ pub fn new_store(
     lanes: Option<&CpuLanes>,
 ) -> Store<HostState> {
     let hold = state.lane.clone();
+    // (The hold is shared with the state, which gives the lane back when a
+    // reused instance goes idle.)
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
     let budget = ticks(cpu_time);
@@ -216,9 +205,7 @@ pub fn new_store(
             1,
             Box::pin(async move {
                 if let Ok(permit) = lanes.acquire_owned().await {
-                    if let Ok(mut held) = hold.0.lock() {
-                        *held = Some(permit);
-                    }
+                    hold.keep(permit);
                 }
             }),
         ))

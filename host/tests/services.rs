@@ -336,21 +336,27 @@ fn orders_whose_clients_hang_up_leak_no_stock() {
             tcp
         })
         .collect();
-    // Hang up at once, before any answer.
+    let seen = |host: &TestHost| {
+        let order: wasmhost::views::ServiceView = host.view("/admin/services/order");
+        let finished: u64 = order.versions.iter().map(|v| v.metrics.requests).sum();
+        (finished, order.running as u64)
+    };
+    // Hang up as soon as the host has every order in hand, before the
+    // answers (an order takes three service calls).
+    wasmhost_test_support::wait_until(
+        "every order dispatched",
+        std::time::Duration::from_secs(30),
+        || {
+            let (finished, running) = seen(&host);
+            (finished + running >= 40).then_some(())
+        },
+    );
     drop(clients);
+    // Every one of the 40 orders ran to its end, its client gone.
     wasmhost_test_support::wait_until(
         "every order finished",
         std::time::Duration::from_secs(60),
-        || {
-            let all: serde_json::Value = host.admin("GET", "/admin/services", None, None).json();
-            let running: u64 = all["services"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|s| s["running"].as_u64().unwrap())
-                .sum();
-            (running == 0).then_some(())
-        },
+        || (seen(&host) == (40, 0)).then_some(()),
     );
     let orders = host.get("/orders").json().as_array().unwrap().len() as u64;
     assert_eq!(

@@ -59,7 +59,27 @@ pub struct HostState {
     /// Epoch ticks of CPU time the current request has used.
     pub(crate) cpu_ticks: u64,
     /// The CPU lane it holds while running guest code, if any.
-    pub(crate) lane: crate::instance::LaneHold,
+    pub(crate) lane: LaneHold,
+}
+
+/// The lane a store holds while it runs guest code, if any.
+#[derive(Default, Clone)]
+pub struct LaneHold(Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>);
+
+impl LaneHold {
+    /// Gives the lane back (at the end of a request).
+    pub(crate) fn release(&self) {
+        if let Ok(mut held) = self.0.lock() {
+            held.take();
+        }
+    }
+
+    /// Holds `permit` until [`Self::release`] or the store's end.
+    pub(crate) fn keep(&self, permit: tokio::sync::OwnedSemaphorePermit) {
+        if let Ok(mut held) = self.0.lock() {
+            *held = Some(permit);
+        }
+    }
 }
 
 impl HostState {
