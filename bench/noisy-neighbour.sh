@@ -29,7 +29,7 @@ measure() { # label, extra serve args...
   "$BIN" serve --plugins "$WORK/plugins" --state "$WORK/state" --listen 127.0.0.1:$PORT \
     --admin-listen 127.0.0.1:0 --cache-dir "$WORK/cache" "$@" 2>"$WORK/log" &
   PID=$!
-  until curl -sf -o /dev/null "http://127.0.0.1:$PORT/users"; do sleep 0.05; done
+  until grep -q "ready: every service" "$WORK/log"; do sleep 0.05; done
   curl -s -X POST "http://127.0.0.1:$PORT/users" -d '{"name":"Ada","email":"ada@example.com"}' >/dev/null
   python3 - "$PORT" "$N" "$label" <<'EOF'
 import http.client, sys, threading, time

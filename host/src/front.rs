@@ -267,10 +267,23 @@ async fn serve(
         Ok((_, permit)) => permit,
         Err(e) => return failed(e),
     };
-    // The guest runs on a task of its own: a client that hangs up does not
+    // A request that may change something (any method but the safe ones of
+    // RFC 9110) runs on a task of its own: a client that hangs up does not
     // cut it off half-way (between reserving stock and recording the order,
-    // say). It ends as it would have, within its limits, and its slot is
-    // held until then.
+    // say); it ends as it would have, within its limits, holding its slot
+    // until then. A safe request is simply dropped with its client (the
+    // task would cost 3% of a GET's instructions).
+    let safe = matches!(
+        parts.method,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::TRACE
+    );
+    if safe {
+        let _permit = permit;
+        return match dispatcher.run(version.clone(), request, 0, pinned).await {
+            Ok(resp) => (to_http(resp, &version.service, &version.version), None),
+            Err(e) => failed(e),
+        };
+    }
     let run = {
         let version = version.clone();
         tokio::spawn(
