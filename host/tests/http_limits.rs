@@ -228,3 +228,43 @@ fn an_expect_continue_over_the_limit_gets_413_without_100_continue() {
     assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
     assert!(!reply.contains("100 Continue"), "{reply}");
 }
+
+/// With `--max-connections-per-peer`, one address cannot take every slot:
+/// its connections over the cap are closed as they arrive, while another
+/// address is served. (The flood comes from 127.0.0.2, the client from
+/// 127.0.0.1: both are loopback.)
+#[test]
+fn a_per_peer_cap_closes_one_address_extra_connections() {
+    let host = start(&["--max-connections-per-peer", "3"]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let addr: std::net::SocketAddr = host.addr().parse().unwrap();
+    let from_other = |n: usize| -> Vec<std::net::TcpStream> {
+        runtime.block_on(async {
+            let mut out = Vec::new();
+            for _ in 0..n {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+                let stream = socket.connect(addr).await.unwrap();
+                out.push(stream.into_std().unwrap());
+            }
+            out
+        })
+    };
+    let held = from_other(3);
+    // Once the host has the three, a fourth from the same address is closed.
+    wait_until(
+        "the fourth connection closed",
+        Duration::from_secs(10),
+        || {
+            let mut extra = from_other(1).pop().unwrap();
+            extra.set_nonblocking(false).unwrap();
+            extra
+                .set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            let mut buf = [0u8; 1];
+            matches!(extra.read(&mut buf), Ok(0)).then_some(())
+        },
+    );
+    assert_eq!(host.get("/users").status, 200);
+    drop(held);
+}
