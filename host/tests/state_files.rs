@@ -190,3 +190,89 @@ fn invalid_weights_in_the_release_state_are_refused_at_start() {
         "{stderr}"
     );
 }
+
+/// A release change that cannot be saved is the host's failure (500, with
+/// the reason), never a client error, and changes nothing.
+#[test]
+fn a_release_change_that_cannot_be_saved_is_a_500() {
+    let plugins = Plugins::new();
+    plugins
+        .add(USER, "user@1.0.0.wasm")
+        .add(USER, "user@1.1.0.wasm");
+    let state = state_dir();
+    let host = Host::start(&bin(), plugins.path(), state.path());
+    // The file's place taken by a non-empty directory: the rename that
+    // saves the state fails, whoever runs the host.
+    let blocker = state.path().join("release.json");
+    let _ = std::fs::remove_file(&blocker);
+    std::fs::create_dir(&blocker).unwrap();
+    std::fs::write(blocker.join("x"), "x").unwrap();
+    let r = host.admin(
+        "PUT",
+        "/admin/services/user/release",
+        Some(serde_json::json!({"weights": {"1.0.0": 50, "1.1.0": 50}})),
+        None,
+    );
+    assert_eq!(r.status, 500, "{:?}", String::from_utf8_lossy(&r.body));
+    let view: wasmhost::views::ServiceView = host.view("/admin/services/user");
+    assert!(
+        view.weights().contains(&("1.1.0".to_string(), 100)),
+        "{view:?}"
+    );
+}
+
+/// The host raises its soft limit on open files to the hard limit, so the
+/// usual 1,024 does not cap its connections (and the fds a rescan needs).
+#[test]
+fn the_open_file_soft_limit_is_raised_at_start() {
+    let hard: u64 = String::from_utf8(
+        Command::new("bash")
+            .args(["-c", "ulimit -Hn"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap_or(0);
+    if hard <= 512 {
+        eprintln!("skipped: the hard open-file limit ({hard}) leaves nothing to raise");
+        return;
+    }
+    let plugins = Plugins::new();
+    plugins.add(USER, "user@1.0.0.wasm");
+    let state = state_dir();
+    let mut child = Command::new("bash")
+        .args(["-c", "ulimit -Sn 512 && exec \"$0\" \"$@\""])
+        .arg(bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--plugins")
+        .arg(plugins.path())
+        .arg("--state")
+        .arg(state.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let limits = format!("/proc/{}/limits", child.id());
+    let soft = try_wait_until(Duration::from_secs(20), || {
+        let text = std::fs::read_to_string(&limits).ok()?;
+        let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+        let soft: u64 = line.split_whitespace().nth(3)?.parse().ok()?;
+        (soft > 512).then_some(soft)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        soft,
+        Some(hard),
+        "the soft limit was not raised to the hard one"
+    );
+}
