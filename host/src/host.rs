@@ -136,38 +136,45 @@ impl Host {
         HostBuilder::default()
     }
 
-    /// Scans the plugins directory once, every file taken as complete, and
-    /// serves what loaded (the watcher does this itself when serving).
+    /// Scans the plugins directory, every file taken as complete, and
+    /// serves what loaded once no compile is left running (the watcher does
+    /// this itself when serving).
     pub async fn load(&self) -> Result<()> {
-        let (loader, dir, control) = (
-            self.loader.clone(),
-            self.plugins_dir.clone(),
-            self.control.clone(),
-        );
-        let _turn = self.control.scan_turn().await;
-        let base = control.snapshot();
-        let scan = tokio::task::spawn_blocking(move || {
-            let files = std::fs::read_dir(&dir)
-                .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-                .unwrap_or_default();
-            let now = control.snapshot();
-            loader.load_dir(&dir, &now.registry, &now.release, &files, &mut |_| {})
-        })
-        .await
-        .context("the loader thread failed")??;
-        let change = Change::Rescan {
-            registry: scan.registry,
-            loading: Vec::new(),
-            done: Some(ScanDone {
-                base,
-                complete: scan.pending.is_empty(),
-            }),
-        };
-        self.control
-            .apply(change)
+        loop {
+            let (loader, dir, control) = (
+                self.loader.clone(),
+                self.plugins_dir.clone(),
+                self.control.clone(),
+            );
+            let turn = self.control.scan_turn().await;
+            let base = control.snapshot();
+            let scan = tokio::task::spawn_blocking(move || {
+                let files = std::fs::read_dir(&dir)
+                    .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                    .unwrap_or_default();
+                let now = control.snapshot();
+                loader.load_dir(&dir, &now.registry, &now.release, &files, &mut |_| {})
+            })
             .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(())
+            .context("the loader thread failed")??;
+            let change = Change::Rescan {
+                registry: scan.registry,
+                loading: scan.compiling,
+                done: Some(ScanDone {
+                    base,
+                    complete: scan.pending.is_empty(),
+                }),
+            };
+            self.control
+                .apply(change)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if !self.loader.is_compiling() {
+                return Ok(());
+            }
+            drop(turn);
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 
     /// The app serving the services (plugin traffic).

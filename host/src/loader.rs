@@ -63,6 +63,8 @@ pub enum Progress {
 pub struct Scan {
     /// The new snapshot.
     pub registry: Registry,
+    /// Versions still compiling in the background (listed as loading).
+    pub compiling: Vec<Loading>,
     /// Files deferred because they are still being written.
     pub pending: Vec<String>,
 }
@@ -81,10 +83,36 @@ pub struct Loader {
     cpu_lanes: usize,
     /// Checks the compiled-artifact cache before each compile.
     cache_guard: Option<Arc<crate::cache_guard::CacheGuard>>,
+    /// Compiles left running by a scan, by content digest.
+    background: std::sync::Mutex<std::collections::HashMap<String, Background>>,
     /// Content digests refused for their compile time: not compiled again
     /// until the file's bytes change (a compile bomb costs one timeout, not
     /// one per scan).
     too_slow: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// How long a scan waits for a compile before leaving it to finish in the
+/// background (the scan goes on; a later scan takes the result), so one slow
+/// component never holds up every other change for its whole compile.
+pub const FOREGROUND_COMPILE: Duration = Duration::from_secs(2);
+
+/// The component is still compiling in the background; a later scan takes
+/// the result.
+#[derive(Debug, thiserror::Error)]
+#[error("still compiling")]
+pub struct StillCompiling {
+    /// When its compile started.
+    pub since: std::time::SystemTime,
+}
+
+/// A compile a scan left running: its result, when it comes, and when it
+/// started (it is still bound by the compile timeout).
+struct Background {
+    rx: std::sync::mpsc::Receiver<wasmtime::Result<Component>>,
+    started: std::time::Instant,
+    /// The file and its stamp, so a rescan need not read it again.
+    file: (PathBuf, Option<FileStamp>),
+    size: u64,
 }
 
 /// Compilation was given up after the compile timeout.
@@ -106,6 +134,7 @@ impl Loader {
             too_slow: Default::default(),
             compile_timeout: COMPILE_TIMEOUT,
             cache_guard: None,
+            background: Default::default(),
             cpu_lanes: crate::instance::default_lanes(),
         })
     }
@@ -194,6 +223,7 @@ impl Loader {
         let mut sandboxes: BTreeMap<String, Arc<Sandbox>> = BTreeMap::new();
         let mut bad_manifests = BTreeMap::new();
         let mut unsettled = std::collections::BTreeSet::new();
+        let mut compiling: Vec<Loading> = Vec::new();
         for path in &files {
             let path = path.clone();
             let file = display_name(&path);
@@ -338,17 +368,32 @@ impl Loader {
                         );
                         progress(Progress::Loaded {
                             registry,
-                            loading: loading.clone(),
+                            loading: listed(&compiling, &loading),
                         });
                     } else if was_loading.is_some() {
-                        progress(Progress::Loading(loading.clone()));
+                        progress(Progress::Loading(listed(&compiling, &loading)));
+                    }
+                }
+                Err(e) if e.is::<StillCompiling>() => {
+                    let since = e.downcast_ref::<StillCompiling>().map(|s| s.since);
+                    // Left compiling: the version it replaces (if any) keeps
+                    // serving, the file stays listed as loading, and a
+                    // later scan takes the result.
+                    pending.push(file.clone());
+                    versions.extend(last_good);
+                    if let Some(at) = was_loading {
+                        let mut entry = loading.remove(at);
+                        entry.since = since.unwrap_or(entry.since);
+                        compiling.push(entry);
+                        started_now(&mut loading);
+                        progress(Progress::Loading(listed(&compiling, &loading)));
                     }
                 }
                 Err(e) => {
                     if let Some(at) = was_loading {
                         loading.remove(at);
                         started_now(&mut loading);
-                        progress(Progress::Loading(loading.clone()));
+                        progress(Progress::Loading(listed(&compiling, &loading)));
                     }
                     let mut error = format!("{e:#}");
                     if let Some(good) = last_good {
@@ -363,7 +408,11 @@ impl Loader {
             }
         }
         let registry = Registry::build(versions, manifests, errors, Some(previous), release);
-        Ok(Scan { registry, pending })
+        Ok(Scan {
+            registry,
+            pending,
+            compiling,
+        })
     }
 
     /// Loads one component file as `name`; `last` is the version this file
@@ -390,10 +439,27 @@ impl Loader {
                 return Ok(v.clone());
             }
         }
-        let bytes =
-            crate::files::read_regular(dir, path, MAX_COMPONENT_SIZE, self.outside_symlinks)?;
-        let digest = hex::encode(Sha256::digest(&bytes));
-        let size = bytes.len() as u64;
+        // A file still compiling in the background, unchanged since: its
+        // digest is known, nothing is read again.
+        let running = self.background.lock().ok().and_then(|b| {
+            b.iter()
+                .find(|(_, bg)| stamp.is_some() && bg.file == (path.to_path_buf(), stamp))
+                .map(|(digest, bg)| (digest.clone(), bg.size))
+        });
+        let (bytes, digest, size) = match running {
+            Some((digest, size)) => (None, digest, size),
+            None => {
+                let bytes = crate::files::read_regular(
+                    dir,
+                    path,
+                    MAX_COMPONENT_SIZE,
+                    self.outside_symlinks,
+                )?;
+                let digest = hex::encode(Sha256::digest(&bytes));
+                let size = bytes.len() as u64;
+                (Some(bytes), digest, size)
+            }
+        };
         let version = name
             .version
             .clone()
@@ -416,7 +482,7 @@ impl Loader {
                         CompileTimeout(self.compile_timeout)
                     );
                 }
-                match self.compile(bytes) {
+                match self.compile_in_scan(&digest, bytes, (path.to_path_buf(), stamp), size) {
                     Ok(pre) => pre,
                     Err(e) => {
                         if e.is::<CompileTimeout>() {
@@ -456,6 +522,24 @@ impl Loader {
     /// [`COMPILE_TIMEOUT`] (a compile bomb is refused; its thread finishes
     /// in the background on the compile pool, see [`crate::engine`]).
     pub fn compile(&self, bytes: Vec<u8>) -> Result<Pre> {
+        let rx = self.start_compile(bytes)?;
+        let component = match rx.recv_timeout(self.compile_timeout) {
+            Ok(compiled) => compiled.map_err(invalid)?,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                return Err(CompileTimeout(self.compile_timeout).into())
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                bail!("the compiler stopped without a result")
+            }
+        };
+        self.link(component)
+    }
+
+    /// Starts compiling `bytes` on a thread of its own.
+    fn start_compile(
+        &self,
+        bytes: Vec<u8>,
+    ) -> Result<std::sync::mpsc::Receiver<wasmtime::Result<Component>>> {
         check_header(&bytes)?;
         let (tx, rx) = std::sync::mpsc::channel();
         let engine = self.engine.clone();
@@ -473,17 +557,73 @@ impl Loader {
                 let _ = tx.send(compiled);
             })
             .context("cannot start a compile thread")?;
-        let component = match rx.recv_timeout(self.compile_timeout) {
-            Ok(compiled) => compiled.map_err(|e| {
-                anyhow::anyhow!("invalid component: {}", first_line(&format!("{e:#}")))
-            })?,
+        Ok(rx)
+    }
+
+    /// Compiles for a scan: a new compile is waited for at most
+    /// [`FOREGROUND_COMPILE`], then left running ([`StillCompiling`]); one
+    /// already running is only looked at. Either way the compile timeout
+    /// counts from its start. `bytes` is `None` when the compile of
+    /// `digest` is already running.
+    fn compile_in_scan(
+        &self,
+        digest: &str,
+        bytes: Option<Vec<u8>>,
+        file: (PathBuf, Option<FileStamp>),
+        size: u64,
+    ) -> Result<Pre> {
+        let running = self
+            .background
+            .lock()
+            .ok()
+            .and_then(|mut b| b.remove(digest));
+        let (rx, started, wait) = match (running, bytes) {
+            (Some(bg), _) => (bg.rx, bg.started, Duration::ZERO),
+            (None, Some(bytes)) => (
+                self.start_compile(bytes)?,
+                std::time::Instant::now(),
+                FOREGROUND_COMPILE.min(self.compile_timeout),
+            ),
+            (None, None) => {
+                bail!("the compile of this file was lost; it is compiled again at the next change")
+            }
+        };
+        let compiled = match rx.recv_timeout(wait) {
+            Ok(compiled) => compiled,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                return Err(CompileTimeout(self.compile_timeout).into())
+                if started.elapsed() >= self.compile_timeout {
+                    return Err(CompileTimeout(self.compile_timeout).into());
+                }
+                if let Ok(mut b) = self.background.lock() {
+                    b.insert(
+                        digest.to_string(),
+                        Background {
+                            rx,
+                            started,
+                            file,
+                            size,
+                        },
+                    );
+                }
+                let since = std::time::SystemTime::now()
+                    .checked_sub(started.elapsed())
+                    .unwrap_or_else(std::time::SystemTime::now);
+                return Err(StillCompiling { since }.into());
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 bail!("the compiler stopped without a result")
             }
         };
+        self.link(compiled.map_err(invalid)?)
+    }
+
+    /// Whether a compile is running in the background.
+    pub fn is_compiling(&self) -> bool {
+        self.background.lock().is_ok_and(|b| !b.is_empty())
+    }
+
+    /// Checks a compiled component against the worlds and pre-links it.
+    fn link(&self, component: Component) -> Result<Pre> {
         let exports_http = component
             .component_type()
             .exports(&self.engine)
@@ -638,6 +778,17 @@ fn to_compile(
             })
         })
         .collect()
+}
+
+/// What a scan lists as loading: the compiles left running, then the files
+/// still to compile.
+fn listed(compiling: &[Loading], loading: &[Loading]) -> Vec<Loading> {
+    compiling.iter().chain(loading).cloned().collect()
+}
+
+/// A compile error, as a load error says it.
+fn invalid(e: wasmtime::Error) -> anyhow::Error {
+    anyhow::anyhow!("invalid component: {}", first_line(&format!("{e:#}")))
 }
 
 fn first_line(s: &str) -> &str {

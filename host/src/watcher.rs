@@ -110,22 +110,23 @@ async fn scan(
     control: &Arc<Control>,
     renamed: std::collections::HashSet<PathBuf>,
     log: bool,
+    announced: &Announced,
 ) -> Option<Vec<String>> {
     let started = Instant::now();
     let _turn = control.scan_turn().await;
     let before = control.snapshot();
     let (l, d, c) = (loader.clone(), dir.to_path_buf(), control.clone());
     let runtime = tokio::runtime::Handle::current();
+    let said = announced.clone();
     let task = tokio::task::spawn_blocking(move || {
-        let mut announced = std::collections::HashSet::new();
         let mut progress = |p: Progress| {
             let change = match p {
                 Progress::Loading(loading) => {
-                    announce(&loading, &mut announced);
+                    announce(&loading, &said);
                     Change::Loading(loading)
                 }
                 Progress::Loaded { registry, loading } => {
-                    announce(&loading, &mut announced);
+                    announce(&loading, &said);
                     Change::Rescan {
                         registry,
                         loading,
@@ -154,9 +155,14 @@ async fn scan(
             return None;
         }
     };
+    // A file compiling in the background is announced once, not at every
+    // scan that finds it still compiling.
+    if let Ok(mut said) = announced.lock() {
+        said.retain(|file| scan.compiling.iter().any(|l| l.file == *file));
+    }
     let change = Change::Rescan {
         registry: scan.registry,
-        loading: Vec::new(),
+        loading: scan.compiling,
         done: Some(ScanDone {
             base: before.clone(),
             complete: scan.pending.is_empty(),
@@ -170,31 +176,50 @@ async fn scan(
     Some(scan.pending)
 }
 
-/// Logs the compile that starts now (the loader compiles one file at a
-/// time, in the order of `loading`), once per file; the rest wait.
-fn announce(
-    loading: &[crate::registry::Loading],
-    announced: &mut std::collections::HashSet<String>,
-) {
-    if let Some(next) = loading.first() {
-        if announced.insert(next.file.clone()) {
-            tracing::info!(
-                service = %next.service,
-                file = %next.file,
-                queued = loading.len() - 1,
-                "compiling"
-            );
-        }
+/// Files whose compile was logged (kept across scans while they compile).
+type Announced = Arc<std::sync::Mutex<std::collections::HashSet<String>>>;
+
+/// Logs the compile that starts now, once per file: the first in `loading`
+/// not logged yet (compiles left running in the background come first and
+/// were logged when they started; the loader compiles the rest one at a
+/// time, in order).
+fn announce(loading: &[crate::registry::Loading], announced: &Announced) {
+    let Ok(mut said) = announced.lock() else {
+        return;
+    };
+    if let Some((at, next)) = loading
+        .iter()
+        .enumerate()
+        .find(|(_, l)| !said.contains(&l.file))
+    {
+        said.insert(next.file.clone());
+        tracing::info!(
+            service = %next.service,
+            file = %next.file,
+            queued = loading.len() - at - 1,
+            "compiling"
+        );
     }
 }
 
 /// The first scan: every version is served as soon as it has compiled;
 /// files still being written are waited for (bounded).
-async fn initial(dir: &Path, loader: &Arc<Loader>, control: &Arc<Control>) {
+async fn initial(dir: &Path, loader: &Arc<Loader>, control: &Arc<Control>, announced: &Announced) {
     let started = Instant::now();
-    for _ in 0..20 {
-        match scan(dir, loader, control, Default::default(), false).await {
-            Some(pending) if !pending.is_empty() => tokio::time::sleep(STABLE_AGE).await,
+    // Files still being written are waited for 20 times; a compile left
+    // running in the background, until it ends (its timeout bounds it).
+    let mut writing = 0;
+    loop {
+        match scan(dir, loader, control, Default::default(), false, announced).await {
+            Some(pending) if !pending.is_empty() => {
+                if !loader.is_compiling() {
+                    writing += 1;
+                    if writing >= 20 {
+                        break;
+                    }
+                }
+                tokio::time::sleep(STABLE_AGE).await;
+            }
             _ => break,
         }
     }
@@ -296,7 +321,8 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Option<PathBuf>>,
     mut watched: WatchedDir,
 ) {
-    initial(&dir, &loader, &control).await;
+    let announced = Announced::default();
+    initial(&dir, &loader, &control, &announced).await;
     let mut retry: Option<Duration> = None;
     loop {
         let mut renamed = std::collections::HashSet::new();
@@ -323,7 +349,7 @@ async fn run(
             }
         }
         tracing::debug!(renamed = renamed.len(), "rescanning the plugins directory");
-        let pending = scan(&dir, &loader, &control, renamed, true).await;
+        let pending = scan(&dir, &loader, &control, renamed, true, &announced).await;
         retry = match &pending {
             Some(files) if files.is_empty() => None,
             Some(files) => {

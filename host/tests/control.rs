@@ -10,21 +10,10 @@ use wasmhost_test_support::{
     bin, wait_until, Host, Plugins, TestHost, ADMIN_TOKEN, INVENTORY, USER,
 };
 
-/// The Python inventory service with a custom section of its own: the same
-/// code, but bytes no cache has seen, so the host really compiles it (the
-/// interpreter takes seconds).
+/// The Python inventory service under a digest no cache has seen (the
+/// interpreter takes seconds to compile).
 fn uncached_inventory() -> Vec<u8> {
-    let mut bytes = std::fs::read(INVENTORY).unwrap();
-    let name = b"wasmhost-test";
-    let payload = format!("{:?}", std::time::SystemTime::now());
-    let content_len = 1 + name.len() + payload.len();
-    assert!(content_len < 128 && name.len() < 128);
-    bytes.push(0); // custom section
-    bytes.push(content_len as u8);
-    bytes.push(name.len() as u8);
-    bytes.extend_from_slice(name);
-    bytes.extend_from_slice(payload.as_bytes());
-    bytes
+    wasmhost_test_support::with_new_digest(INVENTORY)
 }
 
 fn loading_files(host: &Host) -> Vec<String> {
@@ -85,6 +74,14 @@ fn reads_and_release_commands_answer_while_a_python_version_compiles() {
         "{out}"
     );
     assert!(out.contains("loading"), "{out}");
+    // A deploy of another service is not held up by the compile: it loads
+    // while the interpreter still compiles in the background (it does not
+    // take traffic: the weights above keep 1.0.0).
+    host.plugins().deploy(USER, "user@1.1.0.wasm");
+    wait_until("user@1.1.0 loaded", Duration::from_secs(10), || {
+        let user: ServiceView = host.view("/admin/services/user");
+        user.version("1.1.0").map(|_| ())
+    });
     // …as this proves: the version is still compiling now.
     assert!(
         loading_files(&host).contains(&"inventory@1.1.0.wasm".to_string()),

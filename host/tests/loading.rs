@@ -526,29 +526,6 @@ fn versions_that_cannot_start_under_their_limits_never_take_traffic() {
     assert_ne!(r.status, 504);
 }
 
-/// `component` with a custom section appended: the same code under a new
-/// digest, so nothing cached can stand in for compiling it.
-fn with_custom_section(component: &str, payload: &[u8]) -> Vec<u8> {
-    let mut bytes = std::fs::read(component).unwrap();
-    let name = b"wasmhost-test";
-    let mut section = vec![name.len() as u8];
-    section.extend_from_slice(name);
-    section.extend_from_slice(payload);
-    // Section id 0 (custom), its size as LEB128, then the section.
-    bytes.push(0);
-    let mut len = section.len();
-    loop {
-        let byte = (len & 0x7f) as u8;
-        len >>= 7;
-        bytes.push(if len == 0 { byte } else { byte | 0x80 });
-        if len == 0 {
-            break;
-        }
-    }
-    bytes.extend_from_slice(&section);
-    bytes
-}
-
 /// A component refused for its compile time costs one timeout: later scans
 /// refuse it at once, until its bytes change, and a good version deployed
 /// beside it loads.
@@ -558,8 +535,7 @@ fn a_component_too_slow_to_compile_is_not_compiled_again() {
         .add(USER, "user@1.0.0.wasm")
         .args(&["--compile-timeout", "1s"])
         .start();
-    let nonce = format!("{:?}", std::time::SystemTime::now());
-    let bomb = with_custom_section(INVENTORY, nonce.as_bytes());
+    let bomb = wasmhost_test_support::with_new_digest(INVENTORY);
     host.plugins().write(".bomb.tmp", bomb);
     std::fs::rename(
         host.plugins().path().join(".bomb.tmp"),

@@ -684,3 +684,20 @@ impl Drop for Traffic {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// `component`'s bytes with a custom section of their own appended: the
+/// same code under a digest no cache has seen, so the host really compiles
+/// it.
+pub fn with_new_digest(component: &str) -> Vec<u8> {
+    let mut bytes = std::fs::read(component).expect("read component");
+    let name = b"wasmhost-test";
+    let payload = format!("{:?}", std::time::SystemTime::now());
+    let content_len = 1 + name.len() + payload.len();
+    assert!(content_len < 128, "one LEB128 byte holds the section size");
+    bytes.push(0); // custom section
+    bytes.push(content_len as u8);
+    bytes.push(name.len() as u8);
+    bytes.extend_from_slice(name);
+    bytes.extend_from_slice(payload.as_bytes());
+    bytes
+}
