@@ -10,10 +10,11 @@
 //! not record (written by something else) is deleted the same way; a cache
 //! directory that other users may write is refused at start.
 //!
-//! Layout: `CACHE/wasmhost-integrity/key` (32 random bytes, mode 0600) and
-//! one MAC file per entry in the same directory, named by a hash of the
-//! entry's path. (Names without a dot, at the depth wasmtime's cleanup
-//! keeps files: it deletes what it does not recognise elsewhere.)
+//! Layout: `CACHE/wasmhost-integrity/v1/key` (32 random bytes, mode 0600)
+//! and one MAC file per entry in the same directory, named by a hash of the
+//! entry's path. (Names without a dot, two levels down, like wasmtime's own
+//! entries: its cleanup deletes every file it does not recognise at the top
+//! two levels of the cache.)
 
 use anyhow::{bail, Context, Result};
 use hmac::{Hmac, Mac};
@@ -24,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// The directory of the key and the MACs, under the cache directory.
-const INTEGRITY_DIR: &str = "wasmhost-integrity";
+const INTEGRITY_DIR: &str = "wasmhost-integrity/v1";
 
 /// What identifies one state of an entry on disk (checked again when any
 /// of it changes; `ctime` cannot be set back by a writer).
