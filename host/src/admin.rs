@@ -6,6 +6,7 @@
 //! - `PUT  /admin/services/{name}/release`       `{"weights": {"1.0.0": 90, "1.1.0": 10}, "sticky": "header:x-user-id"}`
 //! - `POST /admin/services/{name}/promote`       `{"version": "1.1.0"}`: it takes 100% and becomes stable
 //! - `POST /admin/services/{name}/rollback`      the stable version takes 100%
+//! - `POST /admin/drain`                          ready turns 503; the host serves for `--drain-delay`, then stops
 //! - `GET  /metrics`                              Prometheus text, labelled by service and version
 //!
 //! Invariant: reads load the snapshot and never wait (not even behind a
@@ -52,6 +53,7 @@ pub fn app(control: Arc<Control>, token: &str) -> axum::Router {
         .route("/admin/services/{name}/rollback", post(rollback))
         .route("/admin/services/{name}/pause", post(pause))
         .route("/admin/services/{name}/resume", post(resume))
+        .route("/admin/drain", post(drain))
         .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -223,6 +225,18 @@ async fn resume(State(admin): State<Admin>, Path(name): Path<String>) -> Respons
         paused: false,
     };
     respond(&admin, &name, "resume", change).await
+}
+
+/// `POST /admin/drain`: ready turns 503 at once; the host serves for the
+/// drain delay, then stops as on SIGTERM.
+async fn drain(State(admin): State<Admin>) -> Response {
+    tracing::info!("drain asked for through the admin API");
+    admin.control.health().start_drain();
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({"draining": true})),
+    )
+        .into_response()
 }
 
 /// The parsed body, or a 400 saying what is wrong with it. The body is

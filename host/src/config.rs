@@ -65,6 +65,9 @@ pub struct ServeConfig {
     pub compile_timeout: Duration,
     /// Requests of one version that may run guest code at once (0: no cap).
     pub cpu_lanes: Option<usize>,
+    /// How long the host keeps serving after a drain begins (SIGTERM or
+    /// `POST /admin/drain`), ready answering 503, before it stops accepting.
+    pub drain_delay: Duration,
     /// When set, an outside request's pin (`x-wasmhost-version`) is honoured
     /// only with header `x-wasmhost-pin-token` carrying this value.
     pub pin_token: Option<String>,
@@ -87,6 +90,7 @@ impl Default for ServeConfig {
             cache_dir: None,
             compile_timeout: DEFAULT_COMPILE_TIMEOUT,
             cpu_lanes: None,
+            drain_delay: DEFAULT_DRAIN_DELAY,
             pin_token: None,
         }
     }
@@ -119,6 +123,8 @@ pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default longest time a component may take to compile (a compile bomb is
 /// refused after it, and not compiled again until its bytes change).
 pub const DEFAULT_COMPILE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Default time the host keeps serving once a drain begins.
+pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(5);
 /// Default time a client has to send a request body.
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -214,6 +220,12 @@ pub struct ServeArgs {
     /// Default: all cores but one (at least 1); 0 turns the cap off.
     #[arg(long)]
     pub cpu_lanes: Option<usize>,
+    /// On SIGTERM, Ctrl-C or `POST /admin/drain`: how long the host keeps
+    /// serving with `/.well-known/wasmhost/ready` answering 503 (so load
+    /// balancers stop sending), before it stops accepting and finishes the
+    /// requests in flight.
+    #[arg(long, default_value_t = DEFAULT_DRAIN_DELAY.into())]
+    pub drain_delay: humantime::Duration,
     /// Longest a component may take to compile; one that takes longer is
     /// refused, and not compiled again until its file changes.
     #[arg(long, default_value_t = DEFAULT_COMPILE_TIMEOUT.into())]
@@ -249,6 +261,7 @@ impl From<ServeArgs> for ServeConfig {
             pin_token: a.pin_token.filter(|t| !t.is_empty()),
             compile_timeout: a.compile_timeout.into(),
             cpu_lanes: a.cpu_lanes,
+            drain_delay: a.drain_delay.into(),
             ..Default::default()
         };
         config.limits.max_instances = a.max_instances;

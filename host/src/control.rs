@@ -101,6 +101,8 @@ pub struct Control {
     /// Changes of the plugins directory the watcher acted on.
     watch_events: std::sync::atomic::AtomicU64,
     state_dir: PathBuf,
+    /// Whether the host is ready for traffic, or draining.
+    health: Arc<crate::health::Health>,
 }
 
 impl Control {
@@ -119,7 +121,13 @@ impl Control {
             scan: tokio::sync::Mutex::new(()),
             watch_events: Default::default(),
             state_dir,
+            health: Arc::default(),
         }
+    }
+
+    /// The host's readiness and drain state.
+    pub fn health(&self) -> &Arc<crate::health::Health> {
+        &self.health
     }
 
     /// The handle readers load the snapshot from (the dispatcher's).

@@ -89,6 +89,11 @@ impl Dispatcher {
         ))
     }
 
+    /// Whether the key-value store is failing writes now.
+    pub fn store_failing(&self) -> bool {
+        self.kv.is_failing()
+    }
+
     /// Chooses the version that serves an outside request for `path` with
     /// `headers`. It takes no concurrency slot yet: the caller claims one once
     /// the request body has arrived, so slow clients cannot fill a service.

@@ -41,6 +41,8 @@ pub struct FrontOptions {
     /// When set, an outside pin is honoured only with [`PIN_TOKEN_HEADER`]
     /// carrying this value (and then reaches any loaded version).
     pub pin_token: Option<Arc<str>>,
+    /// What `/.well-known/wasmhost/ready` reports.
+    pub health: Arc<crate::health::Health>,
 }
 
 /// The axum app serving plugin traffic.
@@ -51,6 +53,7 @@ pub fn app(dispatcher: Arc<Dispatcher>, options: FrontOptions) -> axum::Router {
             dispatcher,
             body_timeout: options.body_timeout,
             pin_token: options.pin_token,
+            health: options.health,
         })
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, NewRequestId))
@@ -62,6 +65,7 @@ struct Front {
     dispatcher: Arc<Dispatcher>,
     body_timeout: Duration,
     pin_token: Option<Arc<str>>,
+    health: Arc<crate::health::Health>,
 }
 
 /// Which pins an outside request may use: with a pin token configured,
@@ -172,9 +176,13 @@ async fn serve(
         dispatcher,
         body_timeout,
         pin_token,
+        health,
     }: Front,
     req: axum::extract::Request,
 ) -> (axum::response::Response, Option<DispatchError>) {
+    if let Some(resp) = probe(&req, &health, &dispatcher) {
+        return (resp, None);
+    }
     let (mut parts, body) = req.into_parts();
     let pins = pins(&mut parts, pin_token.as_deref());
     let headers = wit_headers(&parts.headers);
@@ -302,6 +310,32 @@ async fn serve(
             Failure::Internal(format!("the request task failed: {e}")),
         )),
     }
+}
+
+/// The host's own probes, which no manifest can claim: live (200 while the
+/// runtime answers) and ready (200 once the first scan is done, the store
+/// writes and the host is not draining; else 503 naming what fails).
+fn probe(
+    req: &axum::extract::Request,
+    health: &crate::health::Health,
+    dispatcher: &Dispatcher,
+) -> Option<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let path = req.uri().path();
+    if path == crate::health::LIVE_PATH {
+        return Some(axum::Json(serde_json::json!({"live": true})).into_response());
+    }
+    if path != crate::health::READY_PATH {
+        return None;
+    }
+    let failing = health.failing(dispatcher.store_failing());
+    let status = if failing.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({"ready": failing.is_empty(), "failing": failing});
+    Some((status, axum::Json(body)).into_response())
 }
 
 /// The answer to a request that got no response from a service.

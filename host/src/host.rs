@@ -170,6 +170,7 @@ impl Host {
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             if !self.loader.is_compiling() {
+                self.control.health().mark_scanned();
                 return Ok(());
             }
             drop(turn);
@@ -184,6 +185,7 @@ impl Host {
             crate::front::FrontOptions {
                 body_timeout: self.config.http.body_timeout,
                 pin_token: self.config.pin_token.as_deref().map(Arc::from),
+                health: self.control.health().clone(),
             },
         )
     }

@@ -35,6 +35,7 @@ pub mod engine;
 pub mod error;
 pub mod files;
 pub mod front;
+pub mod health;
 mod host;
 pub mod instance;
 pub mod kv;
@@ -129,7 +130,24 @@ pub async fn run(
         host.control().clone(),
     )?;
 
-    server::serve(listener, host.front(), http, shutdown, DRAIN_TIMEOUT).await?;
+    // A drain (the signal, or `POST /admin/drain`) turns ready to 503 at
+    // once; the host keeps serving for the drain delay so load balancers
+    // notice, then stops accepting and finishes what is in flight.
+    let health = host.control().health().clone();
+    let drain_delay = host.config().drain_delay;
+    let stop = async move {
+        tokio::select! {
+            () = shutdown => {}
+            () = health.drain_requested() => {}
+        }
+        health.start_drain();
+        tracing::info!(
+            delay_ms = drain_delay.as_millis() as u64,
+            "draining: ready answers 503; serving until the delay ends"
+        );
+        tokio::time::sleep(drain_delay).await;
+    };
+    server::serve(listener, host.front(), http, stop, DRAIN_TIMEOUT).await?;
     admin_task.abort();
     analyst.abort();
     tracing::info!("stopped");

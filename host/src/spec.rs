@@ -100,6 +100,12 @@ impl Route {
         if route.contains(['?', '#', ' ']) || route.split('/').any(|s| s == "..") {
             bail!("route `{route}` must be a plain path prefix");
         }
+        let reserved = crate::health::RESERVED_PREFIX;
+        if route.trim_end_matches('/') == reserved || route.starts_with(&format!("{reserved}/")) {
+            bail!(
+                "route `{route}` is under `{reserved}`, which the host keeps for its own endpoints"
+            );
+        }
         let trimmed = route.trim_end_matches('/');
         Ok(Self(if trimmed.is_empty() {
             "/".to_string()

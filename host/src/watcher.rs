@@ -223,6 +223,7 @@ async fn initial(dir: &Path, loader: &Arc<Loader>, control: &Arc<Control>, annou
             _ => break,
         }
     }
+    control.health().mark_scanned();
     let snapshot = control.snapshot();
     crate::status::log_registry(&snapshot.registry, dir);
     tracing::info!(

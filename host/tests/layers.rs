@@ -24,6 +24,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("kv", 0),
     ("plugin", 0),
     ("files", 0),
+    ("health", 0),
     ("views", 0),
     ("shutdown", 0),
     // L1 — the Wasm runtime

@@ -139,6 +139,10 @@ fn the_key_value_store_recovers_after_the_disk_was_full() {
         &["the key-value store cannot write"],
         Duration::from_secs(5),
     );
+    // Readiness says so meanwhile, naming the check.
+    let ready = host.get("/.well-known/wasmhost/ready");
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.json()["failing"], serde_json::json!(["store"]));
     std::fs::remove_file(&filler).unwrap();
     host.send("PUT", "/probe/kv/b/after", "written")
         .expect_status(204);
@@ -151,6 +155,7 @@ fn the_key_value_store_recovers_after_the_disk_was_full() {
         &["the key-value store writes again"],
         Duration::from_secs(5),
     );
+    host.get("/.well-known/wasmhost/ready").expect_status(200);
     host.stop();
 }
 

@@ -269,6 +269,12 @@ impl Host {
             } else {
                 vec!["--cache-dir", TEST_CACHE_DIR]
             })
+            // Tests stop hosts at once unless they test the drain itself.
+            .args(if extra.contains(&"--drain-delay") {
+                vec![]
+            } else {
+                vec!["--drain-delay", "0s"]
+            })
             .args(extra)
             .env("RUST_LOG", "info,wasmhost=debug")
             .env("WASMHOST_ADMIN_TOKEN", ADMIN_TOKEN)
@@ -457,6 +463,24 @@ impl Host {
             if Instant::now() > deadline {
                 panic!(
                     "no log line with {parts:?} within {timeout:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits (at most `timeout`) for the host to exit on its own; panics
+    /// with its log when it does not.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "wasmhost did not exit within {timeout:?}; log:\n{}",
                     self.log()
                 );
             }
