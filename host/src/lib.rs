@@ -143,9 +143,12 @@ pub async fn run(
         health.start_drain();
         tracing::info!(
             delay_ms = drain_delay.as_millis() as u64,
-            "draining: ready answers 503; serving until the delay ends"
+            "draining: ready answers 503; serving until the delay ends (a second Ctrl-C or SIGTERM stops now)"
         );
-        tokio::time::sleep(drain_delay).await;
+        tokio::select! {
+            () = tokio::time::sleep(drain_delay) => {}
+            () = shutdown::signal() => tracing::info!("stopping without waiting for the drain delay"),
+        }
     };
     server::serve(listener, host.front(), http, stop, DRAIN_TIMEOUT).await?;
     admin_task.abort();
