@@ -16,6 +16,7 @@
 //! entries: its cleanup deletes every file it does not recognise at the top
 //! two levels of the cache.)
 
+use crate::files::FileStamp;
 use anyhow::{bail, Context, Result};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
@@ -27,36 +28,13 @@ use std::sync::Mutex;
 /// The directory of the key and the MACs, under the cache directory.
 const INTEGRITY_DIR: &str = "wasmhost-integrity/v1";
 
-/// What identifies one state of an entry on disk (checked again when any
-/// of it changes; `ctime` cannot be set back by a writer).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl Stamp {
-    fn of(meta: &std::fs::Metadata) -> Self {
-        Self {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            len: meta.len(),
-            mtime: (meta.mtime(), meta.mtime_nsec()),
-            ctime: (meta.ctime(), meta.ctime_nsec()),
-        }
-    }
-}
-
 /// Checks and records the MACs of one cache directory's entries.
 pub struct CacheGuard {
     root: PathBuf,
     integrity: PathBuf,
     key: [u8; 32],
     /// Entries whose MAC matched, as they were on disk then.
-    verified: Mutex<HashMap<PathBuf, Stamp>>,
+    verified: Mutex<HashMap<PathBuf, FileStamp>>,
 }
 
 impl CacheGuard {
@@ -109,7 +87,7 @@ impl CacheGuard {
             let Ok(meta) = std::fs::symlink_metadata(&entry) else {
                 continue;
             };
-            let stamp = Stamp::of(&meta);
+            let stamp = FileStamp::of_meta(&meta);
             seen.push(entry.clone());
             if verified.get(&entry) == Some(&stamp) {
                 continue;

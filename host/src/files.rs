@@ -9,13 +9,43 @@
 
 use anyhow::{bail, Context, Result};
 use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::Duration;
 
 /// A file modified more recently than this is still being written and is
 /// read on a later scan (unless it was renamed into place).
 pub const STABLE_AGE: Duration = Duration::from_millis(300);
+
+/// What identifies one state of a file on disk: its device, inode, size and
+/// modification and change times. A rewrite or a rename changes one of them
+/// (and `ctime` cannot be set back by a writer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    /// The stamp of `path` (following symlinks), if it can be read.
+    pub fn of(path: &Path) -> Option<Self> {
+        std::fs::metadata(path).ok().map(|m| Self::of_meta(&m))
+    }
+
+    /// The stamp of a file whose metadata is at hand.
+    pub fn of_meta(m: &std::fs::Metadata) -> Self {
+        Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
 
 /// Whether `path` has not been modified for [`STABLE_AGE`] (a file that
 /// does not exist is settled: there is nothing to wait for).

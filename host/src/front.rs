@@ -285,30 +285,28 @@ async fn serve(
         parts.method,
         http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::TRACE
     );
-    if safe {
-        let _permit = permit;
-        return match dispatcher.run(version.clone(), request, 0, pinned).await {
-            Ok(resp) => (to_http(resp, &version.service, &version.version), None),
-            Err(e) => failed(e),
-        };
-    }
     let run = {
         let version = version.clone();
-        tokio::spawn(
-            async move {
-                let _permit = permit;
-                dispatcher.run(version, request, 0, pinned).await
-            }
-            .instrument(tracing::Span::current()),
-        )
+        async move {
+            let _permit = permit;
+            dispatcher.run(version, request, 0, pinned).await
+        }
     };
-    match run.await {
-        Ok(Ok(resp)) => (to_http(resp, &version.service, &version.version), None),
-        Ok(Err(e)) => failed(e),
-        Err(e) => failed(DispatchError::failed(
-            &version,
-            Failure::Internal(format!("the request task failed: {e}")),
-        )),
+    let outcome = if safe {
+        run.await
+    } else {
+        tokio::spawn(run.instrument(tracing::Span::current()))
+            .await
+            .unwrap_or_else(|e| {
+                Err(DispatchError::failed(
+                    &version,
+                    Failure::Internal(format!("the request task failed: {e}")),
+                ))
+            })
+    };
+    match outcome {
+        Ok(resp) => (to_http(resp, &version.service, &version.version), None),
+        Err(e) => failed(e),
     }
 }
 

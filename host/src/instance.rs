@@ -151,16 +151,11 @@ struct CpuBudgetSpent;
 #[derive(Clone)]
 pub struct CpuLanes(Arc<Semaphore>);
 
-impl Default for CpuLanes {
-    fn default() -> Self {
-        Self::new(default_lanes())
-    }
-}
-
 impl CpuLanes {
-    /// `n` lanes (at least one).
+    /// `n` lanes (at least one, at most what a semaphore holds: a huge
+    /// `--cpu-lanes` means no cap in effect, never a panic).
     pub fn new(n: usize) -> Self {
-        Self(Arc::new(Semaphore::new(n.max(1))))
+        Self(Arc::new(Semaphore::new(n.clamp(1, Semaphore::MAX_PERMITS))))
     }
 }
 

@@ -246,23 +246,19 @@ impl Loader {
                 // what it had (or waits, when it is new) until it settles.
                 let manifest_path = Manifest::path(dir, &name.service);
                 if !ready(&manifest_path) {
-                    pending.push(origin.clone());
-                    let last_sandbox = previous
-                        .service(&name.service)
-                        .and_then(|s| s.versions.first())
-                        .map(|v| v.sandbox.clone());
-                    match (previous.manifest(&name.service), last_sandbox) {
-                        (Some(m), Some(sandbox)) => {
-                            manifests.insert(name.service.clone(), m.clone());
+                    pending.push(origin);
+                    // (Versions of a live service keep loading under the
+                    // manifest they had.)
+                    match last_good_manifest(previous, &name.service) {
+                        Some((m, sandbox)) => {
+                            manifests.insert(name.service.clone(), m);
                             sandboxes.insert(name.service.clone(), sandbox);
                         }
-                        _ => {
+                        None => {
                             unsettled.insert(name.service.clone());
                             bad_manifests.insert(name.service.clone(), ());
                         }
                     }
-                    // (Versions of a live service keep loading under the
-                    // manifest they had.)
                 }
             }
             if !manifests.contains_key(&name.service) && !bad_manifests.contains_key(&name.service)
@@ -280,19 +276,15 @@ impl Loader {
                     }
                     Err(e) => {
                         errors.push(LoadError {
-                            file: format!("{}.toml", name.service),
+                            file: origin,
                             error: format!("{e:#}"),
                         });
-                        let last_sandbox = previous
-                            .service(&name.service)
-                            .and_then(|s| s.versions.first())
-                            .map(|v| v.sandbox.clone());
-                        match (previous.manifest(&name.service), last_sandbox) {
-                            (Some(m), Some(sandbox)) => {
-                                manifests.insert(name.service.clone(), m.clone());
+                        match last_good_manifest(previous, &name.service) {
+                            Some((m, sandbox)) => {
+                                manifests.insert(name.service.clone(), m);
                                 sandboxes.insert(name.service.clone(), sandbox);
                             }
-                            _ => {
+                            None => {
                                 bad_manifests.insert(name.service.clone(), ());
                             }
                         }
@@ -408,6 +400,14 @@ impl Loader {
             }
         }
         let registry = Registry::build(versions, manifests, errors, Some(previous), release);
+        // A compile whose file was removed or rewritten since it started
+        // is of no use: dropped (its thread finishes and its result is
+        // freed), so nothing waits for it.
+        if let Ok(mut background) = self.background.lock() {
+            background.retain(|_, bg| {
+                files.contains(&bg.file.0) && FileStamp::of(&bg.file.0) == bg.file.1
+            });
+        }
         Ok(Scan {
             registry,
             pending,
@@ -514,25 +514,6 @@ impl Loader {
             lanes: (self.cpu_lanes > 0).then(|| CpuLanes::new(self.cpu_lanes)),
             idle: Arc::default(),
         }))
-    }
-
-    /// Compiles component bytes and checks them against the world.
-    ///
-    /// Compilation runs on its own thread and is given up after
-    /// [`COMPILE_TIMEOUT`] (a compile bomb is refused; its thread finishes
-    /// in the background on the compile pool, see [`crate::engine`]).
-    pub fn compile(&self, bytes: Vec<u8>) -> Result<Pre> {
-        let rx = self.start_compile(bytes)?;
-        let component = match rx.recv_timeout(self.compile_timeout) {
-            Ok(compiled) => compiled.map_err(invalid)?,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                return Err(CompileTimeout(self.compile_timeout).into())
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                bail!("the compiler stopped without a result")
-            }
-        };
-        self.link(component)
     }
 
     /// Starts compiling `bytes` on a thread of its own.
@@ -778,6 +759,13 @@ fn to_compile(
             })
         })
         .collect()
+}
+
+/// The manifest `service` was served with in `previous`, and its sandbox:
+/// what it keeps while its manifest is unsettled or invalid.
+fn last_good_manifest(previous: &Registry, service: &str) -> Option<(Manifest, Arc<Sandbox>)> {
+    let sandbox = previous.service(service)?.versions.first()?.sandbox.clone();
+    Some((previous.manifest(service)?.clone(), sandbox))
 }
 
 /// What a scan lists as loading: the compiles left running, then the files

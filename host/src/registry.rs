@@ -7,6 +7,7 @@
 
 use crate::bindings::ServicePre;
 use crate::capabilities::HostState;
+pub use crate::files::FileStamp;
 use crate::instance::IdleInstances;
 use crate::manifest::Manifest;
 use crate::metrics::VersionMetrics;
@@ -79,32 +80,6 @@ impl Version {
         } else {
             &self.metrics
         }
-    }
-}
-
-/// What identifies one state of a file on disk: its device, inode, size and
-/// modification and change times. A rewrite or a rename changes one of them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileStamp {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl FileStamp {
-    /// The stamp of `path` (following symlinks), if it can be read.
-    pub fn of(path: &std::path::Path) -> Option<Self> {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(path).ok()?;
-        Some(Self {
-            dev: m.dev(),
-            ino: m.ino(),
-            len: m.len(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
-        })
     }
 }
 

@@ -31,14 +31,20 @@ const MIN_IDLE: Duration = Duration::from_millis(100);
 
 /// One open connection, as the listener sees it.
 struct Conn {
-    /// Requests running on it now.
-    active: Arc<AtomicUsize>,
-    /// When its last request ended (or it opened), in ms since the listener
-    /// started.
-    idle_since: Arc<AtomicU64>,
+    /// Whether it is busy, and since when it is idle.
+    usage: Arc<Usage>,
     /// Tells it to close once its current request (if any) is answered.
     evict: Arc<Notify>,
     peer: IpAddr,
+}
+
+/// What a connection's requests tell the listener.
+struct Usage {
+    /// Requests running on it now.
+    active: AtomicUsize,
+    /// When its last request ended (or it opened), in ms since the listener
+    /// started.
+    idle_since: AtomicU64,
 }
 
 /// The open connections of one listener.
@@ -60,9 +66,9 @@ impl Conns {
         };
         let oldest = open
             .iter()
-            .filter(|(_, c)| c.active.load(Ordering::Acquire) == 0)
-            .filter(|(_, c)| c.idle_since.load(Ordering::Acquire) + min_idle <= now)
-            .min_by_key(|(_, c)| c.idle_since.load(Ordering::Acquire))
+            .filter(|(_, c)| c.usage.active.load(Ordering::Acquire) == 0)
+            .filter(|(_, c)| c.usage.idle_since.load(Ordering::Acquire) + min_idle <= now)
+            .min_by_key(|(_, c)| c.usage.idle_since.load(Ordering::Acquire))
             .map(|(id, _)| *id);
         // Out of the table at once, so the next accept picks another.
         match oldest.and_then(|id| open.remove(&id)) {
@@ -166,29 +172,25 @@ pub async fn serve(
             tracing::debug!("cannot set TCP_NODELAY: {e}");
         }
         let id = conns.next.fetch_add(1, Ordering::Relaxed);
-        let now_ms = || started.elapsed().as_millis() as u64;
+        let usage = Arc::new(Usage {
+            active: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(started.elapsed().as_millis() as u64),
+        });
+        let evict = Arc::new(Notify::new());
         let conn = Conn {
-            active: Arc::default(),
-            idle_since: Arc::new(AtomicU64::new(now_ms())),
-            evict: Arc::default(),
+            usage: usage.clone(),
+            evict: evict.clone(),
             peer: peer.ip(),
         };
-        let (active, idle_since, evict) = (
-            conn.active.clone(),
-            conn.idle_since.clone(),
-            conn.evict.clone(),
-        );
         if let Ok(mut open) = conns.open.lock() {
             open.insert(id, conn);
         }
         let tracked = {
-            let (active, idle_since) = (active.clone(), idle_since.clone());
             let app = app.clone();
             tower::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                active.fetch_add(1, Ordering::AcqRel);
+                usage.active.fetch_add(1, Ordering::AcqRel);
                 let guard = Busy {
-                    active: active.clone(),
-                    idle_since: idle_since.clone(),
+                    usage: usage.clone(),
                     started,
                 };
                 let call = tower::ServiceExt::oneshot(app.clone(), req);
@@ -242,15 +244,15 @@ pub async fn serve(
 
 /// Marks a request running on its connection until dropped.
 struct Busy {
-    active: Arc<AtomicUsize>,
-    idle_since: Arc<AtomicU64>,
+    usage: Arc<Usage>,
     started: Instant,
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.idle_since
+        self.usage
+            .idle_since
             .store(self.started.elapsed().as_millis() as u64, Ordering::Release);
-        self.active.fetch_sub(1, Ordering::AcqRel);
+        self.usage.active.fetch_sub(1, Ordering::AcqRel);
     }
 }

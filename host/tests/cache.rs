@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use wasmhost_test_support::{bin, state_dir, Host, Plugins, PROBE, USER};
+use wasmhost_test_support::{bin, serve_command, state_dir, Host, Plugins, PROBE, USER};
 
 /// The cache entries (`modules/COMPILER/HASH`), largest first.
 fn entries(cache: &Path) -> Vec<PathBuf> {
@@ -93,18 +93,7 @@ fn a_cache_directory_others_may_write_is_refused_at_start() {
     plugins.add(USER, "user@1.0.0.wasm");
     let (state, cache) = (state_dir(), tempfile::tempdir().unwrap());
     std::fs::set_permissions(cache.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let out = std::process::Command::new(bin())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--plugins")
-        .arg(plugins.path())
-        .arg("--state")
-        .arg(state.path())
+    let out = serve_command(plugins.path(), state.path())
         .arg("--cache-dir")
         .arg(cache.path())
         .output()

@@ -5,7 +5,9 @@
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use wasmhost_test_support::{bin, state_dir, try_wait_until, Host, Plugins, USER};
+use wasmhost_test_support::{
+    bin, serve_args, serve_command, state_dir, try_wait_until, Host, Plugins, USER,
+};
 
 fn mode(path: &std::path::Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
@@ -21,18 +23,7 @@ fn the_admin_token_and_the_database_are_private() {
     let token = state.path().join("admin-token");
     std::fs::write(&token, "old").unwrap();
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let mut child = Command::new(bin())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--plugins")
-        .arg(plugins.path())
-        .arg("--state")
-        .arg(state.path())
+    let mut child = serve_command(plugins.path(), state.path())
         .env_remove("WASMHOST_ADMIN_TOKEN")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -65,20 +56,7 @@ fn a_damaged_database_is_a_clear_error_at_start() {
     let file = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
     file.set_len(5000).unwrap();
     drop(file);
-    let out = Command::new(bin())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--plugins")
-        .arg(plugins)
-        .arg("--state")
-        .arg(state)
-        .output()
-        .unwrap();
+    let out = serve_command(plugins, state).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("is damaged"), "{stderr}");
@@ -174,18 +152,7 @@ fn invalid_weights_in_the_release_state_are_refused_at_start() {
         r#"{"services": {"user": {"weights": {"1.0.0": 150, "1.1.0": 0}}}}"#,
     )
     .unwrap();
-    let out = Command::new(bin())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--plugins")
-        .arg(plugins.path())
-        .arg("--state")
-        .arg(state.path())
+    let out = serve_command(plugins.path(), state.path())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -251,17 +218,7 @@ fn the_open_file_soft_limit_is_raised_at_start() {
     let mut child = Command::new("bash")
         .args(["-c", "ulimit -Sn 512 && exec \"$0\" \"$@\""])
         .arg(bin())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--plugins")
-        .arg(plugins.path())
-        .arg("--state")
-        .arg(state.path())
+        .args(serve_args(plugins.path(), state.path()))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

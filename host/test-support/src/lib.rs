@@ -250,17 +250,7 @@ impl Host {
             .expect("create the start lock");
         lock.lock().expect("take the start lock");
         let mut child = Command::new(bin)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--plugins",
-            ])
-            .arg(plugins)
-            .arg("--state")
-            .arg(state)
+            .args(serve_args(plugins, state))
             // One artifact cache for every test host (unless the test names
             // its own): a component is compiled once per test run, not once
             // per test.
@@ -724,4 +714,31 @@ pub fn with_new_digest(component: &str) -> Vec<u8> {
     bytes.extend_from_slice(name);
     bytes.extend_from_slice(payload.as_bytes());
     bytes
+}
+
+/// The arguments of `wasmhost serve` on `plugins` and `state`, both
+/// listeners on free loopback ports (append more after them).
+pub fn serve_args(plugins: &Path, state: &Path) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--plugins",
+    ]
+    .map(Into::into)
+    .into();
+    args.push(plugins.into());
+    args.push("--state".into());
+    args.push(state.into());
+    args
+}
+
+/// `wasmhost serve` on `plugins` and `state` (see [`serve_args`]), for a
+/// test that runs the binary itself: its exit status, its raw output.
+pub fn serve_command(plugins: &Path, state: &Path) -> Command {
+    let mut command = Command::new(bin());
+    command.args(serve_args(plugins, state));
+    command
 }
