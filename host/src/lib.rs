@@ -47,6 +47,7 @@ pub mod proxy;
 pub mod registry;
 pub mod release;
 pub mod release_state;
+pub mod resilience;
 pub mod router;
 pub mod sandbox;
 pub mod server;

@@ -218,6 +218,9 @@ pub struct Manifest {
     /// Capabilities granted beyond the defaults.
     #[serde(default)]
     pub grants: Grants,
+    /// Retries, fallback to the stable version, ejection, budgets.
+    #[serde(default)]
+    pub resilience: crate::resilience::ResiliencePolicy,
 }
 
 /// How a newly arrived version is released.
@@ -300,6 +303,10 @@ impl Manifest {
         {
             bail!("invalid manifest {origin}: `step-interval-secs` must be > 0, `max-error-rate` >= 0 and `max-p99-ratio` >= 1");
         }
+        manifest
+            .resilience
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid manifest {origin}: {e}"))?;
         manifest
             .grants
             .validate()

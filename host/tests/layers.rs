@@ -20,6 +20,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("router", 0),
     ("release", 0),
     ("release_state", 0),
+    ("resilience", 0),
     ("metrics", 0),
     ("kv", 0),
     ("plugin", 0),
