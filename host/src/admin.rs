@@ -17,6 +17,7 @@
 use crate::control::{Change, Control};
 use crate::front::error_response;
 use crate::registry::{LoadError, Loading, ServiceEntry};
+use crate::resilience::Standing;
 use crate::views::{
     LimitsView, LoadErrorView, LoadingView, ServiceView, ServicesView, VersionView,
 };
@@ -289,14 +290,28 @@ fn describe(service: &ServiceEntry) -> ServiceView {
         .versions
         .iter()
         .rev()
-        .map(|v| VersionView {
-            version: v.version.to_string(),
-            weight: weight(&v.version),
-            digest: v.digest.clone(),
-            size: v.size,
-            world: v.pre.world().to_string(),
-            metrics: v.metrics.snapshot(),
-            pinned_metrics: v.pinned_metrics.snapshot(),
+        .map(|v| {
+            let now = tokio::time::Instant::now();
+            let standing = v.outlier.standing(now);
+            VersionView {
+                version: v.version.to_string(),
+                weight: weight(&v.version),
+                digest: v.digest.clone(),
+                size: v.size,
+                world: v.pre.world().to_string(),
+                metrics: v.metrics.snapshot(),
+                pinned_metrics: v.pinned_metrics.snapshot(),
+                state: standing.name().to_string(),
+                ejected_for_secs: match standing {
+                    Standing::Ejected(until) => {
+                        Some(until.saturating_duration_since(now).as_secs_f64().ceil() as u64)
+                    }
+                    _ => None,
+                },
+                ejections: v.outlier.ejections(),
+                retries: v.counters.retries().values().sum(),
+                fallbacks: v.counters.fallbacks().values().sum(),
+            }
         })
         .collect();
     // Every version of a service shares its manifest, so one sandbox speaks for all.
@@ -392,7 +407,76 @@ async fn metrics(State(admin): State<Admin>) -> Response {
             m.cumulative.last().copied().unwrap_or(0)
         );
     }
+    resilience_metrics(&mut out, &snapshots);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// The resilience families: retries by reason, fallbacks by target,
+/// ejections, budget refusals and each version's state.
+fn resilience_metrics(
+    out: &mut String,
+    snapshots: &[(
+        &crate::registry::ServiceEntry,
+        &std::sync::Arc<crate::registry::Version>,
+        crate::metrics::Snapshot,
+    )],
+) {
+    let _ = writeln!(out, "# HELP wasmhost_retries_total Failed attempts tried again, by what failed.\n# TYPE wasmhost_retries_total counter");
+    for (s, v, _) in snapshots {
+        for (reason, n) in v.counters.retries() {
+            let _ = writeln!(
+                out,
+                "wasmhost_retries_total{{service=\"{}\",version=\"{}\",reason=\"{reason}\"}} {n}",
+                s.name, v.version
+            );
+        }
+    }
+    let _ = writeln!(out, "# HELP wasmhost_fallbacks_total Requests a version failed that another answered.\n# TYPE wasmhost_fallbacks_total counter");
+    for (s, v, _) in snapshots {
+        for (to, n) in v.counters.fallbacks() {
+            let _ = writeln!(
+                out,
+                "wasmhost_fallbacks_total{{service=\"{}\",from=\"{}\",to=\"{to}\"}} {n}",
+                s.name, v.version
+            );
+        }
+    }
+    let _ = writeln!(out, "# HELP wasmhost_ejections_total Times a version was taken out of selection.\n# TYPE wasmhost_ejections_total counter");
+    for (s, v, _) in snapshots {
+        let _ = writeln!(
+            out,
+            "wasmhost_ejections_total{{service=\"{}\",version=\"{}\"}} {}",
+            s.name,
+            v.version,
+            v.outlier.ejections()
+        );
+    }
+    let _ = writeln!(out, "# HELP wasmhost_retry_budget_exhausted_total Retries refused because the service's budget was spent.\n# TYPE wasmhost_retry_budget_exhausted_total counter");
+    let mut seen = std::collections::BTreeSet::new();
+    for (s, _, _) in snapshots {
+        if seen.insert(&s.name) {
+            let _ = writeln!(
+                out,
+                "wasmhost_retry_budget_exhausted_total{{service=\"{}\"}} {}",
+                s.name,
+                s.budget.exhausted()
+            );
+        }
+    }
+    let _ = writeln!(out, "# HELP wasmhost_version_state Whether a version is serving, ejected or on probation (1 for its state).\n# TYPE wasmhost_version_state gauge");
+    let now = tokio::time::Instant::now();
+    for (s, v, _) in snapshots {
+        let state = v.outlier.standing(now).name();
+        for name in ["serving", "ejected", "probation"] {
+            let _ = writeln!(
+                out,
+                "wasmhost_version_state{{service=\"{}\",version=\"{}\",state=\"{name}\"}} {}",
+                s.name,
+                v.version,
+                u8::from(state == name)
+            );
+        }
+    }
 }
 
 /// The admin token: `WASMHOST_ADMIN_TOKEN` if set, else a new random token

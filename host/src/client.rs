@@ -172,6 +172,7 @@ pub fn table(services: &[ServiceView]) -> String {
         "SERVICE",
         "VERSION",
         "WEIGHT",
+        "STATE",
         "REQUESTS",
         "5XX",
         "TRAPS",
@@ -190,6 +191,11 @@ pub fn table(services: &[ServiceView]) -> String {
                 s.name.clone(),
                 v.version.clone(),
                 format!("{}%", v.weight),
+                match (v.state.as_str(), v.ejected_for_secs) {
+                    ("", _) => "serving".to_string(),
+                    ("ejected", Some(secs)) => format!("ejected ({secs}s)"),
+                    (state, _) => state.to_string(),
+                },
                 m.requests.to_string(),
                 m.errors.to_string(),
                 m.traps.to_string(),
@@ -237,6 +243,21 @@ mod tests {
         .unwrap();
         let t = table(&[svc]);
         assert!(t.starts_with("SERVICE  VERSION  WEIGHT"), "{t}");
-        assert!(t.contains("user     1.1.0    10%"), "{t}");
+        assert!(t.contains("user     1.1.0    10%     serving"), "{t}");
+        let mut ejected = svc_with_state("ejected");
+        ejected.versions[0].ejected_for_secs = Some(27);
+        assert!(table(&[ejected]).contains("ejected (27s)"));
+    }
+
+    fn svc_with_state(state: &str) -> ServiceView {
+        ServiceView {
+            name: "user".into(),
+            versions: vec![crate::views::VersionView {
+                version: "1.1.0".into(),
+                state: state.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
     }
 }

@@ -68,6 +68,17 @@ pub enum Change {
     },
     /// The canary analyst's decisions, applied where still current.
     Canary(Vec<CanaryDecision>),
+    /// The request path ejected a version (it is already out of
+    /// selection): recorded in the history; a canary whose candidate is
+    /// ejected twice in one step is rolled back.
+    Ejected {
+        /// Service name.
+        service: String,
+        /// The version ejected.
+        version: String,
+        /// Why and for how long, for the history.
+        detail: String,
+    },
 }
 
 /// The end of a scan: the release rules compare what it started from with
@@ -185,6 +196,22 @@ impl Control {
                         changed |= release_state::apply_canary(entry, decision);
                     }
                 }
+                (None, before.loading.clone(), String::new(), changed)
+            }
+            Change::Ejected {
+                service,
+                version,
+                detail,
+            } => {
+                let changed = match release.services.get_mut(&service) {
+                    Some(entry) => release_state::on_ejection(entry, &version, &detail),
+                    None => {
+                        let mut entry = release_state::ServiceRelease::default();
+                        release_state::on_ejection(&mut entry, &version, &detail);
+                        release.services.insert(service, entry);
+                        true
+                    }
+                };
                 (None, before.loading.clone(), String::new(), changed)
             }
             operator => {

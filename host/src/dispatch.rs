@@ -20,6 +20,9 @@ use crate::instance::{classify, new_store, IdleInstance};
 use crate::kv::KvStore;
 use crate::registry::{Pre, ServiceEntry, Snapshot, Version};
 use crate::release::Pins;
+use crate::resilience::{
+    is_safe, Admission, Attempted, Ejection, ProbeGuard, RetryBudget, IDEMPOTENCY_KEY_HEADER,
+};
 use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
 use std::sync::{Arc, Weak};
@@ -34,18 +37,31 @@ pub struct Dispatcher {
     kv: KvStore,
     /// How the services this dispatcher runs reach each other.
     calls: Arc<dyn Calls>,
+    /// Where the request path reports the versions it ejects.
+    ejections: tokio::sync::mpsc::UnboundedSender<EjectionNotice>,
+    /// The other end, until the control plane takes it.
+    ejected: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<EjectionNotice>>>,
 }
 
 impl Dispatcher {
     /// A dispatcher serving whatever `snapshot` holds (written by the
     /// control plane).
     pub fn new(engine: Engine, snapshot: Arc<ArcSwap<Snapshot>>, kv: KvStore) -> Arc<Self> {
+        let (ejections, ejected) = tokio::sync::mpsc::unbounded_channel();
         Arc::new_cyclic(|me: &Weak<Dispatcher>| Self {
             engine,
             snapshot,
             kv,
             calls: Arc::new(DispatchCalls(me.clone())),
+            ejections,
+            ejected: std::sync::Mutex::new(Some(ejected)),
         })
+    }
+
+    /// The versions the request path ejects, as they are ejected (once:
+    /// the control plane records them).
+    pub fn take_ejections(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<EjectionNotice>> {
+        self.ejected.lock().ok()?.take()
     }
 
     /// What is served now.
@@ -119,8 +135,9 @@ impl Dispatcher {
         Picked::of(service, headers, pins)
     }
 
-    /// Runs `req` on the live version of the service `name`, `depth` calls
-    /// deep (for `services.call`). Boxed, since a call may nest.
+    /// Runs `req` on the service `name`, `depth` calls deep (for
+    /// `services.call`), with the callee's retries and fallback. Boxed,
+    /// since a call may nest.
     pub fn call_service(
         self: Arc<Self>,
         name: String,
@@ -128,30 +145,207 @@ impl Dispatcher {
         depth: u32,
     ) -> BoxFuture<'static, Result<Response, DispatchError>> {
         Box::pin(async move {
-            let (version, _permit) = {
+            let picked = {
                 let snapshot = self.snapshot.load();
                 let service = snapshot
                     .registry
                     .service(&name)
                     .ok_or_else(|| DispatchError::UnknownService(name.clone()))?;
-                Picked::of(service, &req.headers, Pins::Trusted)?.claim()?
+                Picked::of(service, &req.headers, Pins::Trusted)?
             };
             let span = tracing::Span::current();
-            span.record("version", &*version.version);
-            self.run(version, req, depth, false).await
+            span.record("version", &*picked.version.version);
+            self.serve(picked, &req, depth).await.result
         })
     }
 
-    /// Runs one request in a fresh instance of `version`; `pinned` says it
-    /// is an outside request that pinned the version (counted apart).
+    /// Serves `req` on the version `picked` chose, trying again where the
+    /// service's `[resilience]` allows it: a failure before guest code ran
+    /// once, a failure with no response when the request is safe to repeat
+    /// (an idempotent method, an honoured idempotency key, or an attempt
+    /// that touched nothing), a listed error status likewise. A version
+    /// that is not the stable one and was not pinned falls back to the
+    /// stable version; otherwise the retry waits its back-off and goes to
+    /// the same version. Every retry draws on the service's budget, and
+    /// every attempt together stays within the first version's `timeout`.
+    ///
+    /// The request takes one of the service's concurrency slots here and
+    /// holds it across its attempts.
+    pub async fn serve(self: &Arc<Self>, picked: Picked, req: &Request, depth: u32) -> Served {
+        let Picked {
+            version: first,
+            pinned,
+            stable,
+            mut probe,
+            slots,
+            concurrency,
+            budget,
+        } = picked;
+        let policy = &first.sandbox.resilience;
+        budget.deposit();
+        let started = tokio::time::Instant::now();
+        let deadline = started + first.sandbox.limits.timeout;
+        let idempotency_key = policy.idempotency_key
+            && req
+                .headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case(IDEMPOTENCY_KEY_HEADER));
+        let mut version = first.clone();
+        let mut fallback_from: Option<Arc<str>> = None;
+        let mut permit = None;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let attempt = match &permit {
+                Some(_) => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let limit = policy.per_try_timeout.map_or(left, |t| t.min(left));
+                    self.run(&version, req, depth, pinned, limit).await
+                }
+                None => match slots.clone().try_acquire_owned() {
+                    Ok(p) => {
+                        permit = Some(p);
+                        let limit = policy
+                            .per_try_timeout
+                            .map_or(version.sandbox.limits.timeout, |t| {
+                                t.min(version.sandbox.limits.timeout)
+                            });
+                        self.run(&version, req, depth, pinned, limit).await
+                    }
+                    Err(_) => {
+                        version
+                            .tally(pinned)
+                            .start()
+                            .finish(503, false, Duration::ZERO);
+                        Attempt {
+                            result: Err(DispatchError::failed(
+                                &version,
+                                Failure::Saturated(concurrency),
+                            )),
+                            failed: Some(Attempted::NotStarted),
+                            touched: false,
+                        }
+                    }
+                },
+            };
+            // The version's standing: only routed traffic counts (a pin is
+            // a caller's own choice), and only a failure with no response.
+            if !pinned {
+                self.judge(
+                    &version,
+                    &stable,
+                    &mut probe,
+                    attempt.failed,
+                    &attempt.result,
+                );
+            }
+            let Some(failed) = attempt.failed else {
+                return Served {
+                    result: attempt.result,
+                    version,
+                    fallback_from,
+                    attempts,
+                };
+            };
+            let safe = is_safe(&req.method, idempotency_key, !attempt.touched);
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let retry = policy.may_retry(failed, safe, attempts - 1)
+                && !left.is_zero()
+                && budget.withdraw();
+            if !retry {
+                return Served {
+                    result: attempt.result,
+                    version,
+                    fallback_from,
+                    attempts,
+                };
+            }
+            let reason = match &attempt.result {
+                Err(DispatchError::Failed { failure, .. }) => failure.kind(),
+                _ => "status",
+            };
+            version.counters.retried(reason);
+            let to_stable = stable
+                .as_ref()
+                .filter(|s| policy.fallback && !pinned && s.version != version.version)
+                .cloned();
+            match to_stable {
+                Some(stable) => {
+                    tracing::debug!(service = %version.service, from = %version.version, to = %stable.version, reason, "falling back to the stable version");
+                    version.counters.fell_back(&stable.version);
+                    fallback_from.get_or_insert_with(|| version.version.clone());
+                    version = stable;
+                }
+                None => {
+                    let wait = policy.backoff.delay(attempts, fastrand::f64()).min(left);
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// Records an attempt's outcome in `version`'s standing: a probe is
+    /// settled, a failure with no response counts towards an ejection
+    /// (never of the stable version), an answer resets the count.
+    fn judge(
+        &self,
+        version: &Arc<Version>,
+        stable: &Option<Arc<Version>>,
+        probe: &mut Option<(Arc<str>, ProbeGuard)>,
+        failed: Option<Attempted>,
+        result: &Result<Response, DispatchError>,
+    ) {
+        let no_response = failed == Some(Attempted::NoResponse);
+        let policy = &version.sandbox.resilience.eject;
+        let now = tokio::time::Instant::now();
+        let probed = probe
+            .take_if(|(v, _)| *v == version.version)
+            .map(|(_, guard)| guard);
+        let ejection = match probed {
+            Some(guard) => guard.settle(policy, !no_response, now),
+            None if no_response => {
+                let ejectable = stable
+                    .as_ref()
+                    .is_some_and(|s| s.version != version.version);
+                let why = match result {
+                    Err(e) => e.to_string(),
+                    Ok(_) => String::new(),
+                };
+                version.outlier.failed(policy, ejectable, now, &why)
+            }
+            None => {
+                version.outlier.succeeded();
+                None
+            }
+        };
+        if let Some(ejection) = ejection {
+            tracing::warn!(
+                service = %version.service,
+                version = %version.version,
+                reason = %ejection.reason,
+                seconds = ejection.penalty.as_secs(),
+                "version ejected: its traffic goes to the stable version"
+            );
+            let _ = self.ejections.send(EjectionNotice {
+                service: version.service.clone(),
+                version: version.version.clone(),
+                ejection,
+            });
+        }
+    }
+
+    /// Runs one attempt of `req` on `version` within `timeout`: a fresh
+    /// instance (or, with opt-in reuse, an idle one); `pinned` says it is
+    /// an outside request that pinned the version (counted apart).
     pub async fn run(
         self: &Arc<Self>,
-        version: Arc<Version>,
-        req: Request,
+        version: &Arc<Version>,
+        req: &Request,
         depth: u32,
         pinned: bool,
-    ) -> Result<Response, DispatchError> {
-        let fail = |failure| DispatchError::failed(&version, failure);
+        timeout: Duration,
+    ) -> Attempt {
+        let fail = |failure| DispatchError::failed(version, failure);
         let limits = &version.sandbox.limits;
         let started = std::time::Instant::now();
         let in_flight = version.tally(pinned).start();
@@ -159,8 +353,16 @@ impl Dispatcher {
             Pre::Service(pre) => pre.clone(),
             Pre::Proxy(_) => {
                 drop(in_flight);
-                let store = self.new_store(&version, depth, request_id(&req.headers));
-                return crate::proxy::call_buffered(store, version.clone(), req, pinned).await;
+                let store = self.new_store(version, depth, request_id(&req.headers));
+                let result =
+                    crate::proxy::call_buffered(store, version.clone(), req.clone(), pinned).await;
+                let failed = attempted(&result, false, &version.sandbox.resilience);
+                // A wasi:http component's effects are not tracked: never untouched.
+                return Attempt {
+                    result,
+                    failed,
+                    touched: true,
+                };
             }
         };
         // A fresh instance, unless the service opted into reuse and an
@@ -174,15 +376,22 @@ impl Dispatcher {
                 store.set_epoch_deadline(1);
                 (store, Some(idle.service), idle.served)
             }
-            None => match self.new_store(&version, depth, request_id(&req.headers)) {
+            None => match self.new_store(version, depth, request_id(&req.headers)) {
                 Ok(store) => (store, None, 0),
                 Err(failure) => {
                     in_flight.finish(500, false, started.elapsed());
-                    return Err(fail(failure));
+                    return Attempt {
+                        result: Err(fail(failure)),
+                        failed: Some(Attempted::NotStarted),
+                        touched: false,
+                    };
                 }
             },
         };
 
+        // Whether the guest's handler was reached (an instantiation that
+        // failed ran no request code).
+        let mut reached = warm.is_some();
         let call = async {
             let service = match warm {
                 Some(service) => service,
@@ -191,17 +400,18 @@ impl Dispatcher {
                     .await
                     .map_err(|e| classify(e, limits))?,
             };
+            reached = true;
             let resp = service
                 .wasmhost_plugin_handler()
-                .call_handle(&mut store, &req)
+                .call_handle(&mut store, req)
                 .await
                 .map_err(|e| classify(e, limits))?;
             Ok::<_, Failure>((service, resp))
         };
-        let outcome = tokio::time::timeout(limits.timeout, call).await;
+        let outcome = tokio::time::timeout(timeout, call).await;
         let memory_exhausted = store.data().limiter.memory_exhausted;
         let mut keep = None;
-        let result = match outcome {
+        let mut result = match outcome {
             Ok(Ok((_, resp))) if resp.body.len() > limits.max_response_body => {
                 Err(fail(Failure::ResponseTooLarge(limits.max_response_body)))
             }
@@ -213,8 +423,28 @@ impl Dispatcher {
                 Err(m) => Err(fail(Failure::Malformed(m))),
             },
             Ok(Err(failure)) => Err(fail(failure.explained(memory_exhausted, limits))),
-            Err(_) => Err(fail(Failure::Timeout(limits.timeout))),
+            Err(_) => Err(fail(Failure::Timeout(timeout))),
         };
+        // Writes held back by `transactional-kv` commit with the answer and
+        // are dropped with a failure.
+        if result.is_ok() {
+            if let Some(pending) = store.data_mut().pending.take().filter(|p| !p.is_empty()) {
+                let kv = self.kv.clone();
+                let committed = tokio::task::spawn_blocking(move || kv.commit(&pending)).await;
+                let error = match committed {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(format!("{e:#}")),
+                    Err(e) => Some(e.to_string()),
+                };
+                if let Some(error) = error {
+                    keep = None;
+                    result = Err(fail(Failure::Internal(format!(
+                        "its key-value writes could not be committed: {error}"
+                    ))));
+                }
+            }
+        }
+        let touched = store.data().touched();
         let (status, trapped) = match &result {
             Ok(resp) => (resp.status, false),
             Err(e) => e.outcome(),
@@ -230,42 +460,132 @@ impl Dispatcher {
                 served: served + 1,
             });
         }
-        result
+        let failed = match attempted(&result, touched, &version.sandbox.resilience) {
+            // Instantiation failed: no request code ran, unless a start
+            // function touched something.
+            Some(Attempted::NoResponse) if !reached && !touched => Some(Attempted::NotStarted),
+            other => other,
+        };
+        Attempt {
+            result,
+            failed,
+            touched,
+        }
     }
 }
 
+/// What one failed attempt was, for the retry rule; `None` for an answer
+/// that is not retried.
+fn attempted(
+    result: &Result<Response, DispatchError>,
+    touched: bool,
+    policy: &crate::resilience::ResiliencePolicy,
+) -> Option<Attempted> {
+    match result {
+        Ok(resp) if resp.status >= 500 && policy.retry_on.contains(&resp.status) => {
+            Some(Attempted::Status(resp.status))
+        }
+        Ok(_) => None,
+        Err(DispatchError::Failed { failure, .. }) => Some(match failure {
+            Failure::Saturated(_) | Failure::Capacity => Attempted::NotStarted,
+            Failure::Internal(_) if !touched => Attempted::NotStarted,
+            Failure::CallLoop(_) => Attempted::Final,
+            _ => Attempted::NoResponse,
+        }),
+        Err(_) => Some(Attempted::Final),
+    }
+}
+
+/// One attempt of a request on one version.
+pub struct Attempt {
+    /// Its answer, or why there was none.
+    pub result: Result<Response, DispatchError>,
+    /// How it failed, for the retry rule (`None`: it answered).
+    pub failed: Option<Attempted>,
+    /// Whether it may have changed the world (see `HostState::touched`).
+    pub touched: bool,
+}
+
+/// A request's way through the versions of its service.
+pub struct Served {
+    /// The answer, or the last attempt's failure.
+    pub result: Result<Response, DispatchError>,
+    /// The version of the last attempt.
+    pub version: Arc<Version>,
+    /// The version first chosen, when the stable version answered instead.
+    pub fallback_from: Option<Arc<str>>,
+    /// Attempts made (1 unless something was retried).
+    pub attempts: u32,
+}
+
+/// A version the request path ejected, for the control plane (history,
+/// canary rollback).
+#[derive(Debug, Clone)]
+pub struct EjectionNotice {
+    /// Service name.
+    pub service: Arc<str>,
+    /// The version ejected.
+    pub version: Arc<str>,
+    /// Why and for how long.
+    pub ejection: Ejection,
+}
+
 /// The version chosen for a request, before it takes a concurrency slot of
-/// its service (see [`Picked::claim`]).
+/// its service (see [`Dispatcher::serve`]).
 pub struct Picked {
     /// The version that will run the request.
     pub version: Arc<Version>,
     /// Whether an outside pin chose it.
     pub pinned: bool,
+    /// Where failed requests fall back to.
+    stable: Option<Arc<Version>>,
+    /// The probe of a version on probation this request is, if any.
+    probe: Option<(Arc<str>, ProbeGuard)>,
     slots: Arc<tokio::sync::Semaphore>,
     concurrency: u32,
+    budget: Arc<RetryBudget>,
 }
 
 impl Picked {
-    /// Picks the version of `service` for a request with `headers`.
+    /// Picks the version of `service` for a request with `headers`: an
+    /// ejected version's share goes to the stable version, and a version
+    /// on probation gets exactly one request, its probe.
     fn of(
         service: &ServiceEntry,
         headers: &[(String, String)],
         pins: Pins,
     ) -> Result<Self, DispatchError> {
-        let (version, pinned) = service
+        let (mut version, pinned) = service
             .pick(headers, fastrand::u64(..), pins)
-            .map(|(v, pinned)| (v.clone(), pinned && pins == Pins::Outside))
+            .map(|(v, pinned)| (v.clone(), pinned))
             .ok_or_else(|| DispatchError::UnknownService(service.name.clone()))?;
+        let stable = service.stable().cloned();
+        let mut probe = None;
+        if !pinned && !version.outlier.is_serving() {
+            match version.outlier.admit(tokio::time::Instant::now()) {
+                Admission::Admit => {}
+                Admission::Probe(guard) => probe = Some((version.version.clone(), guard)),
+                Admission::Refuse => {
+                    if let Some(stable) = &stable {
+                        version = stable.clone();
+                    }
+                }
+            }
+        }
         Ok(Self {
             version,
-            pinned,
+            pinned: pinned && pins == Pins::Outside,
+            stable,
+            probe,
             slots: service.slots.clone(),
             concurrency: service.concurrency,
+            budget: service.budget.clone(),
         })
     }
 
     /// Takes one of the service's concurrency slots, held until the permit
-    /// is dropped; a full service is refused at once (and counted).
+    /// is dropped; a full service is refused at once (and counted). For a
+    /// request served whole, [`Dispatcher::serve`] claims instead.
     pub fn claim(self) -> Result<(Arc<Version>, OwnedSemaphorePermit), DispatchError> {
         match self.slots.try_acquire_owned() {
             Ok(permit) => Ok((self.version, permit)),

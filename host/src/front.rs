@@ -8,9 +8,10 @@
 pub use crate::contract::{SERVICE_HEADER, VERSION_HEADER};
 
 use crate::contract::{tag, to_http, wit_headers};
-use crate::dispatch::{DispatchError, Dispatcher, Failure};
+use crate::dispatch::{DispatchError, Dispatcher, Failure, Served};
 use crate::registry::Pre;
 use crate::release::Pins;
+use crate::resilience::{ATTEMPTS_HEADER, FALLBACK_HEADER};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -270,11 +271,8 @@ async fn serve(
         }
     };
     let request = crate::contract::request(&parts, headers, body.to_vec());
-    // Only now, with the whole request at hand, does it take a slot.
-    let permit = match picked.claim() {
-        Ok((_, permit)) => permit,
-        Err(e) => return failed(e),
-    };
+    // Only now, with the whole request at hand, does it take a slot (in
+    // `serve`, which also retries and falls back).
     // A request that may change something (any method but the safe ones of
     // RFC 9110) runs on a task of its own: a client that hangs up does not
     // cut it off half-way (between reserving stock and recording the order,
@@ -285,29 +283,43 @@ async fn serve(
         parts.method,
         http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::TRACE
     );
-    let run = {
-        let version = version.clone();
-        async move {
-            let _permit = permit;
-            dispatcher.run(version, request, 0, pinned).await
-        }
-    };
-    let outcome = if safe {
+    let run = async move { dispatcher.serve(picked, &request, 0).await };
+    let served = if safe {
         run.await
     } else {
         tokio::spawn(run.instrument(tracing::Span::current()))
             .await
-            .unwrap_or_else(|e| {
-                Err(DispatchError::failed(
+            .unwrap_or_else(|e| Served {
+                result: Err(DispatchError::failed(
                     &version,
                     Failure::Internal(format!("the request task failed: {e}")),
-                ))
+                )),
+                version: version.clone(),
+                fallback_from: None,
+                attempts: 1,
             })
     };
-    match outcome {
+    let Served {
+        result,
+        version,
+        fallback_from,
+        attempts,
+    } = served;
+    let (mut resp, failure) = match result {
         Ok(resp) => (to_http(resp, &version.service, &version.version), None),
         Err(e) => failed(e),
+    };
+    if let Some(from) = fallback_from {
+        if let Ok(v) = HeaderValue::from_str(&from) {
+            resp.headers_mut().insert(FALLBACK_HEADER, v);
+        }
+        span.record("version", &*version.version);
     }
+    if attempts > 1 {
+        resp.headers_mut()
+            .insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
+    }
+    (resp, failure)
 }
 
 /// The host's own probes, which no manifest can claim: live (200 while the

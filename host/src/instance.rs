@@ -76,6 +76,16 @@ impl Failure {
         })
     }
 
+    /// A short name of the failure, for metrics labels: the limit it hit,
+    /// or `trap`, `malformed`, `internal`.
+    pub fn kind(&self) -> &'static str {
+        self.limit().unwrap_or(match self {
+            Failure::Malformed(_) => "malformed",
+            Failure::Internal(_) => "internal",
+            _ => "trap",
+        })
+    }
+
     /// Whether the guest failed while running (counted as a trap in metrics).
     pub fn is_trap(&self) -> bool {
         matches!(

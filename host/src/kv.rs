@@ -13,9 +13,14 @@
 //! so the handle is dropped and the file reopened — at the next operation
 //! once the last one using the old handle has ended — and the failure and
 //! the recovery are each logged once.
+//!
+//! A service with `transactional-kv` holds its writes in a [`WriteSet`]
+//! (its own reads see them) that [`KvStore::commit`] writes in one
+//! transaction when its request answers, and that is dropped otherwise.
 
 use anyhow::{bail, Context, Result};
 use redb::{Database, ReadableTable, TableDefinition};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -301,6 +306,114 @@ impl KvStore {
     }
 }
 
+/// Writes held back until a request answers: `Some(value)` to set, `None`
+/// to delete, by full key.
+#[derive(Debug, Default)]
+pub struct WriteSet {
+    writes: BTreeMap<String, Option<Vec<u8>>>,
+}
+
+impl WriteSet {
+    /// Holds `key = value`, checked like a direct write.
+    pub fn set(&mut self, ns: &Namespace, key: &str, value: Vec<u8>) -> Result<()> {
+        if value.len() > MAX_VALUE_LEN {
+            bail!("value larger than {MAX_VALUE_LEN} bytes");
+        }
+        self.writes.insert(ns.key(key)?, Some(value));
+        Ok(())
+    }
+
+    /// Holds the removal of `key`.
+    pub fn delete(&mut self, ns: &Namespace, key: &str) -> Result<()> {
+        self.writes.insert(ns.key(key)?, None);
+        Ok(())
+    }
+
+    /// What this set says of `key`: `Some(Some(v))` set, `Some(None)`
+    /// deleted, `None` untouched.
+    pub fn lookup(&self, ns: &Namespace, key: &str) -> Option<Option<&[u8]>> {
+        let full = ns.key(key).ok()?;
+        self.writes.get(&full).map(|v| v.as_deref())
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    /// Whether something is held in `ns`.
+    fn touches(&self, ns: &Namespace) -> bool {
+        self.writes
+            .range(ns.prefix.clone()..ns.end())
+            .next()
+            .is_some()
+    }
+}
+
+impl KvStore {
+    /// Writes every entry of `set` in one transaction.
+    pub fn commit(&self, set: &WriteSet) -> Result<()> {
+        if set.is_empty() {
+            return Ok(());
+        }
+        self.with(|db| {
+            let txn = db.begin_write()?;
+            {
+                let mut table = txn.open_table(TABLE)?;
+                for (key, value) in &set.writes {
+                    match value {
+                        Some(v) => {
+                            table.insert(key.as_str(), v.as_slice())?;
+                        }
+                        None => {
+                            table.remove(key.as_str())?;
+                        }
+                    }
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })
+    }
+
+    /// [`Self::list_keys`] as `pending` would leave the bucket. Without
+    /// pending writes in `ns` it is the same; with some it reads every key
+    /// of the bucket to page the merged list.
+    pub fn list_keys_with(
+        &self,
+        ns: &Namespace,
+        cursor: Option<u64>,
+        pending: &WriteSet,
+    ) -> Result<(Vec<String>, Option<u64>)> {
+        if !pending.touches(ns) {
+            return self.list_keys(ns, cursor);
+        }
+        let mut all = std::collections::BTreeSet::new();
+        let mut page = None;
+        loop {
+            let (keys, next) = self.list_keys(ns, page)?;
+            all.extend(keys);
+            match next {
+                Some(n) => page = Some(n),
+                None => break,
+            }
+        }
+        for (full, value) in pending.writes.range(ns.prefix.clone()..ns.end()) {
+            let key = full[ns.prefix.len()..].to_string();
+            match value {
+                Some(_) => all.insert(key),
+                None => all.remove(&key),
+            };
+        }
+        let skip = usize::try_from(cursor.unwrap_or(0)).unwrap_or(usize::MAX);
+        let keys: Vec<String> = all.into_iter().skip(skip).take(LIST_PAGE + 1).collect();
+        let more = keys.len() > LIST_PAGE;
+        let keys: Vec<String> = keys.into_iter().take(LIST_PAGE).collect();
+        let next = more.then(|| (skip + keys.len()) as u64);
+        Ok((keys, next))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,5 +473,31 @@ mod tests {
         let _kv = KvStore::open(&path).unwrap();
         let err = KvStore::open(&path).err().unwrap().to_string();
         assert!(err.contains("already open"), "{err}");
+    }
+
+    #[test]
+    fn a_write_set_commits_at_once_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = KvStore::open(&dir.path().join("kv.redb")).unwrap();
+        let ns = Namespace::new("s", "b").unwrap();
+        kv.set(&ns, "old", b"1").unwrap();
+        kv.set(&ns, "gone", b"1").unwrap();
+        let mut set = WriteSet::default();
+        set.set(&ns, "new", b"2".to_vec()).unwrap();
+        set.delete(&ns, "gone").unwrap();
+        assert_eq!(set.lookup(&ns, "new"), Some(Some(&b"2"[..])));
+        assert_eq!(set.lookup(&ns, "gone"), Some(None));
+        assert_eq!(set.lookup(&ns, "old"), None);
+        // Listing sees the pending writes; the store does not.
+        let (keys, _) = kv.list_keys_with(&ns, None, &set).unwrap();
+        assert_eq!(keys, vec!["new".to_string(), "old".to_string()]);
+        assert_eq!(kv.get(&ns, "new").unwrap(), None);
+        drop(WriteSet::default());
+        kv.commit(&set).unwrap();
+        assert_eq!(kv.get(&ns, "new").unwrap().as_deref(), Some(&b"2"[..]));
+        assert!(!kv.exists(&ns, "gone").unwrap());
+        // Another service's namespace is not touched by the set.
+        let other = Namespace::new("t", "b").unwrap();
+        assert!(!set.touches(&other));
     }
 }

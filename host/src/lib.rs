@@ -31,6 +31,7 @@ pub mod config;
 pub mod contract;
 pub mod control;
 pub mod dispatch;
+pub mod ejections;
 pub mod engine;
 pub mod error;
 pub mod files;
@@ -105,6 +106,10 @@ pub async fn run(
     let host = Host::builder().config(config).build()?;
     let token = admin::token(host.state_dir())?;
     let analyst = tokio::spawn(canary::analyst(host.control().clone()));
+    let ejections = host
+        .dispatcher()
+        .take_ejections()
+        .map(|notices| tokio::spawn(ejections::recorder(host.control().clone(), notices)));
 
     let token_hint = if std::env::var_os("WASMHOST_ADMIN_TOKEN").is_some() {
         "from WASMHOST_ADMIN_TOKEN".to_string()
@@ -154,6 +159,9 @@ pub async fn run(
     server::serve(listener, host.front(), http, stop, DRAIN_TIMEOUT).await?;
     admin_task.abort();
     analyst.abort();
+    if let Some(task) = ejections {
+        task.abort();
+    }
     tracing::info!("stopped");
     Ok(())
 }

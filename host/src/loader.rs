@@ -464,8 +464,13 @@ impl Loader {
             .version
             .clone()
             .unwrap_or_else(|| digest[..12].to_string());
-        let (metrics, pinned_metrics) = match last {
-            Some(v) if *v.version == *version => (v.metrics.clone(), v.pinned_metrics.clone()),
+        let (metrics, pinned_metrics, outlier, counters) = match last {
+            Some(v) if *v.version == *version => (
+                v.metrics.clone(),
+                v.pinned_metrics.clone(),
+                v.outlier.clone(),
+                v.counters.clone(),
+            ),
             _ => Default::default(),
         };
         let pre = match last {
@@ -513,6 +518,8 @@ impl Loader {
             pinned_metrics,
             lanes: (self.cpu_lanes > 0).then(|| CpuLanes::new(self.cpu_lanes)),
             idle: Arc::default(),
+            outlier,
+            counters,
         }))
     }
 

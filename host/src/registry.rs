@@ -13,6 +13,7 @@ use crate::manifest::Manifest;
 use crate::metrics::VersionMetrics;
 use crate::release::{Pins, Policy};
 use crate::release_state::ReleaseState;
+use crate::resilience::{Counters, Outlier, RetryBudget};
 use crate::router::RouteTable;
 use crate::sandbox::Sandbox;
 use crate::spec::{compare_versions, Route, Weights};
@@ -70,6 +71,11 @@ pub struct Version {
     /// Instances waiting for their next request, when the service's
     /// `requests-per-instance` is above 1 (empty otherwise).
     pub idle: Arc<IdleInstances>,
+    /// Its ejection state (serving, ejected, probation); kept across
+    /// reloads of the same version, like its metrics.
+    pub outlier: Arc<Outlier>,
+    /// Its retries and fallbacks, for Prometheus; kept likewise.
+    pub counters: Arc<Counters>,
 }
 
 impl Version {
@@ -105,6 +111,9 @@ pub struct ServiceEntry {
     pub private: bool,
     /// Prefixes only other services reach.
     pub private_routes: Vec<Route>,
+    /// The retry budget every retry and fallback of the service draws on;
+    /// kept across snapshots while its policy is unchanged.
+    pub budget: Arc<RetryBudget>,
 }
 
 impl ServiceEntry {
@@ -123,6 +132,17 @@ impl ServiceEntry {
             .max_by_key(|(_, w)| *w)
             .map(|(v, _)| v)?;
         self.version(name)
+    }
+
+    /// The version failed requests fall back to and that is never ejected:
+    /// the stable version on record (a canary's, or the one a newcomer took
+    /// over from) while loaded, else the one with the largest weight.
+    pub fn stable(&self) -> Option<&Arc<Version>> {
+        self.policy
+            .stable
+            .as_deref()
+            .and_then(|s| self.version(s))
+            .or_else(|| self.live())
     }
 
     /// The loaded version named `name`.
@@ -293,6 +313,19 @@ impl Registry {
                 release,
                 &mut policy_errors,
             );
+            let budget_policy = manifests
+                .get(&name)
+                .map(|m| m.resilience.budget.clone())
+                .unwrap_or_default();
+            let budget = previous
+                .and_then(|p| p.services.get(&name))
+                .filter(|p| {
+                    p.versions
+                        .last()
+                        .is_some_and(|v| v.sandbox.resilience.budget == budget_policy)
+                })
+                .map(|p| p.budget.clone())
+                .unwrap_or_else(|| Arc::new(RetryBudget::new(&budget_policy)));
             services.insert(
                 name.clone(),
                 ServiceEntry {
@@ -308,6 +341,7 @@ impl Registry {
                     policy,
                     slots,
                     concurrency,
+                    budget,
                 },
             );
         }
@@ -541,6 +575,10 @@ fn policy_for(
             Policy::resolve(names, all.as_ref(), sticky).unwrap_or_default()
         }
     };
+    policy.stable = operator
+        .and_then(|r| r.stable.as_deref())
+        .and_then(|s| names.iter().find(|n| ***n == *s))
+        .cloned();
     policy.rolled_back = operator
         .map(|r| {
             r.rolled_back

@@ -44,6 +44,9 @@ pub struct Policy {
     /// Versions rolled back and not given traffic since: outside pins do
     /// not reach them.
     pub rolled_back: Vec<Arc<str>>,
+    /// The stable version on record, when it is loaded: where failed
+    /// requests fall back to.
+    pub stable: Option<Arc<str>>,
 }
 
 impl Policy {
@@ -77,6 +80,7 @@ impl Policy {
             weights: out,
             sticky,
             rolled_back: Vec::new(),
+            stable: None,
         })
     }
 

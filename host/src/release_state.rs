@@ -79,7 +79,18 @@ pub struct Canary {
     /// Paused by an operator: no step is taken, no analysis done.
     #[serde(default)]
     pub paused: bool,
+    /// Times the candidate was ejected during the current step; the
+    /// second rolls the canary back.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ejections: u32,
 }
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Ejections of a canary's candidate within one step that roll it back.
+pub const EJECTIONS_PER_STEP: u32 = 2;
 
 /// One change of a service's release.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -496,6 +507,7 @@ pub fn apply_canary(entry: &mut ServiceRelease, decision: &CanaryDecision) -> bo
             } else {
                 entry.canary = Some(Canary {
                     step: canary.step + 1,
+                    ejections: 0,
                     ..canary.clone()
                 });
                 entry.record(
@@ -504,6 +516,33 @@ pub fn apply_canary(entry: &mut ServiceRelease, decision: &CanaryDecision) -> bo
                 );
             }
         }
+    }
+    true
+}
+
+/// The request path ejected `version` (`detail` says why and for how
+/// long): the history records it, and a canary whose candidate is ejected
+/// a second time in one step is rolled back. Returns whether the state
+/// changed (always: the history grew).
+pub fn on_ejection(entry: &mut ServiceRelease, version: &str, detail: &str) -> bool {
+    entry.record("eject", format!("{version} ejected {detail}"));
+    let Some(canary) = entry.canary.as_mut() else {
+        return true;
+    };
+    if canary.candidate != version {
+        return true;
+    }
+    canary.ejections += 1;
+    if canary.ejections >= EJECTIONS_PER_STEP && !canary.paused {
+        let decision = CanaryDecision {
+            service: String::new(),
+            candidate: canary.candidate.clone(),
+            step: canary.step,
+            verdict: CanaryVerdict::Rollback {
+                reason: format!("ejected {} times in one step", canary.ejections),
+            },
+        };
+        apply_canary(entry, &decision);
     }
     true
 }
@@ -518,6 +557,7 @@ pub fn start_canary(entry: &mut ServiceRelease, stable: &str, candidate: &str, f
         stable: stable.to_string(),
         step: 0,
         paused: false,
+        ejections: 0,
     });
     entry.record(
         "canary",

@@ -429,6 +429,12 @@ impl Outlier {
         }
     }
 
+    /// Whether the version takes its share of traffic (one relaxed load:
+    /// the request path's check before it asks [`Self::admit`]).
+    pub fn is_serving(&self) -> bool {
+        !self.out.load(Ordering::Relaxed)
+    }
+
     /// Where the version stands at `now` (an ejection whose penalty is over
     /// reads as probation).
     pub fn standing(&self, now: Instant) -> Standing {
@@ -595,7 +601,10 @@ mod tests {
         let p: ResiliencePolicy = toml::from_str("").unwrap();
         assert_eq!(p, ResiliencePolicy::default());
         assert_eq!(p.retries, 1);
-        assert!(p.retry_on.is_empty(), "guest 5xx are not retried by default");
+        assert!(
+            p.retry_on.is_empty(),
+            "guest 5xx are not retried by default"
+        );
         assert_eq!(p.per_try_timeout, None);
         assert!(p.fallback);
         assert!(!p.idempotency_key);
@@ -624,8 +633,10 @@ mod tests {
         assert!(bad("budget = { ttl = \"0s\" }").contains("budget.ttl"));
         assert!(bad("backoff = { base = \"1s\", max = \"10ms\" }").contains("backoff.base"));
         assert!(toml::from_str::<ResiliencePolicy>("retrys = 1").is_err());
-        assert!(toml::from_str::<ResiliencePolicy>("eject = { consecutive = 3, bse = \"1s\" }")
-            .is_err());
+        assert!(
+            toml::from_str::<ResiliencePolicy>("eject = { consecutive = 3, bse = \"1s\" }")
+                .is_err()
+        );
     }
 
     #[test]

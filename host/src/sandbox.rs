@@ -27,6 +27,9 @@ pub struct Sandbox {
     pub http: Arc<[HostPattern]>,
     /// The granted directory as an absolute host path.
     pub dir: Option<PathBuf>,
+    /// Retries, fallback and ejection, and whether key-value writes wait
+    /// for the response (`[resilience]`).
+    pub resilience: crate::resilience::ResiliencePolicy,
 }
 
 impl PartialEq for Sandbox {
@@ -35,6 +38,7 @@ impl PartialEq for Sandbox {
             && self.limits == other.limits
             && self.grants == other.grants
             && self.dir == other.dir
+            && self.resilience == other.resilience
     }
 }
 
@@ -46,6 +50,7 @@ impl Default for Sandbox {
             grants: Grants::default(),
             http: Arc::from(Vec::new()),
             dir: None,
+            resilience: Default::default(),
         }
     }
 }
@@ -86,6 +91,7 @@ impl Sandbox {
             grants: manifest.grants.clone(),
             http: http.into(),
             dir,
+            resilience: manifest.resilience.clone(),
         })
     }
 

@@ -103,6 +103,22 @@ pub struct VersionView {
     /// Outside requests that pinned this version, counted apart.
     #[serde(default)]
     pub pinned_metrics: Snapshot,
+    /// `serving`, `ejected` (out of weighted and sticky selection) or
+    /// `probation` (its next request probes it).
+    #[serde(default)]
+    pub state: String,
+    /// Seconds until an ejected version is on probation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ejected_for_secs: Option<u64>,
+    /// Times it was ejected since it was loaded.
+    #[serde(default)]
+    pub ejections: u64,
+    /// Requests it failed that were tried again (on it or on the stable version).
+    #[serde(default)]
+    pub retries: u64,
+    /// Requests it failed that the stable version answered.
+    #[serde(default)]
+    pub fallbacks: u64,
 }
 
 /// A version being compiled.

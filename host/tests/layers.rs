@@ -46,6 +46,7 @@ const LAYERS: &[(&str, u8)] = &[
     // L4 — the edges
     ("control", 4),
     ("canary", 4),
+    ("ejections", 4),
     ("watcher", 4),
     ("front", 4),
     ("server", 4),

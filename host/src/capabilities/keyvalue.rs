@@ -3,6 +3,11 @@
 //! `open(name)` hands out a bucket inside the calling service's own namespace
 //! (see [`crate::kv::Namespace`]); the guest cannot name another's. Writes
 //! run on the blocking pool, since each one waits for the disk.
+//!
+//! Every write marks the attempt as touched before it starts (a write cut
+//! off by a timeout may still commit). With `transactional-kv` sets and
+//! deletes go to the request's write set instead (its reads see them), and
+//! leave the attempt untouched; an increment still commits at once.
 
 use super::HostState;
 use crate::bindings::wasi::keyvalue::{atomics, store};
@@ -52,6 +57,9 @@ impl store::HostBucket for HostState {
         key: String,
     ) -> Result<Option<Vec<u8>>, KvError> {
         let ns = self.bucket_ns(&bucket)?;
+        if let Some(held) = self.pending.as_ref().and_then(|p| p.lookup(&ns, &key)) {
+            return Ok(held.map(<[u8]>::to_vec));
+        }
         Ok(self.kv.get(&ns, &key)?)
     }
 
@@ -62,16 +70,27 @@ impl store::HostBucket for HostState {
         value: Vec<u8>,
     ) -> Result<(), KvError> {
         let ns = self.bucket_ns(&bucket)?;
+        if let Some(pending) = &mut self.pending {
+            return Ok(pending.set(&ns, &key, value)?);
+        }
+        self.touched = true;
         self.blocking(move |kv| kv.set(&ns, &key, &value)).await
     }
 
     async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> Result<(), KvError> {
         let ns = self.bucket_ns(&bucket)?;
+        if let Some(pending) = &mut self.pending {
+            return Ok(pending.delete(&ns, &key)?);
+        }
+        self.touched = true;
         self.blocking(move |kv| kv.delete(&ns, &key)).await
     }
 
     async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Result<bool, KvError> {
         let ns = self.bucket_ns(&bucket)?;
+        if let Some(held) = self.pending.as_ref().and_then(|p| p.lookup(&ns, &key)) {
+            return Ok(held.is_some());
+        }
         Ok(self.kv.exists(&ns, &key)?)
     }
 
@@ -81,7 +100,10 @@ impl store::HostBucket for HostState {
         cursor: Option<u64>,
     ) -> Result<store::KeyResponse, KvError> {
         let ns = self.bucket_ns(&bucket)?;
-        let (keys, cursor) = self.kv.list_keys(&ns, cursor)?;
+        let (keys, cursor) = match &self.pending {
+            Some(pending) => self.kv.list_keys_with(&ns, cursor, pending)?,
+            None => self.kv.list_keys(&ns, cursor)?,
+        };
         Ok(store::KeyResponse { keys, cursor })
     }
 
@@ -99,6 +121,16 @@ impl atomics::Host for HostState {
         delta: u64,
     ) -> Result<u64, KvError> {
         let ns = self.bucket_ns(&bucket)?;
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.lookup(&ns, &key).is_some())
+        {
+            return Err(KvError::Other(format!(
+                "`{key}` has a write this request has not committed; an increment commits at once and cannot follow it"
+            )));
+        }
+        self.touched = true;
         self.blocking(move |kv| kv.increment(&ns, &key, delta))
             .await
     }

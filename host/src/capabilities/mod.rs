@@ -60,6 +60,13 @@ pub struct HostState {
     pub(crate) cpu_ticks: u64,
     /// The CPU lane it holds while running guest code, if any.
     pub(crate) lane: LaneHold,
+    /// Whether this attempt may have changed the world: a key-value write
+    /// was issued, or a request that is not read-only went out (a service
+    /// call, outbound HTTP). An attempt that fails untouched is safe to retry.
+    pub(crate) touched: bool,
+    /// Key-value writes held until the request answers, when the service
+    /// has `transactional-kv` (see [`crate::kv::WriteSet`]).
+    pub(crate) pending: Option<crate::kv::WriteSet>,
 }
 
 /// The lane a store holds while it runs guest code, if any.
@@ -93,6 +100,7 @@ impl HostState {
         request_id: Arc<str>,
         depth: u32,
     ) -> Result<Self> {
+        let transactional = sandbox.resilience.transactional_kv;
         let output = stdio::GuestOutput::new(
             id.service.clone(),
             id.version.clone(),
@@ -136,6 +144,8 @@ impl HostState {
             output,
             cpu_ticks: 0,
             lane: Default::default(),
+            touched: false,
+            pending: transactional.then(Default::default),
         })
     }
 
@@ -145,6 +155,16 @@ impl HostState {
         self.cpu_ticks = 0;
         self.output.reset();
         self.limiter.memory_exhausted = false;
+        self.touched = false;
+        self.outbound.touched = false;
+        if let Some(pending) = &mut self.pending {
+            *pending = Default::default();
+        }
+    }
+
+    /// Whether this attempt may have changed the world (see `touched`).
+    pub(crate) fn touched(&self) -> bool {
+        self.touched || self.outbound.touched
     }
 }
 

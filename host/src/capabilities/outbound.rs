@@ -25,6 +25,9 @@ pub struct OutboundHttp {
     calls: Arc<dyn Calls>,
     request_id: Arc<str>,
     depth: u32,
+    /// Whether a request that is not read-only was handed to this policy
+    /// (sent, or refused before it left: marked either way).
+    pub(crate) touched: bool,
 }
 
 impl OutboundHttp {
@@ -42,6 +45,7 @@ impl OutboundHttp {
             calls,
             request_id,
             depth,
+            touched: false,
         }
     }
 }
@@ -163,6 +167,9 @@ impl WasiHttpHooks for OutboundHttp {
         fut: Box<dyn std::future::Future<Output = Result<(), Error>> + Send>,
     ) -> SendFuture {
         drop(fut);
+        if !crate::resilience::is_read_only(request.method().as_str()) {
+            self.touched = true;
+        }
         let allowed = self.sandbox.http.clone();
         let (service, version) = (self.id.service.clone(), self.id.version.clone());
         let internal = request

@@ -34,6 +34,11 @@ impl Host for HostState {
             Err(Refusal::TooDeep(max)) => return Err(CallLoop { max }.into()),
         }
         pass_request_id(&mut req.headers, &self.request_id);
+        // A call that may change something marks this attempt, before it
+        // is sent (a call cut off half-way may still have done its work).
+        if !crate::resilience::is_read_only(&req.method) {
+            self.touched = true;
+        }
         let depth = self.depth + 1;
         let span =
             tracing::debug_span!("call", callee = %name, depth, version = tracing::field::Empty);
