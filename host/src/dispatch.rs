@@ -175,6 +175,7 @@ impl Dispatcher {
         let Picked {
             version: first,
             pinned,
+            by_pin,
             stable,
             mut probe,
             slots,
@@ -230,7 +231,7 @@ impl Dispatcher {
             };
             // The version's standing: only routed traffic counts (a pin is
             // a caller's own choice), and only a failure with no response.
-            if !pinned {
+            if !by_pin {
                 self.judge(
                     &version,
                     &stable,
@@ -267,7 +268,7 @@ impl Dispatcher {
             version.counters.retried(reason);
             let to_stable = stable
                 .as_ref()
-                .filter(|s| policy.fallback && !pinned && s.version != version.version)
+                .filter(|s| policy.fallback && !by_pin && s.version != version.version)
                 .cloned();
             match to_stable {
                 Some(stable) => {
@@ -535,8 +536,11 @@ pub struct EjectionNotice {
 pub struct Picked {
     /// The version that will run the request.
     pub version: Arc<Version>,
-    /// Whether an outside pin chose it.
+    /// Whether an outside pin chose it (its metrics are counted apart).
     pub pinned: bool,
+    /// Whether any pin chose it: it never falls back and its failures do
+    /// not count towards an ejection.
+    by_pin: bool,
     /// Where failed requests fall back to.
     stable: Option<Arc<Version>>,
     /// The probe of a version on probation this request is, if any.
@@ -575,6 +579,7 @@ impl Picked {
         Ok(Self {
             version,
             pinned: pinned && pins == Pins::Outside,
+            by_pin: pinned,
             stable,
             probe,
             slots: service.slots.clone(),

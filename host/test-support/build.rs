@@ -33,6 +33,20 @@ fn main() {
     // Version 1.1.0 of the user service: the same crate with the feature `v2`.
     let v2_dir = target_dir.join("v2");
     build_guests(&plugins, &v2_dir, &["-p", "user", "--features", "v2"]);
+    // Broken builds of the `faulty` fixture, each copied out before the
+    // next build overwrites it: `broken` traps at once, `late` after its work.
+    let broken_dir = target_dir.join("broken");
+    for feature in ["broken", "late"] {
+        build_guests(
+            &plugins,
+            &broken_dir,
+            &["-p", "faulty", "--features", feature],
+        );
+        let built = wasm_dir(&broken_dir).join("faulty.wasm");
+        let copy = wasm_dir(&broken_dir).join(format!("faulty_{feature}.wasm"));
+        std::fs::copy(&built, &copy)
+            .unwrap_or_else(|e| panic!("copy {} to {}: {e}", built.display(), copy.display()));
+    }
 
     // The standard wasi:http example, a crate of its own under examples/.
     let http_hello = root.join("examples").join("http-hello");
@@ -66,7 +80,17 @@ fn main() {
         all.push(constant);
     }
     rerun_on_sources(&out_dir.join("http_hello.d"));
-    all.extend(["HTTP_HELLO", "USER_V2", "INVENTORY", "CATALOG"].map(String::from));
+    all.extend(
+        [
+            "HTTP_HELLO",
+            "USER_V2",
+            "FAULTY_BROKEN",
+            "FAULTY_LATE",
+            "INVENTORY",
+            "CATALOG",
+        ]
+        .map(String::from),
+    );
     code.push_str(&format!(
         "/// The name of every component constant above, for the check that each has a test.\npub const COMPONENTS: &[&str] = &{all:?};\n"
     ));
@@ -77,6 +101,14 @@ fn main() {
     code.push_str(&format!(
         "/// The `user` component built with feature `v2` (version 1.1.0).\npub const USER_V2: &str = {:?};\n",
         wasm_dir(&v2_dir).join("user.wasm").display().to_string()
+    ));
+    code.push_str(&format!(
+        "/// The `faulty` fixture built with feature `broken`: every request traps at once.\npub const FAULTY_BROKEN: &str = {:?};\n",
+        wasm_dir(&broken_dir).join("faulty_broken.wasm").display().to_string()
+    ));
+    code.push_str(&format!(
+        "/// The `faulty` fixture built with feature `late`: every request does its work, then traps.\npub const FAULTY_LATE: &str = {:?};\n",
+        wasm_dir(&broken_dir).join("faulty_late.wasm").display().to_string()
     ));
     // The Python and JavaScript services need their own tools; `make plugins`
     // (which `make test` runs first) builds them here.
