@@ -297,6 +297,10 @@ impl Dispatcher {
         result: &Result<Response, DispatchError>,
     ) {
         let no_response = failed == Some(Attempted::NoResponse);
+        if !no_response && probe.is_none() {
+            version.outlier.succeeded();
+            return;
+        }
         let policy = &version.sandbox.resilience.eject;
         let now = tokio::time::Instant::now();
         let probed = probe

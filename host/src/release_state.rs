@@ -583,6 +583,59 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_canary_ejected_twice_in_one_step_is_rolled_back() {
+        let mut entry = ServiceRelease::default();
+        start_canary(&mut entry, "1.0.0", "1.1.0", 5);
+        // An ejection of another version is only recorded.
+        assert!(on_ejection(&mut entry, "1.0.1", "for 30s: x"));
+        assert_eq!(entry.canary.as_ref().unwrap().ejections, 0);
+        assert!(on_ejection(
+            &mut entry,
+            "1.1.0",
+            "for 30s (ejection 1): 5 consecutive failures"
+        ));
+        assert_eq!(entry.canary.as_ref().unwrap().ejections, 1);
+        // A step taken in between starts the count again.
+        let advance = CanaryDecision {
+            service: "user".into(),
+            candidate: "1.1.0".into(),
+            step: 0,
+            verdict: CanaryVerdict::Advance {
+                share: 25,
+                summary: "ok".into(),
+            },
+        };
+        assert!(apply_canary(&mut entry, &advance));
+        assert_eq!(entry.canary.as_ref().unwrap().ejections, 0);
+        on_ejection(
+            &mut entry,
+            "1.1.0",
+            "for 60s (ejection 2): its probe failed",
+        );
+        assert!(entry.canary.is_some(), "one ejection in this step");
+        on_ejection(
+            &mut entry,
+            "1.1.0",
+            "for 120s (ejection 3): its probe failed",
+        );
+        assert!(
+            entry.canary.is_none(),
+            "the second ejection in a step rolls back"
+        );
+        assert_eq!(entry.weights, Some(Weights::all("1.0.0").into()));
+        assert!(entry.rolled_back.contains("1.1.0"));
+        let last = entry.history.last().unwrap();
+        assert_eq!(last.action, "rollback");
+        assert!(
+            last.detail.contains("ejected 2 times in one step"),
+            "{}",
+            last.detail
+        );
+        let ejects = entry.history.iter().filter(|h| h.action == "eject").count();
+        assert_eq!(ejects, 4);
+    }
+
+    #[test]
     fn round_trips_and_tolerates_absence() {
         let dir = tempfile::tempdir().unwrap();
         assert!(ReleaseState::load(dir.path()).unwrap().services.is_empty());

@@ -103,11 +103,14 @@ fn metrics_count_requests_errors_and_traps_per_version() {
     host.get("/probe/trap").expect_status(500);
     let probe: ServiceView = host.view("/admin/services/probe");
     let m = &probe.versions[0].metrics;
+    // The trapping GET is safe to repeat, so it was tried twice: each
+    // attempt counts.
     assert_eq!(
         (m.requests, m.errors, m.traps, m.in_flight),
-        (4, 1, 1, 0),
+        (5, 2, 2, 0),
         "{probe:?}"
     );
+    assert_eq!(probe.versions[0].retries, 1);
 }
 
 #[test]

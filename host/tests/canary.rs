@@ -68,15 +68,20 @@ fn a_healthy_canary_is_promoted_step_by_step() {
 #[test]
 fn a_failing_canary_is_rolled_back_with_its_reason() {
     let plugins = Plugins::new();
-    plugins
-        .add(USER, "user@1.0.0.wasm")
-        .write("user.toml", MANIFEST);
+    // Analysis alone judges here: with ejection on, the candidate would be
+    // out after 5 traps and rolled back at its second ejection instead.
+    plugins.add(USER, "user@1.0.0.wasm").write(
+        "user.toml",
+        format!("{MANIFEST}[resilience]\neject = {{ consecutive = 0 }}\n"),
+    );
     let host = TestHost::with_plugins(plugins)
         .args(&["--pin-token", "let-me-pin"])
         .start();
 
     // The probe fixture, dropped as user 1.1.0, traps on GET /users/trap,
-    // where the stable user service answers 400: a 5xx rate of 100% vs 0%.
+    // where the stable user service answers 400: a 5xx rate of 100% vs 0%
+    // (the clients get the stable version's 400 by fallback; the analyst
+    // still sees the candidate's traps).
     host.plugins().deploy(PROBE, "user@1.1.0.wasm");
     let svc = drive_until(&host, "/users/trap", "the rollback", |s| {
         s.history.iter().any(|e| e.action == "rollback")

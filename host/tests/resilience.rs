@@ -6,7 +6,9 @@
 #![allow(clippy::unwrap_used)]
 
 use wasmhost::views::ServiceView;
-use wasmhost_test_support::{Host, Plugins, TestHost, FAULTY, FAULTY_BROKEN, FAULTY_LATE};
+use wasmhost_test_support::{
+    Host, Plugins, TestHost, TestHostBuilder, FAULTY, FAULTY_BROKEN, FAULTY_LATE, PROBE,
+};
 
 /// Counts of `n` sequential GETs of `path`: (non-2xx answers, answers that
 /// fell back, answers by each version).
@@ -154,10 +156,21 @@ fn a_request_that_changed_something_is_never_repeated() {
 /// The fixture as version 1.0.0, then `candidate` dropped in as 1.1.0: a
 /// blue-green deploy, 1.1.0 taking all traffic, 1.0.0 the stable version.
 fn deployed(candidate: &str, manifest: &str) -> TestHost {
-    let host = TestHost::empty()
-        .add(FAULTY, "faulty@1.0.0.wasm")
-        .manifest("faulty", manifest)
-        .start();
+    deployed_beside(candidate, manifest, |b| b)
+}
+
+/// [`deployed`], with more in the plugins directory.
+fn deployed_beside(
+    candidate: &str,
+    manifest: &str,
+    more: impl FnOnce(TestHostBuilder) -> TestHostBuilder,
+) -> TestHost {
+    let host = more(
+        TestHost::empty()
+            .add(FAULTY, "faulty@1.0.0.wasm")
+            .manifest("faulty", manifest),
+    )
+    .start();
     host.plugins().deploy(candidate, "faulty@1.1.0.wasm");
     wasmhost_test_support::wait_until(
         "1.1.0 to take over",
@@ -222,4 +235,20 @@ fn retries_on_the_same_version_hide_random_failures() {
     );
     assert!(retried <= 80, "{retried} errors with a retry");
     assert!(retried < plain, "{retried} with retries, {plain} without");
+}
+
+#[test]
+fn a_service_call_follows_the_callees_policy() {
+    let host = deployed_beside(FAULTY_BROKEN, "", |b| {
+        b.add(PROBE, "probe@0.1.0.wasm")
+            .manifest("probe", "[grants]\nservices = [\"faulty\"]\n")
+    });
+    // probe → services.call(faulty, GET /faulty/ok): 1.1.0 traps, the
+    // callee's stable version answers, and the caller never knows.
+    let reply = host.get("/probe/call/faulty/faulty/ok");
+    reply.expect_status(200);
+    assert_eq!(reply.json()["status"], 200, "{:?}", reply.json());
+    let svc: ServiceView = host.view("/admin/services/faulty");
+    assert_eq!(svc.version("1.1.0").unwrap().fallbacks, 1);
+    assert_eq!(svc.version("1.0.0").unwrap().metrics.requests, 1);
 }
