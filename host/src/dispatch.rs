@@ -22,6 +22,7 @@ use crate::registry::{Pre, ServiceEntry, Snapshot, Version};
 use crate::release::Pins;
 use crate::resilience::{
     is_safe, Admission, Attempted, Ejection, ProbeGuard, RetryBudget, IDEMPOTENCY_KEY_HEADER,
+    MAX_REPLAY_BODY,
 };
 use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
@@ -29,6 +30,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use wasmtime::{Engine, Store};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 /// Runs requests against the current snapshot.
 pub struct Dispatcher {
@@ -172,6 +174,78 @@ impl Dispatcher {
     /// The request takes one of the service's concurrency slots here and
     /// holds it across its attempts.
     pub async fn serve(self: &Arc<Self>, picked: Picked, req: &Request, depth: u32) -> Served {
+        let pinned = picked.pinned;
+        // A wasi:http component's nested request is buffered, but replayed
+        // only up to the size a proxy would buffer.
+        let replayable = req.body.len() as u64 <= MAX_REPLAY_BODY;
+        self.retrying(
+            picked,
+            &req.method,
+            &req.headers,
+            replayable,
+            |version, limit| async move { self.run(&version, req, depth, pinned, limit).await },
+        )
+        .await
+    }
+
+    /// The streaming path of a wasi:http component from outside, when its
+    /// body is small enough to have been read whole (at most
+    /// [`MAX_REPLAY_BODY`]): each attempt gets the same head and body, and
+    /// an attempt that failed before the component set its response is
+    /// tried again like any other.
+    pub async fn serve_proxy(
+        self: &Arc<Self>,
+        picked: Picked,
+        head: &http::request::Parts,
+        headers: &[(String, String)],
+        body: bytes::Bytes,
+    ) -> Served<http::Response<HyperOutgoingBody>> {
+        let pinned = picked.pinned;
+        let request_id = request_id(headers);
+        let (request_id, body) = (&request_id, &body);
+        self.retrying(
+            picked,
+            head.method.as_str(),
+            headers,
+            true,
+            |version, limit| async move {
+                let version = &version;
+                let mut req = http::Request::new(http_body_util::Full::new(body.clone()));
+                *req.method_mut() = head.method.clone();
+                *req.uri_mut() = head.uri.clone();
+                *req.version_mut() = head.version;
+                *req.headers_mut() = head.headers.clone();
+                let store = self.new_store(version, 0, request_id.clone());
+                let handled = crate::proxy::handle(store, version.clone(), req, pinned);
+                let result = match tokio::time::timeout(limit, handled).await {
+                    Ok(result) => result,
+                    Err(_) => Err(DispatchError::failed(version, Failure::Timeout(limit))),
+                };
+                let failed = attempted(&result, true, &version.sandbox.resilience);
+                // A wasi:http component's effects are not tracked: never untouched.
+                Attempt {
+                    result,
+                    failed,
+                    touched: true,
+                }
+            },
+        )
+        .await
+    }
+
+    /// The retry loop behind [`Self::serve`] and [`Self::serve_proxy`]:
+    /// `attempt` runs the request once on a version within a time limit.
+    async fn retrying<T: Answer, F>(
+        self: &Arc<Self>,
+        picked: Picked,
+        method: &str,
+        headers: &[(String, String)],
+        replayable: bool,
+        mut attempt: impl FnMut(Arc<Version>, Duration) -> F,
+    ) -> Served<T>
+    where
+        F: std::future::Future<Output = Attempt<T>>,
+    {
         let Picked {
             version: first,
             pinned,
@@ -187,8 +261,7 @@ impl Dispatcher {
         let started = tokio::time::Instant::now();
         let deadline = started + first.sandbox.limits.timeout;
         let idempotency_key = policy.idempotency_key
-            && req
-                .headers
+            && headers
                 .iter()
                 .any(|(k, _)| k.eq_ignore_ascii_case(IDEMPOTENCY_KEY_HEADER));
         let mut version = first.clone();
@@ -197,11 +270,11 @@ impl Dispatcher {
         let mut attempts = 0u32;
         loop {
             attempts += 1;
-            let attempt = match &permit {
+            let tried = match &permit {
                 Some(_) => {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     let limit = policy.per_try_timeout.map_or(left, |t| t.min(left));
-                    self.run(&version, req, depth, pinned, limit).await
+                    attempt(version.clone(), limit).await
                 }
                 None => match slots.clone().try_acquire_owned() {
                     Ok(p) => {
@@ -211,7 +284,7 @@ impl Dispatcher {
                             .map_or(version.sandbox.limits.timeout, |t| {
                                 t.min(version.sandbox.limits.timeout)
                             });
-                        self.run(&version, req, depth, pinned, limit).await
+                        attempt(version.clone(), limit).await
                     }
                     Err(_) => {
                         version
@@ -232,36 +305,32 @@ impl Dispatcher {
             // The version's standing: only routed traffic counts (a pin is
             // a caller's own choice), and only a failure with no response.
             if !by_pin {
-                self.judge(
-                    &version,
-                    &stable,
-                    &mut probe,
-                    attempt.failed,
-                    &attempt.result,
-                );
+                self.judge(&version, &stable, &mut probe, tried.failed, &tried.result);
             }
-            let Some(failed) = attempt.failed else {
+            let Some(failed) = tried.failed else {
                 return Served {
-                    result: attempt.result,
+                    result: tried.result,
                     version,
                     fallback_from,
                     attempts,
                 };
             };
-            let safe = is_safe(&req.method, idempotency_key, !attempt.touched);
+            // A body that cannot be replayed makes only a failure before
+            // guest code ran worth another attempt.
+            let safe = replayable && is_safe(method, idempotency_key, !tried.touched);
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let retry = policy.may_retry(failed, safe, attempts - 1)
                 && !left.is_zero()
                 && budget.withdraw();
             if !retry {
                 return Served {
-                    result: attempt.result,
+                    result: tried.result,
                     version,
                     fallback_from,
                     attempts,
                 };
             }
-            let reason = match &attempt.result {
+            let reason = match &tried.result {
                 Err(DispatchError::Failed { failure, .. }) => failure.kind(),
                 _ => "status",
             };
@@ -294,7 +363,7 @@ impl Dispatcher {
         stable: &Option<Arc<Version>>,
         probe: &mut Option<(Arc<str>, ProbeGuard)>,
         failed: Option<Attempted>,
-        result: &Result<Response, DispatchError>,
+        result: &Result<impl Answer, DispatchError>,
     ) {
         let no_response = failed == Some(Attempted::NoResponse);
         if !no_response && probe.is_none() {
@@ -482,13 +551,13 @@ impl Dispatcher {
 /// What one failed attempt was, for the retry rule; `None` for an answer
 /// that is not retried.
 fn attempted(
-    result: &Result<Response, DispatchError>,
+    result: &Result<impl Answer, DispatchError>,
     touched: bool,
     policy: &crate::resilience::ResiliencePolicy,
 ) -> Option<Attempted> {
     match result {
-        Ok(resp) if resp.status >= 500 && policy.retry_on.contains(&resp.status) => {
-            Some(Attempted::Status(resp.status))
+        Ok(resp) if resp.status() >= 500 && policy.retry_on.contains(&resp.status()) => {
+            Some(Attempted::Status(resp.status()))
         }
         Ok(_) => None,
         Err(DispatchError::Failed { failure, .. }) => Some(match failure {
@@ -501,10 +570,29 @@ fn attempted(
     }
 }
 
+/// A response an attempt may end with: its status decides whether a
+/// listed error status is tried again.
+pub trait Answer {
+    /// The HTTP status.
+    fn status(&self) -> u16;
+}
+
+impl Answer for Response {
+    fn status(&self) -> u16 {
+        self.status
+    }
+}
+
+impl<B> Answer for http::Response<B> {
+    fn status(&self) -> u16 {
+        http::Response::status(self).as_u16()
+    }
+}
+
 /// One attempt of a request on one version.
-pub struct Attempt {
+pub struct Attempt<T = Response> {
     /// Its answer, or why there was none.
-    pub result: Result<Response, DispatchError>,
+    pub result: Result<T, DispatchError>,
     /// How it failed, for the retry rule (`None`: it answered).
     pub failed: Option<Attempted>,
     /// Whether it may have changed the world (see `HostState::touched`).
@@ -512,9 +600,9 @@ pub struct Attempt {
 }
 
 /// A request's way through the versions of its service.
-pub struct Served {
+pub struct Served<T = Response> {
     /// The answer, or the last attempt's failure.
-    pub result: Result<Response, DispatchError>,
+    pub result: Result<T, DispatchError>,
     /// The version of the last attempt.
     pub version: Arc<Version>,
     /// The version first chosen, when the stable version answered instead.

@@ -11,7 +11,7 @@ use crate::contract::{tag, to_http, wit_headers};
 use crate::dispatch::{DispatchError, Dispatcher, Failure, Served};
 use crate::registry::Pre;
 use crate::release::Pins;
-use crate::resilience::{ATTEMPTS_HEADER, FALLBACK_HEADER};
+use crate::resilience::{ATTEMPTS_HEADER, FALLBACK_HEADER, MAX_REPLAY_BODY};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -225,7 +225,55 @@ async fn serve(
         drain(body).await;
         return (too_large(limit, origin), None);
     }
-    // A wasi:http component gets the body as a stream and streams its answer.
+    // A wasi:http component streams its answer. A body small enough to
+    // replay (none, or a declared length up to 64 KiB) is read first, so a
+    // failed attempt can be tried again; a larger one streams in, once.
+    let no_body = declared.is_none() && !parts.headers.contains_key(header::TRANSFER_ENCODING);
+    let replayable = no_body || declared.is_some_and(|len| len <= MAX_REPLAY_BODY);
+    if matches!(version.pre, Pre::Proxy(_)) && replayable {
+        let read = axum::body::to_bytes(Body::new(body), limit);
+        let body = match tokio::time::timeout(body_timeout, read).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(_)) => {
+                let resp = error_response(
+                    StatusCode::BAD_REQUEST,
+                    "could not read the request body",
+                    origin,
+                );
+                return (resp, None);
+            }
+            Err(_) => {
+                let resp = error_response(
+                    StatusCode::REQUEST_TIMEOUT,
+                    &format!("the request body did not arrive within {body_timeout:?}"),
+                    origin,
+                );
+                return (resp, None);
+            }
+        };
+        let served = dispatcher.serve_proxy(picked, &parts, &headers, body).await;
+        let Served {
+            result,
+            version,
+            fallback_from,
+            attempts,
+        } = served;
+        let (mut resp, failure) = match result {
+            Ok(resp) => {
+                let mut out = resp.map(Body::new);
+                tag(out.headers_mut(), &version.service, &version.version);
+                (out, None)
+            }
+            Err(e) => failed(e),
+        };
+        mark(
+            &mut resp,
+            fallback_from.as_deref(),
+            attempts,
+            &version.version,
+        );
+        return (resp, failure);
+    }
     if matches!(version.pre, Pre::Proxy(_)) {
         let _permit = match picked.claim() {
             Ok((_, permit)) => permit,
@@ -309,17 +357,33 @@ async fn serve(
         Ok(resp) => (to_http(resp, &version.service, &version.version), None),
         Err(e) => failed(e),
     };
+    mark(
+        &mut resp,
+        fallback_from.as_deref(),
+        attempts,
+        &version.version,
+    );
+    (resp, failure)
+}
+
+/// Says on a response that the stable version answered for `from`, and how
+/// many attempts it took when more than one (and logs the answering version).
+fn mark(
+    resp: &mut axum::response::Response,
+    fallback_from: Option<&str>,
+    attempts: u32,
+    version: &str,
+) {
     if let Some(from) = fallback_from {
-        if let Ok(v) = HeaderValue::from_str(&from) {
+        if let Ok(v) = HeaderValue::from_str(from) {
             resp.headers_mut().insert(FALLBACK_HEADER, v);
         }
-        span.record("version", &*version.version);
+        tracing::Span::current().record("version", version);
     }
     if attempts > 1 {
         resp.headers_mut()
             .insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
     }
-    (resp, failure)
 }
 
 /// The host's own probes, which no manifest can claim: live (200 while the

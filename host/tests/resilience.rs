@@ -7,7 +7,7 @@
 
 use wasmhost::views::ServiceView;
 use wasmhost_test_support::{
-    Host, Plugins, TestHost, TestHostBuilder, FAULTY, FAULTY_BROKEN, FAULTY_LATE, PROBE,
+    Host, Plugins, TestHost, TestHostBuilder, FAULTY, FAULTY_BROKEN, FAULTY_LATE, HTTP_HELLO, PROBE,
 };
 
 /// Counts of `n` sequential GETs of `path`: (non-2xx answers, answers that
@@ -251,4 +251,27 @@ fn a_service_call_follows_the_callees_policy() {
     let svc: ServiceView = host.view("/admin/services/faulty");
     assert_eq!(svc.version("1.1.0").unwrap().fallbacks, 1);
     assert_eq!(svc.version("1.0.0").unwrap().metrics.requests, 1);
+}
+
+#[test]
+fn a_wasi_http_stable_version_answers_for_a_failed_candidate() {
+    // Versions of one service may implement either world: a broken own-WIT
+    // candidate falls back to the standard wasi:http component it replaced.
+    let host = TestHost::empty()
+        .add(HTTP_HELLO, "hello@1.0.0.wasm")
+        .start();
+    host.plugins().deploy(FAULTY_BROKEN, "hello@1.1.0.wasm");
+    wasmhost_test_support::wait_until(
+        "1.1.0 to take over",
+        std::time::Duration::from_secs(30),
+        || {
+            let svc: ServiceView = host.view("/admin/services/hello");
+            (svc.version("1.1.0").map(|v| v.weight) == Some(100)).then_some(())
+        },
+    );
+    let reply = host.get("/hello");
+    reply.expect_status(200);
+    assert_eq!(reply.header("x-wasmhost-version"), Some("1.0.0"));
+    assert_eq!(reply.header("x-wasmhost-fallback-from"), Some("1.1.0"));
+    assert!(String::from_utf8_lossy(&reply.body).contains("hello"));
 }
