@@ -402,6 +402,14 @@ mod tests {
         let err = Manifest::parse("weights = { \"1.0.0\" = 60 }", "x.toml").unwrap_err();
         assert!(format!("{err:#}").contains("sum to 100"), "{err:#}");
         assert!(Manifest::parse("sticky = \"ip\"", "x.toml").is_err());
+        // `[resilience]`: checked at load, errors name the file and the key.
+        let err = Manifest::parse("[resilience]\nretry-on = [404]", "x.toml").unwrap_err();
+        let err = format!("{err:#}");
+        assert!(err.contains("x.toml") && err.contains("retry-on"), "{err}");
+        let err = Manifest::parse("[resilience]\nretries = \"one\"", "x.toml").unwrap_err();
+        assert!(format!("{err:#}").contains("retries"), "{err:#}");
+        let ok = Manifest::parse("[resilience]\ntransactional-kv = true", "x.toml").unwrap();
+        assert!(ok.resilience.transactional_kv);
     }
 
     #[test]

@@ -89,7 +89,27 @@ where
         };
         let outcome = tokio::time::timeout(task_limits.timeout, run).await;
         match outcome {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                // With `transactional-kv` the writes commit once the
+                // component has returned (its response may be out already).
+                if let Some(pending) = store.data_mut().pending.take().filter(|p| !p.is_empty()) {
+                    let kv = store.data().kv.clone();
+                    let id = store.data().id.clone();
+                    let committed = tokio::task::spawn_blocking(move || kv.commit(&pending)).await;
+                    let error = match committed {
+                        Ok(Ok(())) => None,
+                        Ok(Err(e)) => Some(format!("{e:#}")),
+                        Err(e) => Some(e.to_string()),
+                    };
+                    if let Some(error) = error {
+                        tracing::error!(service = %id.service, version = %id.version, %error, "the key-value writes of a request could not be committed");
+                        return Err(Failure::Internal(format!(
+                            "its key-value writes could not be committed: {error}"
+                        )));
+                    }
+                }
+                Ok(())
+            }
             Ok(Err(failure)) => {
                 let exhausted = store.data().limiter.memory_exhausted;
                 Err(failure.explained(exhausted, &task_limits))
