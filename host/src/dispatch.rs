@@ -175,9 +175,10 @@ impl Dispatcher {
     /// holds it across its attempts.
     pub async fn serve(self: &Arc<Self>, picked: Picked, req: &Request, depth: u32) -> Served {
         let pinned = picked.pinned;
-        // A wasi:http component's nested request is buffered, but replayed
-        // only up to the size a proxy would buffer.
-        let replayable = req.body.len() as u64 <= MAX_REPLAY_BODY;
+        // A contract request is always whole; one for a wasi:http component
+        // is replayed only up to the size a proxy would buffer.
+        let replayable = matches!(picked.version.pre, Pre::Service(_))
+            || req.body.len() as u64 <= MAX_REPLAY_BODY;
         self.retrying(
             picked,
             &req.method,

@@ -275,3 +275,39 @@ fn a_wasi_http_stable_version_answers_for_a_failed_candidate() {
     assert_eq!(reply.header("x-wasmhost-fallback-from"), Some("1.1.0"));
     assert!(String::from_utf8_lossy(&reply.body).contains("hello"));
 }
+
+#[test]
+fn an_idempotency_key_and_a_per_try_timeout_when_the_manifest_asks() {
+    let host = TestHost::empty()
+        .add(FAULTY, "faulty@1.0.0.wasm")
+        .manifest(
+            "faulty",
+            "[limits]\ntimeout = \"5s\"\n[resilience]\nidempotency-key = true\nper-try-timeout = \"200ms\"\n",
+        )
+        .start();
+    // With the key, a POST that wrote is repeated: deduplicating by key is
+    // then the service's business (this fixture does not, so it counts 2).
+    let reply = host.send_with(
+        "POST",
+        "/faulty/incr-then-trap/k",
+        &[("idempotency-key", "order-7")],
+    );
+    reply.expect_status(500);
+    assert_eq!(reply.header("x-wasmhost-attempts"), Some("2"));
+    assert_eq!(host.get("/faulty/count/k").json()["value"], 2);
+    // Without it, once.
+    host.send("POST", "/faulty/incr-then-trap/j", "")
+        .expect_status(500);
+    assert_eq!(host.get("/faulty/count/j").json()["value"], 1);
+    // Each attempt gets 200 ms of the 5 s: a GET that sleeps 1 s (and would
+    // answer within the timeout) is cut twice and answered 504.
+    let reply = host.get("/faulty/sleep/1000");
+    reply.expect_status(504);
+    assert_eq!(reply.header("x-wasmhost-attempts"), Some("2"));
+    assert_eq!(reply.json()["limit"], "timeout");
+    assert!(
+        reply.json()["error"].as_str().unwrap().contains("200ms"),
+        "{}",
+        reply.json()
+    );
+}
