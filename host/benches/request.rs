@@ -9,6 +9,17 @@
 //! - `user`: the Rust user service's `GET /users/1` through the wasmhost WIT;
 //! - `hello`: the wasi:http example component's `GET /hello`.
 //!
+//! And the cost of fault tolerance, below the HTTP front (`Dispatcher`):
+//! - `one-attempt`: the user service's `GET /users/1` picked, claimed and
+//!   run once, as before retries existed (the baseline);
+//! - `serve`: the same through `Dispatcher::serve`, the retry loop, on the
+//!   healthy path (budget deposit, deadline, standing);
+//! - `fallback`: a candidate that traps on every request, answered by the
+//!   stable version (ejection off, so every request fails over).
+//!
+//! After the group, the same three interleaved over several rounds print
+//! their ratios to `one-attempt`.
+//!
 //! `cargo bench -p wasmhost --bench request` (builds the guests first, via
 //! wasmhost-test-support). `cargo test -p wasmhost --bench request` runs
 //! each once, as a check.
@@ -20,13 +31,16 @@ use axum::response::IntoResponse;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
+use wasmhost::dispatch::Dispatcher;
 use wasmhost::kv::{KvStore, Namespace};
+use wasmhost::release::Pins;
 use wasmhost_test_support as support;
 
 /// A loaded host: its HTTP front and its key-value store.
 struct Bench {
     app: axum::Router,
     kv: KvStore,
+    dispatcher: std::sync::Arc<Dispatcher>,
     _dirs: (support::Plugins, tempfile::TempDir),
 }
 
@@ -35,6 +49,9 @@ fn host(rt: &tokio::runtime::Runtime) -> Bench {
     plugins
         .add(support::USER, "user@1.0.0.wasm")
         .add(support::HTTP_HELLO, "hello@1.0.0.wasm")
+        .add(support::FAULTY, "faulty@1.0.0.wasm")
+        .add(support::FAULTY_BROKEN, "faulty@1.1.0.wasm")
+        .write("faulty.toml", "[resilience]\neject = { consecutive = 0 }\n")
         .copy_manifest("user.toml");
     let state = tempfile::tempdir().unwrap();
     let cache = std::path::PathBuf::from(support::TEST_CACHE_DIR);
@@ -52,7 +69,24 @@ fn host(rt: &tokio::runtime::Runtime) -> Bench {
         .map(|e| format!("{e:?}"))
         .collect();
     assert!(errors.is_empty(), "{errors:?}");
-    let kv = host.dispatcher().kv().clone();
+    // The broken faulty 1.1.0 takes all traffic; 1.0.0 stays the stable version.
+    let control = host.control().clone();
+    rt.block_on(async {
+        use wasmhost::control::Change;
+        let promote = Change::Promote {
+            service: "faulty".into(),
+            version: "1.0.0".into(),
+        };
+        control.apply(promote).await.unwrap();
+        let weights = Change::SetWeights {
+            service: "faulty".into(),
+            weights: [("1.0.0".to_string(), 0), ("1.1.0".to_string(), 100)].into(),
+            sticky: None,
+        };
+        control.apply(weights).await.unwrap();
+    });
+    let dispatcher = host.dispatcher().clone();
+    let kv = dispatcher.kv().clone();
     let app = host.front();
     let created = rt.block_on(send(
         &app,
@@ -64,6 +98,7 @@ fn host(rt: &tokio::runtime::Runtime) -> Bench {
     Bench {
         app,
         kv,
+        dispatcher,
         _dirs: (plugins, state),
     }
 }
@@ -132,6 +167,73 @@ fn requests(c: &mut Criterion) {
         b.iter(|| rt.block_on(send(&bench.app, "GET", "/hello", "")))
     });
     group.finish();
+
+    let d = &bench.dispatcher;
+    let contestants: [(&str, &str, Way); 3] = [
+        ("one-attempt", "/users/1", Way::Once),
+        ("serve", "/users/1", Way::Serve),
+        ("fallback", "/faulty/ok", Way::Serve),
+    ];
+    for (_, path, way) in &contestants {
+        assert_eq!(rt.block_on(dispatch(d, path, *way)), 200, "{path}");
+    }
+    let mut group = c.benchmark_group("resilience");
+    for (name, path, way) in &contestants {
+        group.bench_function(*name, |b| b.iter(|| rt.block_on(dispatch(d, path, *way))));
+    }
+    group.finish();
+
+    // Interleaved rounds, so the machine's drift hits all three alike.
+    let full = std::env::args().any(|a| a == "--bench");
+    let (rounds, per_round) = if full { (10, 500) } else { (1, 3) };
+    let mut totals = [std::time::Duration::ZERO; 3];
+    for _ in 0..rounds {
+        for (i, (_, path, way)) in contestants.iter().enumerate() {
+            let started = std::time::Instant::now();
+            for _ in 0..per_round {
+                rt.block_on(dispatch(d, path, *way));
+            }
+            totals[i] += started.elapsed();
+        }
+    }
+    let per = |i: usize| totals[i].as_secs_f64() * 1e6 / f64::from(rounds * per_round);
+    println!("resilience, {rounds} interleaved rounds of {per_round} requests each:");
+    for (i, (name, _, _)) in contestants.iter().enumerate() {
+        println!(
+            "  {name:<12} {:>8.1} µs/request  ×{:.3} of one-attempt",
+            per(i),
+            per(i) / per(0)
+        );
+    }
+}
+
+/// How a request goes through the dispatcher.
+#[derive(Clone, Copy)]
+enum Way {
+    /// Picked, claimed and run once: no retry layer.
+    Once,
+    /// Through `Dispatcher::serve`.
+    Serve,
+}
+
+/// One GET of `path` through the dispatcher (no HTTP front); its status.
+async fn dispatch(d: &std::sync::Arc<Dispatcher>, path: &str, way: Way) -> u16 {
+    let (parts, ()) = axum::http::Request::builder()
+        .uri(path)
+        .body(())
+        .unwrap()
+        .into_parts();
+    let req = wasmhost::contract::request(&parts, Vec::new(), Vec::new());
+    let picked = d.pick(path, &[], Pins::Outside).unwrap();
+    let result = match way {
+        Way::Once => {
+            let (version, _permit) = picked.claim().unwrap();
+            let timeout = version.sandbox.limits.timeout;
+            d.run(&version, &req, 0, false, timeout).await.result
+        }
+        Way::Serve => d.serve(picked, &req, 0).await.result,
+    };
+    result.map_or(500, |r| r.status)
 }
 
 criterion_group!(benches, requests);
