@@ -50,3 +50,27 @@ impl From<wasmtime::component::ResourceTableError> for KvError {
         KvError::Other(e.to_string())
     }
 }
+
+/// Bindings of `wasmhost:plugin@0.2.0` (`wit/v0.2/`): 0.1.0 plus
+/// `messaging` (an import) and `subscriber` (an export of the
+/// `subscriber-service` world). The records and the WASI interfaces are
+/// 0.1.0's own Rust types, so both versions share every host
+/// implementation but `messaging` and `services`.
+pub mod v2 {
+    wasmtime::component::bindgen!({
+        path: "../wit/v0.2",
+        world: "wasmhost:plugin/subscriber-service",
+        imports: {
+            "wasmhost:plugin/services": async | trappable,
+            "wasmhost:plugin/messaging": async | trappable,
+            default: trappable,
+        },
+        exports: { default: async },
+        with: {
+            "wasmhost:plugin/types": super::wasmhost::plugin::types,
+            "wasi:keyvalue": super::wasi::keyvalue,
+            "wasi:config": super::wasi::config,
+            "wasi:logging": super::wasi::logging,
+        },
+    });
+}

@@ -177,7 +177,7 @@ impl Dispatcher {
         let pinned = picked.pinned;
         // A contract request is always whole; one for a wasi:http component
         // is replayed only up to the size a proxy would buffer.
-        let replayable = matches!(picked.version.pre, Pre::Service(_))
+        let replayable = !matches!(picked.version.pre, Pre::Proxy(_))
             || req.body.len() as u64 <= MAX_REPLAY_BODY;
         self.retrying(
             picked,
@@ -425,7 +425,6 @@ impl Dispatcher {
         let started = std::time::Instant::now();
         let in_flight = version.tally(pinned).start();
         let pre = match &version.pre {
-            Pre::Service(pre) => pre.clone(),
             Pre::Proxy(_) => {
                 drop(in_flight);
                 let store = self.new_store(version, depth, request_id(&req.headers));
@@ -439,6 +438,7 @@ impl Dispatcher {
                     touched: true,
                 };
             }
+            service => service,
         };
         // A fresh instance, unless the service opted into reuse and an
         // instance that served it without fault is waiting (outside
@@ -471,14 +471,14 @@ impl Dispatcher {
             let service = match warm {
                 Some(service) => service,
                 None => pre
-                    .instantiate_async(&mut store)
+                    .instantiate_handler(&mut store)
                     .await
+                    .unwrap_or_else(|| Err(wasmtime::format_err!("not a wasmhost:plugin service")))
                     .map_err(|e| classify(e, limits))?,
             };
             reached = true;
             let resp = service
-                .wasmhost_plugin_handler()
-                .call_handle(&mut store, req)
+                .handle(&mut store, req)
                 .await
                 .map_err(|e| classify(e, limits))?;
             Ok::<_, Failure>((service, resp))

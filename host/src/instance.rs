@@ -8,7 +8,7 @@
 //! store is dropped with its request unless the service opted into reuse and
 //! the request ended well.
 
-use crate::bindings::Service;
+use crate::bindings::{Request, Response, Service};
 use crate::capabilities::services::CallLoop;
 use crate::capabilities::HostState;
 use crate::config::Limits;
@@ -235,7 +235,7 @@ pub struct IdleInstances {
 /// requests it has served.
 pub struct IdleInstance {
     pub(crate) store: wasmtime::Store<HostState>,
-    pub(crate) service: Service,
+    pub(crate) service: Handler,
     pub(crate) served: u32,
 }
 
@@ -290,5 +290,32 @@ mod tests {
         let trap = Failure::Trap("unreachable".into());
         assert!(matches!(trap.explained(false, &limits), Failure::Trap(_)));
         assert_eq!(Failure::CpuTime(limits.cpu_time).limit(), Some("cpu-time"));
+    }
+}
+
+/// An instantiated service, by contract version: what `handle` is called on.
+pub enum Handler {
+    /// `wasmhost:plugin@0.1.0`.
+    V1(Service),
+    /// `wasmhost:plugin@0.2.0`.
+    V2(crate::bindings::v2::exports::wasmhost::plugin::handler::Guest),
+}
+
+impl Handler {
+    /// Calls the guest's `handle` with `req`.
+    pub async fn handle(
+        &self,
+        store: &mut Store<HostState>,
+        req: &Request,
+    ) -> wasmtime::Result<Response> {
+        match self {
+            Handler::V1(service) => {
+                service
+                    .wasmhost_plugin_handler()
+                    .call_handle(store, req)
+                    .await
+            }
+            Handler::V2(handler) => handler.call_handle(store, req).await,
+        }
     }
 }

@@ -350,6 +350,22 @@ impl WriteSet {
     }
 }
 
+/// Writes every entry of `set` in `txn`.
+pub(crate) fn apply_writes(txn: &redb::WriteTransaction, set: &WriteSet) -> Result<()> {
+    let mut table = txn.open_table(TABLE)?;
+    for (key, value) in &set.writes {
+        match value {
+            Some(v) => {
+                table.insert(key.as_str(), v.as_slice())?;
+            }
+            None => {
+                table.remove(key.as_str())?;
+            }
+        }
+    }
+    Ok(())
+}
+
 impl KvStore {
     /// Writes every entry of `set` in one transaction.
     pub fn commit(&self, set: &WriteSet) -> Result<()> {
@@ -358,22 +374,16 @@ impl KvStore {
         }
         self.with(|db| {
             let txn = db.begin_write()?;
-            {
-                let mut table = txn.open_table(TABLE)?;
-                for (key, value) in &set.writes {
-                    match value {
-                        Some(v) => {
-                            table.insert(key.as_str(), v.as_slice())?;
-                        }
-                        None => {
-                            table.remove(key.as_str())?;
-                        }
-                    }
-                }
-            }
+            apply_writes(&txn, set)?;
             txn.commit()?;
             Ok(())
         })
+    }
+
+    /// Runs `op` on the open database, with the store's recovery from I/O
+    /// errors (for the message log, which shares the file).
+    pub(crate) fn with_db<T>(&self, op: impl FnOnce(&Database) -> Result<T>) -> Result<T> {
+        self.with(op)
     }
 
     /// [`Self::list_keys`] as `pending` would leave the bucket. Without

@@ -42,6 +42,7 @@ pub mod instance;
 pub mod kv;
 pub mod loader;
 pub mod manifest;
+pub mod messages;
 pub mod metrics;
 pub mod plugin;
 pub mod proxy;

@@ -612,16 +612,44 @@ impl Loader {
 
     /// Checks a compiled component against the worlds and pre-links it.
     fn link(&self, component: Component) -> Result<Pre> {
-        let exports_http = component
+        let exports: Vec<String> = component
             .component_type()
             .exports(&self.engine)
-            .any(|(name, _)| name.starts_with("wasi:http/incoming-handler@0.2"));
+            .map(|(name, _)| name.to_string())
+            .collect();
+        let exports_http = exports
+            .iter()
+            .any(|name| name.starts_with("wasi:http/incoming-handler@0.2"));
+        let plugin_v2 = exports
+            .iter()
+            .any(|name| name == "wasmhost:plugin/handler@0.2.0");
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             anyhow::anyhow!(
                 "component imports something the host does not provide: {}",
                 first_line(&format!("{e:#}"))
             )
         })?;
+        if plugin_v2 {
+            use crate::bindings::v2::exports::wasmhost::plugin::{handler, subscriber};
+            let wrong = |e: wasmtime::Error| {
+                anyhow::anyhow!(
+                    "component does not implement the wasmhost:plugin@0.2.0 service world: {}",
+                    first_line(&format!("{e:#}"))
+                )
+            };
+            let handler = handler::GuestIndices::new(&pre).map_err(wrong)?;
+            let subscriber = exports
+                .iter()
+                .any(|name| name == "wasmhost:plugin/subscriber@0.2.0")
+                .then(|| subscriber::GuestIndices::new(&pre))
+                .transpose()
+                .map_err(wrong)?;
+            return Ok(Pre::Plugin(Arc::new(crate::registry::PluginPre {
+                pre,
+                handler,
+                subscriber,
+            })));
+        }
         if exports_http {
             return ProxyPre::new(pre).map(Pre::Proxy).map_err(|e| {
                 anyhow::anyhow!(
@@ -661,8 +689,11 @@ impl Loader {
         let mut store = new_store(&self.engine, state, limits.cpu_time, None);
         let run = async {
             match pre {
-                Pre::Service(pre) => pre.instantiate_async(&mut store).await.map(drop),
                 Pre::Proxy(pre) => pre.instantiate_async(&mut store).await.map(drop),
+                service => match service.instantiate_handler(&mut store).await {
+                    Some(instantiated) => instantiated.map(drop),
+                    None => Ok(()),
+                },
             }
             .map_err(|e| classify(e, limits))
         };

@@ -24,10 +24,24 @@ use std::sync::Arc;
 /// A pre-linked component, by the world it implements.
 #[derive(Clone)]
 pub enum Pre {
-    /// The `wasmhost:plugin/service` world: `handle(request) -> response`.
+    /// The `wasmhost:plugin/service` world of 0.1.0: `handle(request) -> response`.
     Service(ServicePre<HostState>),
+    /// A `wasmhost:plugin@0.2.0` world: `service`, or `subscriber-service`
+    /// when it exports `subscriber` too.
+    Plugin(Arc<PluginPre>),
     /// The standard `wasi:http/proxy` world (`wasi:http/incoming-handler`).
     Proxy(wasmtime_wasi_http::p2::bindings::ProxyPre<HostState>),
+}
+
+/// A `wasmhost:plugin@0.2.0` component, pre-linked, with where its exports are.
+pub struct PluginPre {
+    /// The pre-linked component.
+    pub pre: wasmtime::component::InstancePre<HostState>,
+    /// Its `handler` export.
+    pub handler: crate::bindings::v2::exports::wasmhost::plugin::handler::GuestIndices,
+    /// Its `subscriber` export, if it has one.
+    pub subscriber:
+        Option<crate::bindings::v2::exports::wasmhost::plugin::subscriber::GuestIndices>,
 }
 
 impl Pre {
@@ -35,8 +49,27 @@ impl Pre {
     pub fn world(&self) -> &'static str {
         match self {
             Pre::Service(_) => "wasmhost:plugin/service",
+            Pre::Plugin(p) if p.subscriber.is_some() => "wasmhost:plugin/subscriber-service@0.2.0",
+            Pre::Plugin(_) => "wasmhost:plugin/service@0.2.0",
             Pre::Proxy(_) => "wasi:http/proxy",
         }
+    }
+
+    /// Instantiates a service of either contract version in `store`, ready
+    /// for `handle` (`None` for a wasi:http component).
+    pub async fn instantiate_handler(
+        &self,
+        store: &mut wasmtime::Store<HostState>,
+    ) -> Option<wasmtime::Result<crate::instance::Handler>> {
+        use crate::instance::Handler;
+        Some(match self {
+            Pre::Service(pre) => pre.instantiate_async(store).await.map(Handler::V1),
+            Pre::Plugin(p) => match p.pre.instantiate_async(&mut *store).await {
+                Ok(instance) => p.handler.load(&mut *store, &instance).map(Handler::V2),
+                Err(e) => Err(e),
+            },
+            Pre::Proxy(_) => return None,
+        })
     }
 }
 

@@ -23,6 +23,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("resilience", 0),
     ("metrics", 0),
     ("kv", 0),
+    ("messages", 0),
     ("plugin", 0),
     ("files", 0),
     ("health", 0),

@@ -1,0 +1,512 @@
+//! The embedded durable message log, in the same redb file as the
+//! key-value store: the messages, each subscribing group's pending
+//! deliveries with their leases, and the dead letters.
+//!
+//! - A message is stored once (`log`, by a global sequence number) with a
+//!   reference count; each group whose subscription matched its topic when
+//!   it was committed gets a `pending` row (attempt, not-before, lease).
+//! - [`KvStore::commit_request`] writes a request's key-value writes and its
+//!   messages in one transaction: a request's messages exist only if it
+//!   answered (the outbox needs no table in the guest).
+//! - A claim leases up to N ready rows; an ack deletes the row; a retry
+//!   clears the lease and sets the next attempt's time; a dead letter is
+//!   written and the row deleted in one transaction, so a message is never
+//!   lost between the two (dapr#8284). A lease that expires (the host
+//!   crashed, the handler hung) makes the row ready again: at least once.
+//!
+//! Invariant: every state change of a delivery is one redb transaction,
+//! committed with immediate durability; times are milliseconds since the
+//! Unix epoch, passed in, so the rules are testable without a clock.
+
+use crate::kv::{KvStore, WriteSet};
+use anyhow::{bail, Context, Result};
+use redb::{ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+/// Messages: seq → (id, topic, headers as JSON, body, published-at ms).
+const LOG: TableDefinition<u64, (&str, &str, &[u8], &[u8], u64)> = TableDefinition::new("msg_log");
+/// How many groups still hold each message: seq → count.
+const REFS: TableDefinition<u64, u32> = TableDefinition::new("msg_refs");
+/// The next sequence number: "seq" → u64.
+const META: TableDefinition<&str, u64> = TableDefinition::new("msg_meta");
+/// Pending deliveries: (group, seq) → (attempt so far, not before, lease until).
+const PENDING: TableDefinition<(&str, u64), (u32, u64, u64)> = TableDefinition::new("msg_pending");
+/// Dead letters: (group, seq) → (attempts, reason, version, at).
+const DEAD: TableDefinition<(&str, u64), (u32, &str, &str, u64)> = TableDefinition::new("msg_dead");
+
+/// Largest message body accepted, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// A message to store with its request's outcome.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Its id (returned to the publisher at once).
+    pub id: String,
+    /// The topic.
+    pub topic: String,
+    /// Its headers.
+    pub headers: Vec<(String, String)>,
+    /// Its body.
+    pub body: Vec<u8>,
+    /// When it was published, ms since the epoch.
+    pub published_at_ms: u64,
+    /// Not delivered before this, ms since the epoch.
+    pub not_before_ms: u64,
+    /// The groups that receive it (resolved from the subscriptions when
+    /// the request commits).
+    pub groups: Vec<String>,
+}
+
+/// One message handed to a group's handler.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// The group it is for.
+    pub group: String,
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its id.
+    pub id: String,
+    /// Its topic.
+    pub topic: String,
+    /// Its headers.
+    pub headers: Vec<(String, String)>,
+    /// Its body.
+    pub body: Vec<u8>,
+    /// When it was published.
+    pub published_at_ms: u64,
+    /// This delivery's attempt, 1-based.
+    pub attempt: u32,
+}
+
+/// A dead letter, as the admin API lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The message's sequence number (what replay names).
+    pub seq: u64,
+    /// Its id.
+    pub id: String,
+    /// Its topic.
+    pub topic: String,
+    /// Deliveries it had.
+    pub attempts: u32,
+    /// Why it is here.
+    pub reason: String,
+    /// The version that failed it last.
+    pub version: String,
+    /// When, ms since the epoch.
+    pub at_ms: u64,
+}
+
+/// Counts of one group.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GroupStats {
+    /// Messages waiting for a first or later delivery.
+    pub backlog: u64,
+    /// Messages leased to a handler now.
+    pub in_flight: u64,
+    /// Messages delivered more than once so far.
+    pub redelivering: u64,
+    /// Dead letters.
+    pub dead_letters: u64,
+}
+
+fn encode_headers(headers: &[(String, String)]) -> Vec<u8> {
+    serde_json::to_vec(headers).unwrap_or_default()
+}
+
+fn decode_headers(bytes: &[u8]) -> Vec<(String, String)> {
+    serde_json::from_slice(bytes).unwrap_or_default()
+}
+
+impl KvStore {
+    /// Writes a request's key-value writes and messages in one transaction.
+    pub fn commit_request(&self, writes: Option<&WriteSet>, messages: &[Outgoing]) -> Result<()> {
+        if messages.is_empty() {
+            return writes.map_or(Ok(()), |w| self.commit(w));
+        }
+        for m in messages {
+            if m.body.len() > MAX_MESSAGE_BYTES {
+                bail!("message larger than {MAX_MESSAGE_BYTES} bytes");
+            }
+        }
+        self.with_db(|db| {
+            let txn = db.begin_write()?;
+            if let Some(writes) = writes {
+                crate::kv::apply_writes(&txn, writes)?;
+            }
+            {
+                let mut meta = txn.open_table(META)?;
+                let mut log = txn.open_table(LOG)?;
+                let mut refs = txn.open_table(REFS)?;
+                let mut pending = txn.open_table(PENDING)?;
+                let mut seq = meta.get("seq")?.map_or(1, |v| v.value());
+                for m in messages.iter().filter(|m| !m.groups.is_empty()) {
+                    let headers = encode_headers(&m.headers);
+                    log.insert(
+                        seq,
+                        (
+                            m.id.as_str(),
+                            m.topic.as_str(),
+                            headers.as_slice(),
+                            m.body.as_slice(),
+                            m.published_at_ms,
+                        ),
+                    )?;
+                    refs.insert(seq, m.groups.len() as u32)?;
+                    for group in &m.groups {
+                        pending.insert((group.as_str(), seq), (0, m.not_before_ms, 0))?;
+                    }
+                    seq += 1;
+                }
+                meta.insert("seq", seq)?;
+            }
+            txn.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Leases up to `max` of `group`'s ready deliveries (not before and
+    /// lease both past at `now`) until `now + lease_ms`, oldest first.
+    pub fn claim(&self, group: &str, now: u64, max: usize, lease_ms: u64) -> Result<Vec<Delivery>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        self.with_db(|db| {
+            let txn = db.begin_write()?;
+            let mut out = Vec::new();
+            {
+                let mut pending = txn.open_table(PENDING)?;
+                let log = txn.open_table(LOG)?;
+                let mut ready = Vec::new();
+                for row in pending.range((group, 0)..=(group, u64::MAX))? {
+                    let (key, value) = row?;
+                    let (attempt, not_before, lease) = value.value();
+                    if not_before <= now && lease <= now {
+                        ready.push((key.value().1, attempt));
+                        if ready.len() == max {
+                            break;
+                        }
+                    }
+                }
+                for (seq, attempt) in ready {
+                    let Some(entry) = log.get(seq)? else {
+                        pending.remove((group, seq))?;
+                        continue;
+                    };
+                    let (id, topic, headers, body, published) = entry.value();
+                    out.push(Delivery {
+                        group: group.to_string(),
+                        seq,
+                        id: id.to_string(),
+                        topic: topic.to_string(),
+                        headers: decode_headers(headers),
+                        body: body.to_vec(),
+                        published_at_ms: published,
+                        attempt: attempt + 1,
+                    });
+                    pending.insert((group, seq), (attempt + 1, 0, now + lease_ms))?;
+                }
+            }
+            txn.commit()?;
+            Ok(out)
+        })
+    }
+
+    /// Extends the lease of a delivery still being handled.
+    pub fn extend_lease(&self, group: &str, seq: u64, until: u64) -> Result<()> {
+        self.with_db(|db| {
+            let txn = db.begin_write()?;
+            {
+                let mut pending = txn.open_table(PENDING)?;
+                let current = pending.get((group, seq))?.map(|v| v.value());
+                if let Some((attempt, not_before, _)) = current {
+                    pending.insert((group, seq), (attempt, not_before, until))?;
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Acknowledges a delivery: the group is done with the message.
+    pub fn ack(&self, group: &str, seq: u64) -> Result<()> {
+        self.with_db(|db| {
+            let txn = db.begin_write()?;
+            release(&txn, group, seq)?;
+            txn.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Schedules the next attempt of a delivery at `at`.
+    pub fn retry_at(&self, group: &str, seq: u64, at: u64) -> Result<()> {
+        self.with_db(|db| {
+            let txn = db.begin_write()?;
+            {
+                let mut pending = txn.open_table(PENDING)?;
+                let current = pending.get((group, seq))?.map(|v| v.value());
+                if let Some((attempt, _, _)) = current {
+                    pending.insert((group, seq), (attempt, at, 0))?;
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Moves a delivery to the group's dead letters, in one transaction.
+    pub fn dead_letter(
+        &self,
+        group: &str,
+        seq: u64,
+        attempts: u32,
+        reason: &str,
+        version: &str,
+        now: u64,
+    ) -> Result<()> {
+        self.with_db(|db| {
+            let txn = db.begin_write()?;
+            {
+                let mut pending = txn.open_table(PENDING)?;
+                pending.remove((group, seq))?;
+                let mut dead = txn.open_table(DEAD)?;
+                let reason = crate::files::clip(reason, 600);
+                dead.insert((group, seq), (attempts, reason.as_str(), version, now))?;
+            }
+            txn.commit()?;
+            Ok(())
+        })
+    }
+
+    /// The dead letters of `group`, oldest first, at most `limit`.
+    pub fn dead_letters(&self, group: &str, limit: usize) -> Result<Vec<DeadLetter>> {
+        self.with_db(|db| {
+            let txn = db.begin_read()?;
+            // No table yet: no dead letter was ever written.
+            let (Ok(dead), Ok(log)) = (txn.open_table(DEAD), txn.open_table(LOG)) else {
+                return Ok(Vec::new());
+            };
+            let mut out = Vec::new();
+            for row in dead.range((group, 0)..=(group, u64::MAX))?.take(limit) {
+                let (key, value) = row?;
+                let seq = key.value().1;
+                let (attempts, reason, version, at_ms) = value.value();
+                let (id, topic) = log.get(seq)?.map_or((String::new(), String::new()), |e| {
+                    let v = e.value();
+                    (v.0.to_string(), v.1.to_string())
+                });
+                out.push(DeadLetter {
+                    seq,
+                    id,
+                    topic,
+                    attempts,
+                    reason: reason.to_string(),
+                    version: version.to_string(),
+                    at_ms,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Puts dead letters of `group` back for delivery, with attempt 1
+    /// again: the ones named by `seqs`, or all. Returns how many.
+    pub fn replay(&self, group: &str, seqs: Option<&[u64]>, now: u64) -> Result<u64> {
+        self.with_db(|db| {
+            let txn = db.begin_write()?;
+            let mut n = 0;
+            {
+                let mut dead = txn.open_table(DEAD)?;
+                let mut pending = txn.open_table(PENDING)?;
+                let chosen: Vec<u64> = match seqs {
+                    Some(seqs) => seqs.to_vec(),
+                    None => dead
+                        .range((group, 0)..=(group, u64::MAX))?
+                        .map(|r| r.map(|(k, _)| k.value().1))
+                        .collect::<Result<_, _>>()?,
+                };
+                for seq in chosen {
+                    if dead.remove((group, seq))?.is_some() {
+                        pending.insert((group, seq), (0, now, 0))?;
+                        n += 1;
+                    }
+                }
+            }
+            txn.commit()?;
+            Ok(n)
+        })
+    }
+
+    /// Deletes the dead letters of `group`. Returns how many.
+    pub fn purge(&self, group: &str) -> Result<u64> {
+        self.with_db(|db| {
+            let txn = db.begin_write()?;
+            let seqs: Vec<u64> = {
+                let dead = txn.open_table(DEAD)?;
+                dead.range((group, 0)..=(group, u64::MAX))?
+                    .map(|r| r.map(|(k, _)| k.value().1))
+                    .collect::<Result<_, _>>()?
+            };
+            {
+                let mut dead = txn.open_table(DEAD)?;
+                for seq in &seqs {
+                    dead.remove((group, *seq))?;
+                }
+            }
+            for seq in &seqs {
+                unref(&txn, *seq)?;
+            }
+            txn.commit()?;
+            Ok(seqs.len() as u64)
+        })
+    }
+
+    /// The counts of `group` at `now`.
+    pub fn group_stats(&self, group: &str, now: u64) -> Result<GroupStats> {
+        self.with_db(|db| {
+            let txn = db.begin_read()?;
+            let mut stats = GroupStats::default();
+            if let Ok(pending) = txn.open_table(PENDING) {
+                for row in pending.range((group, 0)..=(group, u64::MAX))? {
+                    let (_, value) = row?;
+                    let (attempt, _, lease) = value.value();
+                    if lease > now {
+                        stats.in_flight += 1;
+                    } else {
+                        stats.backlog += 1;
+                    }
+                    if attempt > 1 || (attempt == 1 && lease <= now) {
+                        stats.redelivering += 1;
+                    }
+                }
+            }
+            if let Ok(dead) = txn.open_table(DEAD) {
+                stats.dead_letters = dead.range((group, 0)..=(group, u64::MAX))?.count() as u64;
+            }
+            Ok(stats)
+        })
+    }
+}
+
+/// Removes `group`'s pending row of `seq` and drops its reference.
+fn release(txn: &redb::WriteTransaction, group: &str, seq: u64) -> Result<()> {
+    let removed = txn.open_table(PENDING)?.remove((group, seq))?.is_some();
+    if removed {
+        unref(txn, seq)?;
+    }
+    Ok(())
+}
+
+/// Drops one reference to message `seq`, deleting it after the last.
+fn unref(txn: &redb::WriteTransaction, seq: u64) -> Result<()> {
+    let mut refs = txn.open_table(REFS)?;
+    let left = refs
+        .get(seq)?
+        .map(|v| v.value())
+        .context("message without a reference count")?
+        .saturating_sub(1);
+    if left == 0 {
+        refs.remove(seq)?;
+        txn.open_table(LOG)?.remove(seq)?;
+    } else {
+        refs.insert(seq, left)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, KvStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = KvStore::open(&dir.path().join("kv.redb")).unwrap();
+        (dir, kv)
+    }
+
+    fn message(id: &str, groups: &[&str], not_before: u64) -> Outgoing {
+        Outgoing {
+            id: id.into(),
+            topic: "orders.created".into(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: id.as_bytes().to_vec(),
+            published_at_ms: 1,
+            not_before_ms: not_before,
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn each_group_gets_each_message_and_an_ack_is_final() {
+        let (_d, kv) = store();
+        kv.commit_request(
+            None,
+            &[message("a", &["g1", "g2"], 0), message("b", &["g1"], 0)],
+        )
+        .unwrap();
+        let first = kv.claim("g1", 10, 16, 1000).unwrap();
+        assert_eq!(
+            first.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert_eq!(first[0].attempt, 1);
+        assert_eq!(first[0].headers[0].0, "content-type");
+        // Leased: not handed out again until the lease ends.
+        assert!(kv.claim("g1", 500, 16, 1000).unwrap().is_empty());
+        kv.ack("g1", first[0].seq).unwrap();
+        // The lease of "b" expires (a crash): it comes back as attempt 2.
+        let again = kv.claim("g1", 1011, 16, 1000).unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!((again[0].id.as_str(), again[0].attempt), ("b", 2));
+        // g2 still has "a" although g1 acknowledged it.
+        let g2 = kv.claim("g2", 10, 16, 1000).unwrap();
+        assert_eq!(g2.len(), 1);
+        kv.ack("g2", g2[0].seq).unwrap();
+        kv.ack("g1", again[0].seq).unwrap();
+        assert_eq!(kv.group_stats("g1", 2000).unwrap(), GroupStats::default());
+    }
+
+    #[test]
+    fn retries_wait_and_dead_letters_can_be_replayed_or_purged() {
+        let (_d, kv) = store();
+        assert!(kv.dead_letters("g", 10).unwrap().is_empty());
+        kv.commit_request(None, &[message("a", &["g"], 0)]).unwrap();
+        let d = kv.claim("g", 0, 1, 100).unwrap().remove(0);
+        kv.retry_at("g", d.seq, 5_000).unwrap();
+        assert!(kv.claim("g", 4_999, 1, 100).unwrap().is_empty());
+        let d = kv.claim("g", 5_000, 1, 100).unwrap().remove(0);
+        assert_eq!(d.attempt, 2);
+        kv.dead_letter("g", d.seq, 2, "rejected: bad order", "1.0.0", 6_000)
+            .unwrap();
+        assert!(kv.claim("g", 99_999, 1, 100).unwrap().is_empty());
+        let dead = kv.dead_letters("g", 10).unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!((dead[0].attempts, dead[0].id.as_str()), (2, "a"));
+        assert_eq!(kv.group_stats("g", 7_000).unwrap().dead_letters, 1);
+        assert_eq!(kv.replay("g", None, 7_000).unwrap(), 1);
+        let d = kv.claim("g", 7_000, 1, 100).unwrap().remove(0);
+        assert_eq!(d.attempt, 1, "a replay starts again at attempt 1");
+        kv.dead_letter("g", d.seq, 1, "again", "1.0.0", 8_000)
+            .unwrap();
+        assert_eq!(kv.purge("g").unwrap(), 1);
+        assert!(kv.dead_letters("g", 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_delayed_message_waits_and_a_request_commits_its_writes_with_its_messages() {
+        let (_d, kv) = store();
+        let ns = crate::kv::Namespace::new("s", "b").unwrap();
+        let mut writes = WriteSet::default();
+        writes.set(&ns, "k", b"v".to_vec()).unwrap();
+        kv.commit_request(Some(&writes), &[message("a", &["g"], 3_000)])
+            .unwrap();
+        assert_eq!(kv.get(&ns, "k").unwrap().as_deref(), Some(&b"v"[..]));
+        assert!(kv.claim("g", 2_999, 1, 100).unwrap().is_empty());
+        assert_eq!(kv.claim("g", 3_000, 1, 100).unwrap().len(), 1);
+        let big = Outgoing {
+            body: vec![0; MAX_MESSAGE_BYTES + 1],
+            ..message("b", &["g"], 0)
+        };
+        assert!(kv.commit_request(None, &[big]).is_err());
+    }
+}
