@@ -41,6 +41,8 @@ pub struct Dispatcher {
     calls: Arc<dyn Calls>,
     /// Where the request path reports the versions it ejects.
     ejections: tokio::sync::mpsc::UnboundedSender<EjectionNotice>,
+    /// Notified when a request stored messages.
+    published: tokio::sync::Notify,
     /// The other end, until the control plane takes it.
     ejected: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<EjectionNotice>>>,
 }
@@ -56,6 +58,7 @@ impl Dispatcher {
             kv,
             calls: Arc::new(DispatchCalls(me.clone())),
             ejections,
+            published: tokio::sync::Notify::new(),
             ejected: std::sync::Mutex::new(Some(ejected)),
         })
     }
@@ -500,23 +503,14 @@ impl Dispatcher {
             Ok(Err(failure)) => Err(fail(failure.explained(memory_exhausted, limits))),
             Err(_) => Err(fail(Failure::Timeout(timeout))),
         };
-        // Writes held back by `transactional-kv` commit with the answer and
-        // are dropped with a failure.
+        // Writes held back by `transactional-kv` and published messages
+        // commit with the answer, together, and are dropped with a failure.
         if result.is_ok() {
-            if let Some(pending) = store.data_mut().pending.take().filter(|p| !p.is_empty()) {
-                let kv = self.kv.clone();
-                let committed = tokio::task::spawn_blocking(move || kv.commit(&pending)).await;
-                let error = match committed {
-                    Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some(format!("{e:#}")),
-                    Err(e) => Some(e.to_string()),
-                };
-                if let Some(error) = error {
-                    keep = None;
-                    result = Err(fail(Failure::Internal(format!(
-                        "its key-value writes could not be committed: {error}"
-                    ))));
-                }
+            if let Err(error) = self.commit_outcome(store.data_mut()).await {
+                keep = None;
+                result = Err(fail(Failure::Internal(format!(
+                    "its key-value writes and messages could not be committed: {error}"
+                ))));
             }
         }
         let touched = store.data().touched();
@@ -546,6 +540,44 @@ impl Dispatcher {
             failed,
             touched,
         }
+    }
+}
+
+impl Dispatcher {
+    /// Stores what a request that answered left in `state`: its held
+    /// key-value writes and its messages (each to the groups subscribed to
+    /// its topic now), in one transaction; then wakes the delivery loop.
+    pub(crate) async fn commit_outcome(&self, state: &mut HostState) -> Result<(), String> {
+        let pending = state.pending.take().filter(|p| !p.is_empty());
+        let mut outbox = std::mem::take(&mut state.outbox);
+        if pending.is_none() && outbox.is_empty() {
+            return Ok(());
+        }
+        if !outbox.is_empty() {
+            let snapshot = self.snapshot.load();
+            for message in &mut outbox {
+                message.groups = snapshot.registry.groups_for(&message.topic);
+            }
+        }
+        let kv = self.kv.clone();
+        let published = !outbox.is_empty();
+        let committed =
+            tokio::task::spawn_blocking(move || kv.commit_request(pending.as_ref(), &outbox)).await;
+        match committed {
+            Ok(Ok(())) => {
+                if published {
+                    self.published.notify_waiters();
+                }
+                Ok(())
+            }
+            Ok(Err(e)) => Err(format!("{e:#}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Woken whenever messages were stored (the delivery loop waits on it).
+    pub fn published(&self) -> &tokio::sync::Notify {
+        &self.published
     }
 }
 

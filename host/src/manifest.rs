@@ -7,7 +7,7 @@
 //! naming the file, and nothing later parses its strings again.
 
 use crate::config::{format_size, Limits};
-use crate::spec::{HostPattern, Route, ServiceName, Size, Sticky, Weights};
+use crate::spec::{HostPattern, Route, ServiceName, Size, Sticky, TopicPattern, Weights};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -116,6 +116,9 @@ pub struct Grants {
     /// IP (or `localhost`) is listed itself.
     #[serde(default)]
     pub http: Vec<HostPattern>,
+    /// Topics the service may publish on (`orders.*`, `orders.>`).
+    #[serde(default)]
+    pub publish: Vec<TopicPattern>,
     /// Environment variables the service sees.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -221,6 +224,108 @@ pub struct Manifest {
     /// Retries, fallback to the stable version, ejection, budgets.
     #[serde(default)]
     pub resilience: crate::resilience::ResiliencePolicy,
+    /// Topics the service consumes (`[[subscribe]]` tables).
+    #[serde(default)]
+    pub subscribe: Vec<Subscription>,
+}
+
+/// One `[[subscribe]]` table: a topic the service consumes, and how.
+///
+/// ```toml
+/// [[subscribe]]
+/// topic = "orders.created"      # or a pattern: orders.*, orders.>
+/// group = "notify"              # competing consumers; default: the service name
+/// max-deliver = 5               # deliveries before a dead letter
+/// ack-wait = "35s"              # lease of one delivery; default: timeout + 5s
+/// backoff = ["1s", "5s", "30s", "2m"]   # before attempt 2, 3…; the last repeats
+/// max-in-flight = 16            # deliveries handled at once
+/// dead-letter = true            # false: a message past max-deliver is dropped
+/// ```
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Subscription {
+    /// The topic or pattern.
+    pub topic: TopicPattern,
+    /// The consumer group (default: the service name).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Deliveries of one message before it is dead-lettered.
+    #[serde(default = "default_max_deliver")]
+    pub max_deliver: u32,
+    /// How long one delivery is leased (default: the service's timeout + 5 s).
+    #[serde(default, with = "humantime_serde")]
+    pub ack_wait: Option<Duration>,
+    /// Waits before the second, third… attempt (±20% jitter); the last repeats.
+    #[serde(default = "default_backoff")]
+    pub backoff: Vec<humantime_serde::Serde<Duration>>,
+    /// Deliveries of this subscription handled at once.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u32,
+    /// Whether a message past `max-deliver` (or rejected) is kept as a dead letter.
+    #[serde(default = "default_true")]
+    pub dead_letter: bool,
+}
+
+/// Default deliveries before a dead letter.
+pub const DEFAULT_MAX_DELIVER: u32 = 5;
+/// Default deliveries handled at once per subscription.
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 16;
+/// Default waits before the 2nd, 3rd, 4th and later attempts.
+pub const DEFAULT_BACKOFF: [Duration; 4] = [
+    Duration::from_secs(1),
+    Duration::from_secs(5),
+    Duration::from_secs(30),
+    Duration::from_secs(120),
+];
+
+fn default_max_deliver() -> u32 {
+    DEFAULT_MAX_DELIVER
+}
+fn default_max_in_flight() -> u32 {
+    DEFAULT_MAX_IN_FLIGHT
+}
+fn default_backoff() -> Vec<humantime_serde::Serde<Duration>> {
+    DEFAULT_BACKOFF.iter().map(|d| (*d).into()).collect()
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Subscription {
+    /// The group's name: `group`, or the service's.
+    pub fn group_name<'a>(&'a self, service: &'a str) -> &'a str {
+        self.group.as_deref().unwrap_or(service)
+    }
+
+    /// The wait before attempt `next` (2 for the first retry), before jitter.
+    pub fn backoff_before(&self, next: u32) -> Duration {
+        let i = (next.saturating_sub(2) as usize).min(self.backoff.len().saturating_sub(1));
+        self.backoff.get(i).map_or(Duration::from_secs(1), |d| **d)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        let group_ok = self.group.as_deref().is_none_or(|g| {
+            !g.is_empty()
+                && g.len() <= 64
+                && g.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
+        if !group_ok {
+            return Err("`subscribe.group` must be 1 to 64 letters, digits, `-` or `_`".into());
+        }
+        if !(1..=100).contains(&self.max_deliver) {
+            return Err("`subscribe.max-deliver` must be between 1 and 100".into());
+        }
+        if !(1..=1024).contains(&self.max_in_flight) {
+            return Err("`subscribe.max-in-flight` must be between 1 and 1024".into());
+        }
+        if self.backoff.is_empty() || self.backoff.iter().any(|d| d.is_zero()) {
+            return Err("`subscribe.backoff` must list at least one wait above zero".into());
+        }
+        if self.ack_wait.is_some_and(|d| d < Duration::from_secs(1)) {
+            return Err("`subscribe.ack-wait` must be at least 1s".into());
+        }
+        Ok(())
+    }
 }
 
 /// How a newly arrived version is released.
@@ -302,6 +407,11 @@ impl Manifest {
             || manifest.max_p99_ratio < 1.0
         {
             bail!("invalid manifest {origin}: `step-interval-secs` must be > 0, `max-error-rate` >= 0 and `max-p99-ratio` >= 1");
+        }
+        for sub in &manifest.subscribe {
+            sub.validate().map_err(|e| {
+                anyhow::anyhow!("invalid manifest {origin}: {e} (subscription to `{}`)", sub.topic)
+            })?;
         }
         manifest
             .resilience

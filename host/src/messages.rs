@@ -110,6 +110,13 @@ pub struct GroupStats {
     pub dead_letters: u64,
 }
 
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 fn encode_headers(headers: &[(String, String)]) -> Vec<u8> {
     serde_json::to_vec(headers).unwrap_or_default()
 }

@@ -423,6 +423,30 @@ impl Registry {
         }
     }
 
+    /// The consumer groups a message on `topic` goes to: one per matching
+    /// `[[subscribe]]` of a loaded service, as `service/group`.
+    pub fn groups_for(&self, topic: &str) -> Vec<String> {
+        let mut groups: Vec<String> = self
+            .subscriptions()
+            .filter(|(_, sub)| sub.topic.matches(topic))
+            .map(|(service, sub)| group_key(service, sub.group_name(service)))
+            .collect();
+        groups.sort();
+        groups.dedup();
+        groups
+    }
+
+    /// Every subscription of a loaded service, with the service's name.
+    pub fn subscriptions(
+        &self,
+    ) -> impl Iterator<Item = (&str, &crate::manifest::Subscription)> + '_ {
+        self.services.keys().filter_map(move |name| {
+            let manifest = self.manifests.get(name)?;
+            Some(manifest.subscribe.iter().map(move |s| (name.as_str(), s)))
+        })
+        .flatten()
+    }
+
     /// The version loaded from `file`, if any.
     pub fn version_from(&self, file: &std::path::Path) -> Option<Arc<Version>> {
         self.services
@@ -673,4 +697,9 @@ mod tests {
             });
         assert!(refused.is_empty() && errors.is_empty());
     }
+}
+
+/// The key of a consumer group in the message log: `service/group`.
+pub fn group_key(service: &str, group: &str) -> String {
+    format!("{service}/{group}")
 }

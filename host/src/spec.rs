@@ -458,6 +458,79 @@ pub fn is_internal(ip: IpAddr) -> bool {
 /// through the release policy, if `[grants] services` lists it.
 pub const INTERNAL_DOMAIN: &str = ".internal";
 
+/// A topic, or a pattern of topics: dot-separated segments of letters,
+/// digits, `-` and `_`; in a pattern a segment `*` matches any one segment
+/// and a last segment `>` matches one or more (NATS subjects).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub struct TopicPattern(String);
+
+/// Longest topic name, in bytes.
+pub const MAX_TOPIC_LEN: usize = 255;
+
+impl TopicPattern {
+    /// Parses a topic or pattern.
+    pub fn parse(text: &str) -> Result<Self> {
+        check_topic(text, true)?;
+        Ok(Self(text.to_string()))
+    }
+
+    /// Whether `topic` (a concrete topic) matches.
+    pub fn matches(&self, topic: &str) -> bool {
+        let mut want = self.0.split('.');
+        let mut have = topic.split('.');
+        loop {
+            match (want.next(), have.next()) {
+                (Some(">"), Some(_)) => return true,
+                (Some("*"), Some(_)) => {}
+                (Some(w), Some(h)) if w == h => {}
+                (None, None) => return true,
+                _ => return false,
+            }
+        }
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for TopicPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for TopicPattern {
+    type Error = anyhow::Error;
+    fn try_from(s: String) -> Result<Self> {
+        Self::parse(&s)
+    }
+}
+
+/// Checks a topic (`pattern`: wildcards allowed); the error says what is wrong.
+pub fn check_topic(text: &str, pattern: bool) -> Result<()> {
+    if text.is_empty() || text.len() > MAX_TOPIC_LEN {
+        bail!("a topic must be 1 to {MAX_TOPIC_LEN} bytes");
+    }
+    let segments: Vec<&str> = text.split('.').collect();
+    for (i, segment) in segments.iter().enumerate() {
+        let wildcard = *segment == "*" || (*segment == ">" && i + 1 == segments.len());
+        if pattern && wildcard {
+            continue;
+        }
+        let valid = !segment.is_empty()
+            && segment
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid {
+            bail!("`{text}` is not a topic: segments between dots are letters, digits, `-` and `_`{}", if pattern { " (or `*`, and `>` last)" } else { "" });
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

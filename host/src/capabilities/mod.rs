@@ -18,6 +18,7 @@ pub mod calls;
 pub mod config;
 pub mod keyvalue;
 pub mod logging;
+pub mod messaging;
 pub mod outbound;
 pub mod services;
 pub mod stdio;
@@ -67,6 +68,8 @@ pub struct HostState {
     /// Key-value writes held until the request answers, when the service
     /// has `transactional-kv` (see [`crate::kv::WriteSet`]).
     pub(crate) pending: Option<crate::kv::WriteSet>,
+    /// Messages published by this request, stored with its outcome.
+    pub(crate) outbox: Vec<crate::messages::Outgoing>,
 }
 
 /// The lane a store holds while it runs guest code, if any.
@@ -146,6 +149,7 @@ impl HostState {
             lane: Default::default(),
             touched: false,
             pending: transactional.then(Default::default),
+            outbox: Vec::new(),
         })
     }
 
@@ -157,6 +161,7 @@ impl HostState {
         self.limiter.memory_exhausted = false;
         self.touched = false;
         self.outbound.touched = false;
+        self.outbox.clear();
         if let Some(pending) = &mut self.pending {
             *pending = Default::default();
         }
@@ -251,5 +256,10 @@ pub fn linker(engine: &Engine) -> Result<Linker<HostState>> {
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     Service::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    // Contract 0.2.0: its own `services` and `messaging`, and its types
+    // interface (records shared with 0.1.0).
+    use crate::bindings::v2::wasmhost::plugin as v2;
+    v2::services::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    v2::messaging::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     Ok(linker)
 }
