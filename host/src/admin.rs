@@ -41,7 +41,8 @@ struct Admin {
 }
 
 /// The admin app; every route requires `token`.
-pub fn app(control: Arc<Control>, token: &str) -> axum::Router {
+pub fn app(control: Arc<Control>, kv: crate::kv::KvStore, token: &str) -> axum::Router {
+    let topics = crate::topics_api::routes(control.clone(), kv);
     let state = Admin {
         control,
         token: token.into(),
@@ -56,11 +57,9 @@ pub fn app(control: Arc<Control>, token: &str) -> axum::Router {
         .route("/admin/services/{name}/resume", post(resume))
         .route("/admin/drain", post(drain))
         .route("/metrics", get(metrics))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            authorize,
-        ))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(topics)
+        .layer(axum::middleware::from_fn_with_state(state, authorize))
 }
 
 async fn authorize(State(admin): State<Admin>, req: Request, next: Next) -> Response {

@@ -544,6 +544,108 @@ impl Dispatcher {
 }
 
 impl Dispatcher {
+    /// The version of `service` a message goes to (release policy, an
+    /// ejected version's share to the stable one), and the stable version.
+    pub fn pick_for_message(
+        &self,
+        service: &str,
+        headers: &[(String, String)],
+    ) -> Option<(Arc<Version>, Option<Arc<Version>>)> {
+        let snapshot = self.snapshot();
+        let entry = snapshot.registry.service(service)?;
+        let (version, _) = entry.pick(headers, fastrand::u64(..), Pins::Ignored)?;
+        let stable = entry.stable().cloned();
+        let version = match (&stable, version.outlier.is_serving()) {
+            (Some(stable), false) => stable.clone(),
+            _ => version.clone(),
+        };
+        Some((version, stable))
+    }
+}
+
+/// How a subscriber's handler took one delivery.
+#[derive(Debug)]
+pub enum Delivered {
+    /// Handled: acknowledged (its own writes and messages are stored).
+    Ack,
+    /// It asked for another attempt, after this many ms if given.
+    Retry(Option<u32>),
+    /// It refused the message for good.
+    Reject(String),
+    /// It trapped, hit a limit or timed out (counts as a retry).
+    Failed(DispatchError),
+}
+
+impl Dispatcher {
+    /// Hands `msg` to the subscriber of `version` in a fresh instance,
+    /// within the service's limits; counted in the version's metrics like
+    /// a request (ack 200, reject 400, retry 503, failure 5xx), so canary
+    /// analysis sees deliveries too.
+    pub async fn deliver(
+        self: &Arc<Self>,
+        version: &Arc<Version>,
+        msg: &crate::bindings::v2::wasmhost::plugin::messaging::Message,
+    ) -> Delivered {
+        use crate::bindings::v2::exports::wasmhost::plugin::subscriber::Failure as Refusal;
+        let fail = |failure| Delivered::Failed(DispatchError::failed(version, failure));
+        let Pre::Plugin(plugin) = &version.pre else {
+            return fail(Failure::Internal(
+                "the version exports no subscriber".into(),
+            ));
+        };
+        let Some(indices) = &plugin.subscriber else {
+            return fail(Failure::Internal(
+                "the version exports no subscriber".into(),
+            ));
+        };
+        let limits = &version.sandbox.limits;
+        let started = std::time::Instant::now();
+        let in_flight = version.metrics.start();
+        let mut store = match self.new_store(version, 0, Arc::from(msg.id.as_str())) {
+            Ok(store) => store,
+            Err(failure) => {
+                in_flight.finish(500, false, started.elapsed());
+                return fail(failure);
+            }
+        };
+        let call = async {
+            let instance = plugin
+                .pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| classify(e, limits))?;
+            let guest = indices
+                .load(&mut store, &instance)
+                .map_err(|e| classify(e, limits))?;
+            guest
+                .call_handle(&mut store, msg)
+                .await
+                .map_err(|e| classify(e, limits))
+        };
+        let outcome = tokio::time::timeout(limits.timeout, call).await;
+        let memory_exhausted = store.data().limiter.memory_exhausted;
+        let delivered = match outcome {
+            Ok(Ok(Ok(()))) => match self.commit_outcome(store.data_mut()).await {
+                Ok(()) => Delivered::Ack,
+                Err(error) => fail(Failure::Internal(format!(
+                    "its key-value writes and messages could not be committed: {error}"
+                ))),
+            },
+            Ok(Ok(Err(Refusal::Retry(delay)))) => Delivered::Retry(delay),
+            Ok(Ok(Err(Refusal::Reject(reason)))) => Delivered::Reject(reason),
+            Ok(Err(failure)) => fail(failure.explained(memory_exhausted, limits)),
+            Err(_) => fail(Failure::Timeout(limits.timeout)),
+        };
+        let (status, trapped) = match &delivered {
+            Delivered::Ack => (200, false),
+            Delivered::Reject(_) => (400, false),
+            Delivered::Retry(_) => (503, false),
+            Delivered::Failed(e) => e.outcome(),
+        };
+        in_flight.finish(status, trapped, started.elapsed());
+        delivered
+    }
+
     /// Stores what a request that answered left in `state`: its held
     /// key-value writes and its messages (each to the groups subscribed to
     /// its topic now), in one transaction; then wakes the delivery loop.

@@ -269,30 +269,6 @@ impl IdleInstances {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ticks_round_down_but_never_to_zero() {
-        assert_eq!(ticks(Duration::from_secs(1)), 100);
-        assert_eq!(ticks(Duration::from_millis(1)), 1);
-    }
-
-    #[test]
-    fn a_refused_allocation_is_reported_as_out_of_memory() {
-        let limits = Limits::default();
-        let trap = Failure::Trap("unreachable".into());
-        assert!(matches!(
-            trap.explained(true, &limits),
-            Failure::OutOfMemory(_)
-        ));
-        let trap = Failure::Trap("unreachable".into());
-        assert!(matches!(trap.explained(false, &limits), Failure::Trap(_)));
-        assert_eq!(Failure::CpuTime(limits.cpu_time).limit(), Some("cpu-time"));
-    }
-}
-
 /// An instantiated service, by contract version: what `handle` is called on.
 pub enum Handler {
     /// `wasmhost:plugin@0.1.0`.
@@ -317,5 +293,29 @@ impl Handler {
             }
             Handler::V2(handler) => handler.call_handle(store, req).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_round_down_but_never_to_zero() {
+        assert_eq!(ticks(Duration::from_secs(1)), 100);
+        assert_eq!(ticks(Duration::from_millis(1)), 1);
+    }
+
+    #[test]
+    fn a_refused_allocation_is_reported_as_out_of_memory() {
+        let limits = Limits::default();
+        let trap = Failure::Trap("unreachable".into());
+        assert!(matches!(
+            trap.explained(true, &limits),
+            Failure::OutOfMemory(_)
+        ));
+        let trap = Failure::Trap("unreachable".into());
+        assert!(matches!(trap.explained(false, &limits), Failure::Trap(_)));
+        assert_eq!(Failure::CpuTime(limits.cpu_time).limit(), Some("cpu-time"));
     }
 }

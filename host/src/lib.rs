@@ -30,6 +30,7 @@ pub mod client;
 pub mod config;
 pub mod contract;
 pub mod control;
+pub mod delivery;
 pub mod dispatch;
 pub mod ejections;
 pub mod engine;
@@ -56,6 +57,7 @@ pub mod server;
 pub mod shutdown;
 pub mod spec;
 pub mod status;
+pub mod topics_api;
 pub mod views;
 pub mod watcher;
 
@@ -107,6 +109,7 @@ pub async fn run(
     let host = Host::builder().config(config).build()?;
     let token = admin::token(host.state_dir())?;
     let analyst = tokio::spawn(canary::analyst(host.control().clone()));
+    let delivery = tokio::spawn(delivery::run(host.dispatcher().clone()));
     let ejections = host
         .dispatcher()
         .take_ejections()
@@ -160,6 +163,7 @@ pub async fn run(
     server::serve(listener, host.front(), http, stop, DRAIN_TIMEOUT).await?;
     admin_task.abort();
     analyst.abort();
+    delivery.abort();
     if let Some(task) = ejections {
         task.abort();
     }

@@ -504,6 +504,13 @@ impl Loader {
             service: name.service.as_str().into(),
             version: version.as_str().into(),
         };
+        let subscriber = matches!(&pre, Pre::Plugin(p) if p.subscriber.is_some());
+        if sandbox.subscribes && !subscriber {
+            bail!(
+                "{}.toml subscribes to topics, but this component exports no `wasmhost:plugin/subscriber@0.2.0` (build it for the `subscriber-service` world of wit/v0.2)",
+                id.service
+            );
+        }
         self.trial(&pre, id, &sandbox)?;
         Ok(Arc::new(Version {
             service: name.service.into(),

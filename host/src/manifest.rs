@@ -307,7 +307,8 @@ impl Subscription {
         let group_ok = self.group.as_deref().is_none_or(|g| {
             !g.is_empty()
                 && g.len() <= 64
-                && g.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                && g.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         });
         if !group_ok {
             return Err("`subscribe.group` must be 1 to 64 letters, digits, `-` or `_`".into());
@@ -410,7 +411,10 @@ impl Manifest {
         }
         for sub in &manifest.subscribe {
             sub.validate().map_err(|e| {
-                anyhow::anyhow!("invalid manifest {origin}: {e} (subscription to `{}`)", sub.topic)
+                anyhow::anyhow!(
+                    "invalid manifest {origin}: {e} (subscription to `{}`)",
+                    sub.topic
+                )
             })?;
         }
         manifest

@@ -23,8 +23,10 @@ use anyhow::{bail, Context, Result};
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-/// Messages: seq → (id, topic, headers as JSON, body, published-at ms).
-const LOG: TableDefinition<u64, (&str, &str, &[u8], &[u8], u64)> = TableDefinition::new("msg_log");
+/// One stored message: (id, topic, headers as JSON, body, published-at ms).
+type Stored<'a> = (&'a str, &'a str, &'a [u8], &'a [u8], u64);
+/// Messages: seq → the message.
+const LOG: TableDefinition<u64, Stored> = TableDefinition::new("msg_log");
 /// How many groups still hold each message: seq → count.
 const REFS: TableDefinition<u64, u32> = TableDefinition::new("msg_refs");
 /// The next sequence number: "seq" → u64.

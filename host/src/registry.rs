@@ -440,11 +440,13 @@ impl Registry {
     pub fn subscriptions(
         &self,
     ) -> impl Iterator<Item = (&str, &crate::manifest::Subscription)> + '_ {
-        self.services.keys().filter_map(move |name| {
-            let manifest = self.manifests.get(name)?;
-            Some(manifest.subscribe.iter().map(move |s| (name.as_str(), s)))
-        })
-        .flatten()
+        self.services
+            .keys()
+            .filter_map(move |name| {
+                let manifest = self.manifests.get(name)?;
+                Some(manifest.subscribe.iter().map(move |s| (name.as_str(), s)))
+            })
+            .flatten()
     }
 
     /// The version loaded from `file`, if any.
@@ -647,6 +649,11 @@ fn policy_for(
     policy
 }
 
+/// The key of a consumer group in the message log: `service/group`.
+pub fn group_key(service: &str, group: &str) -> String {
+    format!("{service}/{group}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -697,9 +704,4 @@ mod tests {
             });
         assert!(refused.is_empty() && errors.is_empty());
     }
-}
-
-/// The key of a consumer group in the message log: `service/group`.
-pub fn group_key(service: &str, group: &str) -> String {
-    format!("{service}/{group}")
 }

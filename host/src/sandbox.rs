@@ -30,6 +30,9 @@ pub struct Sandbox {
     /// Retries, fallback and ejection, and whether key-value writes wait
     /// for the response (`[resilience]`).
     pub resilience: crate::resilience::ResiliencePolicy,
+    /// Whether the manifest subscribes to topics (the component must then
+    /// export `subscriber`).
+    pub subscribes: bool,
 }
 
 impl PartialEq for Sandbox {
@@ -39,6 +42,7 @@ impl PartialEq for Sandbox {
             && self.grants == other.grants
             && self.dir == other.dir
             && self.resilience == other.resilience
+            && self.subscribes == other.subscribes
     }
 }
 
@@ -51,6 +55,7 @@ impl Default for Sandbox {
             http: Arc::from(Vec::new()),
             dir: None,
             resilience: Default::default(),
+            subscribes: false,
         }
     }
 }
@@ -92,6 +97,7 @@ impl Sandbox {
             http: http.into(),
             dir,
             resilience: manifest.resilience.clone(),
+            subscribes: !manifest.subscribe.is_empty(),
         })
     }
 

@@ -525,7 +525,14 @@ pub fn check_topic(text: &str, pattern: bool) -> Result<()> {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !valid {
-            bail!("`{text}` is not a topic: segments between dots are letters, digits, `-` and `_`{}", if pattern { " (or `*`, and `>` last)" } else { "" });
+            bail!(
+                "`{text}` is not a topic: segments between dots are letters, digits, `-` and `_`{}",
+                if pattern {
+                    " (or `*`, and `>` last)"
+                } else {
+                    ""
+                }
+            );
         }
     }
     Ok(())

@@ -28,13 +28,23 @@ impl Host for HostState {
         if let Err(e) = check_topic(&topic, false) {
             return Ok(Err(Error::Denied(format!("{e:#}"))));
         }
-        if !self.sandbox.grants.publish.iter().any(|p| p.matches(&topic)) {
+        if !self
+            .sandbox
+            .grants
+            .publish
+            .iter()
+            .any(|p| p.matches(&topic))
+        {
             tracing::warn!(%service, version = %self.id.version, %topic, "publish refused: not granted");
             return Ok(Err(Error::Denied(format!(
                 "publishing on `{topic}` is not granted to `{service}` (add it to [grants] publish in {service}.toml)"
             ))));
         }
-        let size = body.len() + headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        let size = body.len()
+            + headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
         if size > MAX_MESSAGE_BYTES {
             return Ok(Err(Error::TooLarge(MAX_MESSAGE_BYTES as u32)));
         }
@@ -72,7 +82,8 @@ impl crate::bindings::v2::wasmhost::plugin::services::Host for HostState {
     > {
         use crate::bindings::v2::wasmhost::plugin::services::Error as V2;
         use crate::bindings::wasmhost::plugin::services::Error as V1;
-        let result = crate::bindings::wasmhost::plugin::services::Host::call(self, name, req).await?;
+        let result =
+            crate::bindings::wasmhost::plugin::services::Host::call(self, name, req).await?;
         Ok(result.map_err(|e| match e {
             V1::NotFound(m) => V2::NotFound(m),
             V1::Denied(m) => V2::Denied(m),

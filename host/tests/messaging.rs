@@ -1,0 +1,216 @@
+//! Messages between services through the real binary: a request's
+//! publishes are delivered at least once to every subscribing group, only
+//! if the request answered; retries follow the back-off; a message that
+//! keeps failing, or is rejected, lands in the dead letters, which can be
+//! replayed; a failing canary's deliveries are handled by the stable version.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+use wasmhost_test_support::{wait_until, Host, TestHost, FAULTY, FAULTY_BROKEN, PROBE};
+
+const MANIFEST: &str = r#"
+[grants]
+publish = ["jobs.>"]
+
+[[subscribe]]
+topic = "jobs.*"
+max-deliver = 3
+backoff = ["50ms", "100ms"]
+ack-wait = "5s"
+"#;
+
+fn host() -> TestHost {
+    TestHost::empty()
+        .add(FAULTY, "faulty@1.0.0.wasm")
+        .manifest("faulty", MANIFEST)
+        .start()
+}
+
+/// Publishes `body` on `topic` through the fixture; the message's id.
+fn publish(host: &Host, topic: &str, body: &str) -> String {
+    let reply = host.send("POST", &format!("/faulty/publish/{topic}"), body);
+    reply.expect_status(201);
+    reply.json()["id"].as_str().unwrap().to_string()
+}
+
+fn count(host: &Host, key: &str) -> u64 {
+    host.get(&format!("/faulty/count/{key}")).json()["value"]
+        .as_u64()
+        .unwrap()
+}
+
+fn until_count(host: &Host, key: &str, n: u64) {
+    wait_until(
+        &format!("{key} to reach {n}"),
+        Duration::from_secs(30),
+        || (count(host, key) >= n).then_some(()),
+    );
+}
+
+fn dead_letters(host: &Host) -> serde_json::Value {
+    host.admin(
+        "GET",
+        "/admin/groups/faulty/faulty/dead-letters",
+        None,
+        None,
+    )
+    .json()["dead_letters"]
+        .clone()
+}
+
+#[test]
+fn a_published_message_is_handled_once_with_attempt_one() {
+    let host = host();
+    let id = publish(&host, "jobs.email", "ok");
+    until_count(&host, &format!("handled:{id}"), 1);
+    assert_eq!(count(&host, &format!("attempt:{id}")), 1);
+    assert_eq!(count(&host, &format!("deliveries:{id}")), 1);
+    let topics = host.admin("GET", "/admin/topics", None, None).json();
+    let group = &topics["groups"][0];
+    assert_eq!(group["service"], "faulty");
+    assert_eq!(group["group"], "faulty");
+    assert_eq!(group["topic"], "jobs.*");
+}
+
+#[test]
+fn a_failing_message_is_retried_then_dead_lettered_and_can_be_replayed() {
+    let host = host();
+    // Fails twice, then succeeds: three deliveries, attempts 1, 2, 3.
+    let flaky = publish(&host, "jobs.a", "flaky:2");
+    until_count(&host, &format!("handled:{flaky}"), 1);
+    assert_eq!(count(&host, &format!("attempt:{flaky}")), 3);
+    assert_eq!(count(&host, &format!("deliveries:{flaky}")), 3);
+
+    // Always asks for a retry: exactly max-deliver (3), then a dead letter.
+    let stubborn = publish(&host, "jobs.b", "retry");
+    wait_until("a dead letter", Duration::from_secs(30), || {
+        let dead = dead_letters(&host);
+        (dead.as_array().unwrap().len() == 1).then_some(dead)
+    });
+    assert_eq!(count(&host, &format!("deliveries:{stubborn}")), 3);
+    let dead = dead_letters(&host);
+    assert_eq!(dead[0]["id"], stubborn.as_str());
+    assert_eq!(dead[0]["attempts"], 3);
+    assert_eq!(dead[0]["version"], "1.0.0");
+
+    // Rejected: one delivery, then the dead letters at once.
+    let rejected = publish(&host, "jobs.c", "reject");
+    wait_until("the rejected message", Duration::from_secs(30), || {
+        (dead_letters(&host).as_array().unwrap().len() == 2).then_some(())
+    });
+    assert_eq!(count(&host, &format!("deliveries:{rejected}")), 1);
+    let dead = dead_letters(&host);
+    let reason = dead[1]["reason"].as_str().unwrap();
+    assert!(reason.contains("faulty rejects this message"), "{reason}");
+
+    // Replay the first: one new delivery, attempt 1 again.
+    let seq = dead[0]["seq"].as_u64().unwrap();
+    let replay = host.admin(
+        "POST",
+        "/admin/groups/faulty/faulty/replay",
+        Some(serde_json::json!({ "seqs": [seq] })),
+        None,
+    );
+    assert_eq!(replay.json()["replayed"], 1);
+    until_count(&host, &format!("deliveries:{stubborn}"), 4);
+    // Purge what is left once the replayed one is back.
+    wait_until("the replayed message back", Duration::from_secs(30), || {
+        (dead_letters(&host).as_array().unwrap().len() == 2).then_some(())
+    });
+    let purged = host.admin(
+        "DELETE",
+        "/admin/groups/faulty/faulty/dead-letters",
+        None,
+        None,
+    );
+    assert_eq!(purged.json()["purged"], 2);
+    assert_eq!(dead_letters(&host).as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn a_request_that_fails_publishes_nothing() {
+    let host = host();
+    host.send("POST", "/faulty/publish-then-trap/jobs.x", "ok")
+        .expect_status(500);
+    let id = publish(&host, "jobs.y", "ok");
+    until_count(&host, &format!("handled:{id}"), 1);
+    assert_eq!(
+        count(&host, "deliveries"),
+        1,
+        "the trapped request's message was delivered"
+    );
+}
+
+#[test]
+fn publishing_needs_a_grant_and_a_bounded_size() {
+    let host = host();
+    let reply = host.send("POST", "/faulty/publish/other.topic", "ok");
+    reply.expect_status(400);
+    let error = reply.json()["error"].as_str().unwrap().to_string();
+    assert!(
+        error.contains("Denied") && error.contains("[grants] publish"),
+        "{error}"
+    );
+    let big = vec![b'x'; 1024 * 1024 + 1];
+    let reply = host.send("POST", "/faulty/publish/jobs.big", big);
+    // The host's request-body limit (1 MiB) refuses it before the guest.
+    assert_eq!(reply.status, 413);
+}
+
+#[test]
+fn a_subscription_needs_a_subscriber() {
+    // The probe is a 0.1.0 component: it has no subscriber export.
+    let host = TestHost::empty()
+        .add(PROBE, "probe@0.1.0.wasm")
+        .add(FAULTY, "faulty@1.0.0.wasm")
+        .manifest("probe", "[[subscribe]]\ntopic = \"jobs.*\"\n")
+        .manifest(
+            "faulty",
+            "[[subscribe]]\ntopic = \"jobs.*\"\nmax-deliver = 0\n",
+        )
+        .start();
+    let log = host.log();
+    assert!(
+        log.contains("exports no `wasmhost:plugin/subscriber@0.2.0`"),
+        "{log}"
+    );
+    assert!(log.contains("subscribe.max-deliver"), "{log}");
+    // Both refused, nothing else stopped: the 404 of a path no one owns.
+    host.get("/probe/echo").expect_status(404);
+}
+
+#[test]
+fn a_failing_canary_s_deliveries_are_handled_by_the_stable_version() {
+    let manifest = format!(
+        "weights = {{ \"1.0.0\" = 50, \"1.1.0\" = 50 }}\n[resilience]\neject = {{ consecutive = 0 }}\n{MANIFEST}"
+    );
+    let host = TestHost::empty()
+        .add(FAULTY, "faulty@1.0.0.wasm")
+        .add(FAULTY_BROKEN, "faulty@1.1.0.wasm")
+        .manifest("faulty", &manifest)
+        .start();
+    // Published through the stable version (pinned: 1.1.0 traps on HTTP too).
+    let ids: Vec<String> = (0..40)
+        .map(|_| {
+            let reply = host.get_pinned("/faulty/ok", "1.0.0");
+            reply.expect_status(200);
+            let reply = host.send_with(
+                "POST",
+                "/faulty/publish/jobs.canary",
+                &[("x-wasmhost-version", "1.0.0")],
+            );
+            reply.expect_status(201);
+            reply.json()["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    for id in &ids {
+        until_count(&host, &format!("handled:{id}"), 1);
+        assert_eq!(count(&host, &format!("attempt:{id}")), 1, "{id}");
+    }
+    assert_eq!(dead_letters(&host).as_array().unwrap().len(), 0);
+    // The candidate's failures still count against it.
+    let svc: wasmhost::views::ServiceView = host.view("/admin/services/faulty");
+    let candidate = svc.version("1.1.0").unwrap();
+    assert!(candidate.metrics.errors > 0, "{:?}", candidate.metrics);
+    assert!(candidate.fallbacks > 0);
+}
