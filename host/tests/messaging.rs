@@ -214,3 +214,54 @@ fn a_failing_canary_s_deliveries_are_handled_by_the_stable_version() {
     assert!(candidate.metrics.errors > 0, "{:?}", candidate.metrics);
     assert!(candidate.fallbacks > 0);
 }
+
+/// (messages handled at least once, handlings beyond the first).
+fn summary(host: &Host) -> (u64, u64) {
+    let s = host.get("/faulty/summary").json();
+    (s["handled"].as_u64().unwrap(), s["extra"].as_u64().unwrap())
+}
+
+#[test]
+fn no_message_is_lost_when_the_host_is_killed_while_delivering() {
+    const N: u64 = 3000;
+    const KILLS: u64 = 5;
+    let manifest = r#"
+[grants]
+publish = ["jobs.>"]
+
+[[subscribe]]
+topic = "jobs.*"
+ack-wait = "1s"
+max-in-flight = 16
+"#;
+    let mut host = TestHost::empty()
+        .add(FAULTY, "faulty@1.0.0.wasm")
+        .manifest("faulty", manifest)
+        .start();
+    for _ in 0..N / 1000 {
+        host.send("POST", "/faulty/publish-many/jobs.bulk/1000", "ok")
+            .expect_status(201);
+    }
+    // SIGKILL at spread-out points of the consumption, then start again
+    // on the same state: expired leases come back, nothing is lost.
+    for k in 1..=KILLS {
+        let at = N * k / (KILLS + 1) + fastrand::u64(0..N / (KILLS + 1) / 2);
+        wait_until("consumption to progress", Duration::from_secs(120), || {
+            (count(&host, "deliveries") >= at).then_some(())
+        });
+        host.crash_and_restart();
+    }
+    let done = wasmhost_test_support::try_wait_until(Duration::from_secs(300), || {
+        let topics = host.admin("GET", "/admin/topics", None, None).json();
+        let g = &topics["groups"][0];
+        (g["backlog"] == 0 && g["in_flight"] == 0).then_some(())
+    });
+    let (handled, extra) = summary(&host);
+    assert!(done.is_some(), "{handled} of {N} handled after 300 s");
+    assert_eq!(handled, N, "messages lost");
+    // At most what was in flight at each kill is handled again.
+    assert!(
+        extra <= 16 * KILLS,
+        "{extra} duplicate handlings after {KILLS} kills"
+    );
+}

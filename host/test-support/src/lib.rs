@@ -210,6 +210,19 @@ impl TestHost {
         log
     }
 
+    /// Kills the process at once (SIGKILL: no drain, no clean-up, as a
+    /// crash would) and starts it again on the same directories.
+    pub fn crash_and_restart(&mut self) {
+        drop(self.host.take());
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.host = Some(Host::start_with(
+            &bin(),
+            self.plugins.path(),
+            self.state.path(),
+            &args,
+        ));
+    }
+
     /// Sends SIGTERM and waits (bounded) for a clean exit; returns the log.
     pub fn stop(mut self) -> String {
         self.host.take().expect("running").stop()
