@@ -524,6 +524,30 @@ mod tests {
         assert!(format!("{err:#}").contains("retries"), "{err:#}");
         let ok = Manifest::parse("[resilience]\ntransactional-kv = true", "x.toml").unwrap();
         assert!(ok.resilience.transactional_kv);
+        // `[[subscribe]]`: defaults, the back-off schedule, bad values.
+        let m = Manifest::parse("[[subscribe]]\ntopic = \"orders.*\"", "x.toml").unwrap();
+        let sub = &m.subscribe[0];
+        assert_eq!((sub.max_deliver, sub.max_in_flight, sub.dead_letter), (5, 16, true));
+        assert_eq!(sub.ack_wait, None, "default: the service's timeout + 5 s");
+        assert_eq!(sub.group_name("notify"), "notify");
+        let waits: Vec<u64> = (2..=7).map(|n| sub.backoff_before(n).as_secs()).collect();
+        assert_eq!(waits, [1, 5, 30, 120, 120, 120]);
+        assert!(sub.topic.matches("orders.created") && !sub.topic.matches("orders.a.b"));
+        for (bad, key) in [
+            ("max-deliver = 0", "max-deliver"),
+            ("max-in-flight = 5000", "max-in-flight"),
+            ("backoff = []", "backoff"),
+            ("ack-wait = \"10ms\"", "ack-wait"),
+            ("group = \"a b\"", "group"),
+        ] {
+            let text = format!("[[subscribe]]\ntopic = \"t\"\n{bad}");
+            let err = format!("{:#}", Manifest::parse(&text, "x.toml").unwrap_err());
+            assert!(err.contains(key), "{bad}: {err}");
+        }
+        let err = Manifest::parse("[[subscribe]]\ntopic = \"a..b\"", "x.toml").unwrap_err();
+        assert!(format!("{err:#}").contains("not a topic"), "{err:#}");
+        let err = Manifest::parse("[grants]\npublish = [\"a.>.b\"]", "x.toml").unwrap_err();
+        assert!(format!("{err:#}").contains("not a topic"), "{err:#}");
     }
 
     #[test]
