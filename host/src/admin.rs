@@ -37,14 +37,20 @@ use subtle::ConstantTimeEq;
 #[derive(Clone)]
 struct Admin {
     control: Arc<Control>,
+    dispatcher: Arc<crate::dispatch::Dispatcher>,
     token: Arc<str>,
 }
 
 /// The admin app; every route requires `token`.
-pub fn app(control: Arc<Control>, kv: crate::kv::KvStore, token: &str) -> axum::Router {
-    let topics = crate::topics_api::routes(control.clone(), kv);
+pub fn app(
+    control: Arc<Control>,
+    dispatcher: Arc<crate::dispatch::Dispatcher>,
+    token: &str,
+) -> axum::Router {
+    let topics = crate::topics_api::routes(control.clone(), dispatcher.kv().clone());
     let state = Admin {
         control,
+        dispatcher,
         token: token.into(),
     };
     axum::Router::new()
@@ -407,6 +413,7 @@ async fn metrics(State(admin): State<Admin>) -> Response {
         );
     }
     resilience_metrics(&mut out, &snapshots);
+    crate::topics_api::metrics(&mut out, &admin.dispatcher, &snapshot).await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

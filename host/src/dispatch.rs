@@ -43,6 +43,8 @@ pub struct Dispatcher {
     ejections: tokio::sync::mpsc::UnboundedSender<EjectionNotice>,
     /// Notified when a request stored messages.
     published: tokio::sync::Notify,
+    /// Messages stored, by topic.
+    published_by_topic: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     /// The other end, until the control plane takes it.
     ejected: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<EjectionNotice>>>,
 }
@@ -59,6 +61,7 @@ impl Dispatcher {
             calls: Arc::new(DispatchCalls(me.clone())),
             ejections,
             published: tokio::sync::Notify::new(),
+            published_by_topic: Default::default(),
             ejected: std::sync::Mutex::new(Some(ejected)),
         })
     }
@@ -636,6 +639,14 @@ impl Dispatcher {
             Ok(Err(failure)) => fail(failure.explained(memory_exhausted, limits)),
             Err(_) => fail(Failure::Timeout(limits.timeout)),
         };
+        let counts = &version.deliveries;
+        let counter = match &delivered {
+            Delivered::Ack => &counts.ack,
+            Delivered::Retry(_) => &counts.retry,
+            Delivered::Reject(_) => &counts.reject,
+            Delivered::Failed(_) => &counts.trap,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (status, trapped) = match &delivered {
             Delivered::Ack => (200, false),
             Delivered::Reject(_) => (400, false),
@@ -663,11 +674,17 @@ impl Dispatcher {
         }
         let kv = self.kv.clone();
         let published = !outbox.is_empty();
+        let topics: Vec<String> = outbox.iter().map(|m| m.topic.clone()).collect();
         let committed =
             tokio::task::spawn_blocking(move || kv.commit_request(pending.as_ref(), &outbox)).await;
         match committed {
             Ok(Ok(())) => {
                 if published {
+                    if let Ok(mut counts) = self.published_by_topic.lock() {
+                        for topic in topics {
+                            *counts.entry(topic).or_default() += 1;
+                        }
+                    }
                     self.published.notify_waiters();
                 }
                 Ok(())
@@ -675,6 +692,14 @@ impl Dispatcher {
             Ok(Err(e)) => Err(format!("{e:#}")),
             Err(e) => Err(e.to_string()),
         }
+    }
+
+    /// Messages stored so far, by topic.
+    pub fn published_by_topic(&self) -> std::collections::BTreeMap<String, u64> {
+        self.published_by_topic
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
     }
 
     /// Woken whenever messages were stored (the delivery loop waits on it).

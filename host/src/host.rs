@@ -192,7 +192,7 @@ impl Host {
 
     /// The admin API, every call requiring `token`.
     pub fn admin(&self, token: &str) -> axum::Router {
-        crate::admin::app(self.control.clone(), self.dispatcher.kv().clone(), token)
+        crate::admin::app(self.control.clone(), self.dispatcher.clone(), token)
     }
 
     /// The control plane.

@@ -464,12 +464,13 @@ impl Loader {
             .version
             .clone()
             .unwrap_or_else(|| digest[..12].to_string());
-        let (metrics, pinned_metrics, outlier, counters) = match last {
+        let (metrics, pinned_metrics, outlier, counters, deliveries) = match last {
             Some(v) if *v.version == *version => (
                 v.metrics.clone(),
                 v.pinned_metrics.clone(),
                 v.outlier.clone(),
                 v.counters.clone(),
+                v.deliveries.clone(),
             ),
             _ => Default::default(),
         };
@@ -527,6 +528,7 @@ impl Loader {
             idle: Arc::default(),
             outlier,
             counters,
+            deliveries,
         }))
     }
 

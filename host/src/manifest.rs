@@ -527,7 +527,10 @@ mod tests {
         // `[[subscribe]]`: defaults, the back-off schedule, bad values.
         let m = Manifest::parse("[[subscribe]]\ntopic = \"orders.*\"", "x.toml").unwrap();
         let sub = &m.subscribe[0];
-        assert_eq!((sub.max_deliver, sub.max_in_flight, sub.dead_letter), (5, 16, true));
+        assert_eq!(
+            (sub.max_deliver, sub.max_in_flight, sub.dead_letter),
+            (5, 16, true)
+        );
         assert_eq!(sub.ack_wait, None, "default: the service's timeout + 5 s");
         assert_eq!(sub.group_name("notify"), "notify");
         let waits: Vec<u64> = (2..=7).map(|n| sub.backoff_before(n).as_secs()).collect();

@@ -39,6 +39,20 @@ const DEAD: TableDefinition<(&str, u64), (u32, &str, &str, u64)> = TableDefiniti
 /// Largest message body accepted, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
+/// Deliveries one version handled, by outcome (for Prometheus); kept
+/// across reloads of the version.
+#[derive(Debug, Default)]
+pub struct DeliveryCounts {
+    /// Acknowledged.
+    pub ack: std::sync::atomic::AtomicU64,
+    /// The handler asked for a retry.
+    pub retry: std::sync::atomic::AtomicU64,
+    /// The handler rejected the message.
+    pub reject: std::sync::atomic::AtomicU64,
+    /// The handler trapped, hit a limit or timed out.
+    pub trap: std::sync::atomic::AtomicU64,
+}
+
 /// A message to store with its request's outcome.
 #[derive(Debug, Clone)]
 pub struct Outgoing {

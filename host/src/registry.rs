@@ -109,6 +109,8 @@ pub struct Version {
     pub outlier: Arc<Outlier>,
     /// Its retries and fallbacks, for Prometheus; kept likewise.
     pub counters: Arc<Counters>,
+    /// The message deliveries it handled, by outcome; kept likewise.
+    pub deliveries: Arc<crate::messages::DeliveryCounts>,
 }
 
 impl Version {

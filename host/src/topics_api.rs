@@ -188,3 +188,76 @@ async fn purge(
         Err(r) => r,
     }
 }
+
+/// The message families for `/metrics`: published by topic, deliveries by
+/// version and outcome, and each group's backlog, in flight and dead letters.
+pub async fn metrics(
+    out: &mut String,
+    dispatcher: &crate::dispatch::Dispatcher,
+    snapshot: &crate::registry::Snapshot,
+) {
+    use std::fmt::Write as _;
+    use std::sync::atomic::Ordering::Relaxed;
+    let _ = writeln!(out, "# HELP wasmhost_messages_published_total Messages stored, by topic.\n# TYPE wasmhost_messages_published_total counter");
+    for (topic, n) in dispatcher.published_by_topic() {
+        let _ = writeln!(
+            out,
+            "wasmhost_messages_published_total{{topic=\"{topic}\"}} {n}"
+        );
+    }
+    let _ = writeln!(out, "# HELP wasmhost_messages_delivered_total Deliveries handled, by outcome.\n# TYPE wasmhost_messages_delivered_total counter");
+    for service in snapshot.registry.services() {
+        for v in &service.versions {
+            let d = &v.deliveries;
+            for (outcome, n) in [
+                ("ack", d.ack.load(Relaxed)),
+                ("retry", d.retry.load(Relaxed)),
+                ("reject", d.reject.load(Relaxed)),
+                ("trap", d.trap.load(Relaxed)),
+            ] {
+                if n > 0 {
+                    let _ = writeln!(out, "wasmhost_messages_delivered_total{{service=\"{}\",version=\"{}\",outcome=\"{outcome}\"}} {n}", service.name, v.version);
+                }
+            }
+        }
+    }
+    let groups: Vec<(String, String)> = snapshot
+        .registry
+        .subscriptions()
+        .map(|(s, sub)| (s.to_string(), sub.group_name(s).to_string()))
+        .collect();
+    let kv = dispatcher.kv().clone();
+    let stats = tokio::task::spawn_blocking(move || {
+        let now = now_ms();
+        groups
+            .into_iter()
+            .filter_map(|(s, g)| {
+                let stats = kv.group_stats(&group_key(&s, &g), now).ok()?;
+                Some((s, g, stats))
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    for (family, help) in [
+        ("wasmhost_message_backlog", "Messages waiting for delivery."),
+        (
+            "wasmhost_messages_in_flight",
+            "Messages leased to a handler now.",
+        ),
+        ("wasmhost_dead_letters", "Messages in the dead letters."),
+    ] {
+        let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} gauge");
+        for (service, group, s) in &stats {
+            let value = match family {
+                "wasmhost_message_backlog" => s.backlog,
+                "wasmhost_messages_in_flight" => s.in_flight,
+                _ => s.dead_letters,
+            };
+            let _ = writeln!(
+                out,
+                "{family}{{service=\"{service}\",group=\"{group}\"}} {value}"
+            );
+        }
+    }
+}

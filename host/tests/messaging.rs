@@ -70,6 +70,16 @@ fn a_published_message_is_handled_once_with_attempt_one() {
     assert_eq!(group["service"], "faulty");
     assert_eq!(group["group"], "faulty");
     assert_eq!(group["topic"], "jobs.*");
+    let metrics = host.admin("GET", "/metrics", None, None);
+    let metrics = String::from_utf8_lossy(&metrics.body).to_string();
+    for line in [
+        "wasmhost_messages_published_total{topic=\"jobs.email\"} 1",
+        "wasmhost_messages_delivered_total{service=\"faulty\",version=\"1.0.0\",outcome=\"ack\"} 1",
+        "wasmhost_message_backlog{service=\"faulty\",group=\"faulty\"} 0",
+        "wasmhost_dead_letters{service=\"faulty\",group=\"faulty\"} 0",
+    ] {
+        assert!(metrics.contains(line), "no `{line}` in\n{metrics}");
+    }
 }
 
 #[test]
