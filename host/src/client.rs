@@ -137,6 +137,94 @@ impl AdminClient {
     }
 
     /// Gives the stable version all of `service`'s traffic.
+    /// Prints every consumer group: its topic, backlog, in flight,
+    /// redeliveries and dead letters.
+    pub async fn topics(&self) -> Result<()> {
+        let all: Value = self
+            .call(reqwest::Method::GET, "/admin/topics", None)
+            .await?;
+        let groups: Vec<crate::topics_api::GroupView> =
+            serde_json::from_value(all["groups"].clone()).unwrap_or_default();
+        let mut rows = vec![[
+            "SERVICE",
+            "GROUP",
+            "TOPIC",
+            "BACKLOG",
+            "IN-FLIGHT",
+            "REDELIVERING",
+            "DEAD",
+        ]
+        .map(String::from)
+        .to_vec()];
+        for g in groups {
+            rows.push(vec![
+                g.service,
+                g.group,
+                g.topic,
+                g.stats.backlog.to_string(),
+                g.stats.in_flight.to_string(),
+                g.stats.redelivering.to_string(),
+                g.stats.dead_letters.to_string(),
+            ]);
+        }
+        print!("{}", aligned(rows));
+        Ok(())
+    }
+
+    /// Lists, replays (`seqs`, or all) or purges a group's dead letters.
+    pub async fn dlq(&self, action: DlqAction, service: &str, group: Option<&str>) -> Result<()> {
+        let group = group.unwrap_or(service);
+        let base = format!("/admin/groups/{service}/{group}");
+        match action {
+            DlqAction::List => {
+                let list: Value = self
+                    .call(
+                        reqwest::Method::GET,
+                        &format!("{base}/dead-letters?limit=1000"),
+                        None,
+                    )
+                    .await?;
+                let letters: Vec<crate::messages::DeadLetter> =
+                    serde_json::from_value(list["dead_letters"].clone()).unwrap_or_default();
+                let mut rows = vec![["SEQ", "ID", "TOPIC", "ATTEMPTS", "VERSION", "REASON"]
+                    .map(String::from)
+                    .to_vec()];
+                for d in letters {
+                    rows.push(vec![
+                        d.seq.to_string(),
+                        d.id,
+                        d.topic,
+                        d.attempts.to_string(),
+                        d.version,
+                        d.reason,
+                    ]);
+                }
+                print!("{}", aligned(rows));
+            }
+            DlqAction::Replay(seqs) => {
+                let body = match seqs {
+                    None => serde_json::json!({ "all": true }),
+                    Some(seqs) => serde_json::json!({ "seqs": seqs }),
+                };
+                let done: Value = self
+                    .call(reqwest::Method::POST, &format!("{base}/replay"), Some(body))
+                    .await?;
+                println!("replayed {}", done["replayed"]);
+            }
+            DlqAction::Purge => {
+                let done: Value = self
+                    .call(
+                        reqwest::Method::DELETE,
+                        &format!("{base}/dead-letters"),
+                        None,
+                    )
+                    .await?;
+                println!("purged {}", done["purged"]);
+            }
+        }
+        Ok(())
+    }
+
     pub async fn rollback(&self, service: &str) -> Result<()> {
         let svc: ServiceView = self
             .call(
@@ -164,6 +252,35 @@ pub fn parse_weights(spec: &str) -> Result<BTreeMap<String, u32>> {
             Ok((v.trim().to_string(), w))
         })
         .collect()
+}
+
+/// What `wasmhost dlq` does.
+#[derive(Debug, Clone)]
+pub enum DlqAction {
+    /// List the dead letters.
+    List,
+    /// Put them back for delivery: these sequence numbers, or all.
+    Replay(Option<Vec<u64>>),
+    /// Delete them.
+    Purge,
+}
+
+/// Rows as aligned columns, two spaces apart.
+fn aligned(rows: Vec<Vec<String>>) -> String {
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// Renders services as an aligned table.
@@ -206,20 +323,7 @@ pub fn table(services: &[ServiceView]) -> String {
             ]);
         }
     }
-    let widths: Vec<usize> = (0..rows[0].len())
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    aligned(rows)
 }
 
 #[cfg(test)]

@@ -28,8 +28,9 @@ enum Command {
     /// (routes = ["/users"]; default: /NAME), config values ([config]),
     /// limits ([limits]: memory, cpu-time, timeout, request-body,
     /// response-body, concurrency, call-depth, log-bytes, resources,
-    /// requests-per-instance) and grants ([grants]: services, http, env,
-    /// dir); see SECURITY.md. Each service is served as soon as its version
+    /// requests-per-instance), grants ([grants]: services, http, env, dir,
+    /// publish; see SECURITY.md), retries and fallback ([resilience]) and
+    /// the topics it consumes ([[subscribe]]). Each service is served as soon as its version
     /// has compiled; until then its routes answer 503 with retry-after.
     /// Set RUST_LOG=wasmhost=debug to see every request as a span tree.
     Serve(ServeArgs),
@@ -59,6 +60,33 @@ enum Command {
         service: String,
         /// The version to promote.
         version: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show every consumer group: topic, backlog, in flight, redeliveries, dead letters.
+    Topics {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List, replay or purge the dead letters of a service's consumer group.
+    ///
+    /// Examples: wasmhost dlq list notify; wasmhost dlq replay notify --all;
+    /// wasmhost dlq replay notify --seq 42 --seq 43; wasmhost dlq purge notify
+    Dlq {
+        /// list, replay or purge.
+        #[arg(value_parser = ["list", "replay", "purge"])]
+        action: String,
+        /// The subscribing service.
+        service: String,
+        /// Its consumer group (default: the service's name).
+        #[arg(long)]
+        group: Option<String>,
+        /// Replay only these sequence numbers (as `dlq list` shows them).
+        #[arg(long = "seq")]
+        seqs: Vec<u64>,
+        /// Replay every dead letter of the group.
+        #[arg(long)]
+        all: bool,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -127,5 +155,28 @@ async fn real_main() -> Result<()> {
             admin,
         } => admin.client()?.promote(&service, &version).await,
         Command::Rollback { service, admin } => admin.client()?.rollback(&service).await,
+        Command::Topics { admin } => admin.client()?.topics().await,
+        Command::Dlq {
+            action,
+            service,
+            group,
+            seqs,
+            all,
+            admin,
+        } => {
+            use wasmhost::client::DlqAction;
+            let action = match action.as_str() {
+                "list" => DlqAction::List,
+                "purge" => DlqAction::Purge,
+                _ if all == !seqs.is_empty() => {
+                    anyhow::bail!("`wasmhost dlq replay` needs either --all or one or more --seq N")
+                }
+                _ => DlqAction::Replay((!all).then_some(seqs)),
+            };
+            admin
+                .client()?
+                .dlq(action, &service, group.as_deref())
+                .await
+        }
     }
 }

@@ -113,6 +113,36 @@ fn a_failing_message_is_retried_then_dead_lettered_and_can_be_replayed() {
     let reason = dead[1]["reason"].as_str().unwrap();
     assert!(reason.contains("faulty rejects this message"), "{reason}");
 
+    // The command line shows the same.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(wasmhost_test_support::bin())
+            .args(args)
+            .args([
+                "--admin",
+                host.admin_addr(),
+                "--token",
+                wasmhost_test_support::ADMIN_TOKEN,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let listed = cli(&["dlq", "list", "faulty"]);
+    assert!(
+        listed.contains("faulty rejects this message") && listed.contains(&stubborn),
+        "{listed}"
+    );
+    let topics = cli(&["topics"]);
+    assert!(
+        topics.starts_with("SERVICE  GROUP") && topics.contains("jobs.*"),
+        "{topics}"
+    );
+
     // Replay the first: one new delivery, attempt 1 again.
     let seq = dead[0]["seq"].as_u64().unwrap();
     let replay = host.admin(
