@@ -168,7 +168,7 @@ async fn real_main() -> Result<()> {
             let action = match action.as_str() {
                 "list" => DlqAction::List,
                 "purge" => DlqAction::Purge,
-                _ if all == !seqs.is_empty() => {
+                _ if all != seqs.is_empty() => {
                     anyhow::bail!("`wasmhost dlq replay` needs either --all or one or more --seq N")
                 }
                 _ => DlqAction::Replay((!all).then_some(seqs)),
