@@ -18,6 +18,7 @@ COMPONENTIZE_PY := $(PY_TOOLS)/bin/componentize-py
 POLY_OUT        := $(GUEST_TARGET)/polyglot
 JS_DEPS         := plugins/catalog-js/node_modules/.package-lock.json
 INVENTORY_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' plugins/inventory/pyproject.toml)
+NOTIFY_VERSION    := $(shell sed -n 's/^version = "\(.*\)"/\1/p' plugins/notify/pyproject.toml)
 CATALOG_VERSION   := $(shell sed -n 's/^  "version": "\(.*\)",/\1/p' plugins/catalog-js/package.json)
 crate_version = $(shell sed -n 's/^version = "\(.*\)"/\1/p' $(PLUGIN_DIR)/$(1)/Cargo.toml | head -n1)
 
@@ -57,16 +58,22 @@ $(POLY_OUT)/inventory.wasm: plugins/inventory/app.py $(WIT_FILES) | $(COMPONENTI
 	@mkdir -p $(POLY_OUT)
 	cd plugins/inventory && $(COMPONENTIZE_PY) -q -d ../../wit -w service componentize app -o $@
 
+$(POLY_OUT)/notify.wasm: plugins/notify/app.py $(WIT_FILES) wit/v0.2/plugin.wit | $(COMPONENTIZE_PY)
+	@echo "==> building notify (Python, componentize-py, contract 0.2.0)"
+	@mkdir -p $(POLY_OUT)
+	cd plugins/notify && $(COMPONENTIZE_PY) -q -d ../../wit/v0.2 -w subscriber-service componentize app -o $@
+
 $(POLY_OUT)/catalog.wasm: plugins/catalog-js/catalog.js plugins/catalog-js/build.mjs $(WIT_FILES) $(JS_DEPS)
 	@echo "==> building catalog (JavaScript, componentize-js)"
 	@mkdir -p $(POLY_OUT)
 	node plugins/catalog-js/build.mjs $@
 
 ## The services in other languages.
-polyglot: $(POLY_OUT)/inventory.wasm $(POLY_OUT)/catalog.wasm
+polyglot: $(POLY_OUT)/inventory.wasm $(POLY_OUT)/catalog.wasm $(POLY_OUT)/notify.wasm
 	@cp $(POLY_OUT)/inventory.wasm $(PLUGIN_DIR)/.inventory.wasm.tmp && mv $(PLUGIN_DIR)/.inventory.wasm.tmp $(PLUGIN_DIR)/inventory@$(INVENTORY_VERSION).wasm
+	@cp $(POLY_OUT)/notify.wasm $(PLUGIN_DIR)/.notify.wasm.tmp && mv $(PLUGIN_DIR)/.notify.wasm.tmp $(PLUGIN_DIR)/notify@$(NOTIFY_VERSION).wasm
 	@cp $(POLY_OUT)/catalog.wasm $(PLUGIN_DIR)/.catalog.wasm.tmp && mv $(PLUGIN_DIR)/.catalog.wasm.tmp $(PLUGIN_DIR)/catalog@$(CATALOG_VERSION).wasm
-	@echo "    $(PLUGIN_DIR)/inventory@$(INVENTORY_VERSION).wasm (Python), $(PLUGIN_DIR)/catalog@$(CATALOG_VERSION).wasm (JavaScript)"
+	@echo "    $(PLUGIN_DIR)/inventory@$(INVENTORY_VERSION).wasm and notify@$(NOTIFY_VERSION).wasm (Python), $(PLUGIN_DIR)/catalog@$(CATALOG_VERSION).wasm (JavaScript)"
 
 ## Build the example services and drop them into plugins/ (copy, then rename: never half-written).
 plugins: setup polyglot

@@ -87,6 +87,7 @@ fn main() {
             "FAULTY_BROKEN",
             "FAULTY_LATE",
             "INVENTORY",
+            "NOTIFY",
             "CATALOG",
         ]
         .map(String::from),
@@ -115,6 +116,7 @@ fn main() {
     let polyglot = target_dir.join("polyglot");
     for (file, constant, language) in [
         ("inventory.wasm", "INVENTORY", "Python"),
+        ("notify.wasm", "NOTIFY", "Python"),
         ("catalog.wasm", "CATALOG", "JavaScript"),
     ] {
         let path = polyglot.join(file);

@@ -319,3 +319,41 @@ fn a_slow_handler_keeps_its_lease_and_is_delivered_once() {
     until_count(&host, &format!("handled:{id}"), 1);
     assert_eq!(count(&host, &format!("deliveries:{id}")), 1);
 }
+
+#[test]
+fn an_order_notifies_its_user_through_the_python_notify_service() {
+    use serde_json::json;
+    // The examples: order (Rust, 0.2.0) publishes orders.created; notify
+    // (Python, 0.2.0) consumes it; user, catalog and inventory stay 0.1.0.
+    let host = TestHost::examples().start();
+    host.post_json("/users", json!({"name": "Ada", "email": "ada@example.com"}))
+        .expect_status(201);
+    host.post_json(
+        "/products",
+        json!({"sku": "RS-1", "name": "Rust book", "price_cents": 200}),
+    )
+    .expect_status(201);
+    host.send(
+        "PUT",
+        "/inventory/RS-1",
+        json!({"quantity": 10}).to_string(),
+    )
+    .expect_status(200);
+    let order = host.post_json(
+        "/orders",
+        json!({"user_id": 1, "items": [{"sku": "RS-1", "quantity": 2}]}),
+    );
+    order.expect_status(201);
+    let id = order.json()["id"].clone();
+    let notes = wait_until("the notification", Duration::from_secs(60), || {
+        let notes = host.get("/notifications?user_id=1").json()["notifications"].clone();
+        (!notes.as_array().unwrap().is_empty()).then_some(notes)
+    });
+    assert_eq!(notes[0]["order_id"], id);
+    assert_eq!(notes[0]["total_cents"], order.json()["total_cents"]);
+    assert!(notes[0]["text"].as_str().unwrap().contains("is confirmed"));
+    // Another user has none.
+    let other = host.get("/notifications?user_id=2").json();
+    assert_eq!(other["notifications"].as_array().unwrap().len(), 0);
+    host.get("/notifications?user_id=x").expect_status(400);
+}

@@ -54,10 +54,12 @@ impl Plugins {
         p.add(USER, "user@1.0.0.wasm")
             .add(ORDER, "order@1.0.0.wasm")
             .add(INVENTORY, "inventory@1.0.0.wasm")
+            .add(NOTIFY, "notify@1.0.0.wasm")
             .add(CATALOG, "catalog@1.0.0.wasm");
         p.copy_manifest("user.toml")
             .copy_manifest("order.toml")
             .copy_manifest("inventory.toml")
+            .copy_manifest("notify.toml")
             .copy_manifest("catalog.toml");
         p
     }

@@ -12,14 +12,17 @@
 //! - `GET /orders?user_id=N` → that user's orders (every order without the filter)
 //! - `GET /order?id=N` → the same as `GET /orders/N`
 //!
-//! Orders live in the bucket `orders` under `order:{id}`.
+//! Orders live in the bucket `orders` under `order:{id}`. Every stored order
+//! is published on `orders.created` (the order as JSON), stored with the
+//! request's answer (contract 0.2.0).
 
-wit_bindgen::generate!({ path: "../../wit", world: "service", generate_all });
+wit_bindgen::generate!({ path: "../../wit/v0.2", world: "service", generate_all });
 
 use exports::wasmhost::plugin::handler::Guest;
 use serde::{Deserialize, Serialize};
 use wasi::keyvalue::{atomics, store};
 use wasi::logging::logging::{log, Level};
+use wasmhost::plugin::messaging::{self, PublishOptions};
 use wasmhost::plugin::services;
 use wasmhost::plugin::types::{Request, Response};
 
@@ -156,6 +159,7 @@ fn create(body: &[u8]) -> Result<Response, Response> {
         release(&new.items);
     }
     let order = stored?;
+    announce(&order);
     log(
         Level::Info,
         "order",
@@ -165,6 +169,22 @@ fn create(body: &[u8]) -> Result<Response, Response> {
         ),
     );
     Ok(json(201, &order))
+}
+
+/// Publishes `orders.created`; a refusal is logged, the order stands.
+fn announce(order: &Order) {
+    let body = serde_json::to_vec(order).unwrap_or_default();
+    let options = PublishOptions {
+        key: Some(order.id.to_string()),
+        delay_ms: None,
+    };
+    if let Err(e) = messaging::publish("orders.created", &json_headers(), &body, &options) {
+        log(
+            Level::Warn,
+            "order",
+            &format!("order {} not announced: {e:?}", order.id),
+        );
+    }
 }
 
 fn store_order(user_id: u64, items: Vec<Item>, total_cents: u64) -> Result<Order, Response> {
