@@ -53,10 +53,10 @@ $(JS_DEPS): plugins/catalog-js/package.json plugins/catalog-js/package-lock.json
 	@echo "==> installing componentize-js (npm ci in plugins/catalog-js)"
 	cd plugins/catalog-js && npm ci --silent --no-audit --no-fund
 
-$(POLY_OUT)/inventory.wasm: plugins/inventory/app.py $(WIT_FILES) | $(COMPONENTIZE_PY)
+$(POLY_OUT)/inventory.wasm: plugins/inventory/app.py $(WIT_FILES) wit/v0.2/plugin.wit | $(COMPONENTIZE_PY)
 	@echo "==> building inventory (Python, componentize-py)"
 	@mkdir -p $(POLY_OUT)
-	cd plugins/inventory && $(COMPONENTIZE_PY) -q -d ../../wit -w service componentize app -o $@
+	cd plugins/inventory && $(COMPONENTIZE_PY) -q -d ../../wit/v0.2 -w subscriber-service componentize app -o $@
 
 $(POLY_OUT)/notify.wasm: plugins/notify/app.py $(WIT_FILES) wit/v0.2/plugin.wit | $(COMPONENTIZE_PY)
 	@echo "==> building notify (Python, componentize-py, contract 0.2.0)"

@@ -32,6 +32,10 @@ show curl "$BASE/inventory/KB-1"
 # The order service announced the order (orders.created); the Python notify service noted it.
 sleep 0.5
 show curl "$BASE/notifications?user_id=1"
+# Cancel it: orders.cancelled reaches the Python inventory, which gives the stock back.
+show curl -X POST "$BASE/orders/1/cancel"
+sleep 0.5
+show curl "$BASE/inventory/KB-1"
 
 echo; echo "5. Errors are JSON: out of stock, an unknown user, bad JSON, an unknown route"
 show curl -X POST "$BASE/orders" -H 'content-type: application/json' -d '{"user_id":1,"items":[{"sku":"MS-7","quantity":1}]}'

@@ -22,19 +22,51 @@
 use crate::dispatch::{Delivered, Dispatcher};
 use crate::kv::KvStore;
 use crate::manifest::Subscription;
-use crate::messages::{now_ms, Delivery};
+use crate::messages::{now_ms, Delivery, Settle};
 use crate::registry::{group_key, ServiceEntry};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 /// How often the loop looks for ready deliveries without being woken.
 pub const POLL: Duration = Duration::from_millis(100);
 
+/// Outcomes recorded in one transaction at most.
+const SETTLE_BATCH: usize = 1024;
+
+/// Records deliveries' outcomes as they come, all that queued up meanwhile
+/// in one transaction (group commit: one disk flush for many acks).
+async fn settler(kv: KvStore, mut outcomes: mpsc::UnboundedReceiver<(String, u64, Settle)>) {
+    while let Some(first) = outcomes.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < SETTLE_BATCH {
+            match outcomes.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let kv = kv.clone();
+        let n = batch.len();
+        let written = tokio::task::spawn_blocking(move || kv.settle(&batch)).await;
+        if !matches!(written, Ok(Ok(()))) {
+            // Their leases run out and the messages come back: at least once.
+            let error = match written {
+                Ok(Err(e)) => format!("{e:#}"),
+                Err(e) => e.to_string(),
+                Ok(Ok(())) => String::new(),
+            };
+            tracing::error!(deliveries = n, %error, "cannot record deliveries' outcomes; they will be delivered again");
+        }
+    }
+}
+
 /// Runs the delivery loop until the task is dropped.
 pub async fn run(dispatcher: Arc<Dispatcher>) {
     let kv = dispatcher.kv().clone();
+    let (settle, outcomes) = mpsc::unbounded_channel();
+    let _settler = AbortOnDrop(tokio::spawn(settler(kv.clone(), outcomes)));
     let mut in_flight: HashMap<String, Arc<AtomicUsize>> = HashMap::new();
     loop {
         let woken = dispatcher.published().notified();
@@ -70,6 +102,7 @@ pub async fn run(dispatcher: Arc<Dispatcher>) {
                 let task = Task {
                     dispatcher: dispatcher.clone(),
                     kv: kv.clone(),
+                    settle: settle.clone(),
                     entry: entry.clone(),
                     sub: sub.clone(),
                     lease,
@@ -100,6 +133,7 @@ fn ack_wait(entry: &ServiceEntry, sub: &Subscription) -> Duration {
 struct Task {
     dispatcher: Arc<Dispatcher>,
     kv: KvStore,
+    settle: mpsc::UnboundedSender<(String, u64, Settle)>,
     entry: ServiceEntry,
     sub: Subscription,
     lease: Duration,
@@ -164,19 +198,21 @@ impl Task {
                 tracing::warn!(%service, %group, id = %delivery.id, attempt, %version, %reason, "message moved to the dead letters")
             }
         }
-        let written = tokio::task::spawn_blocking(move || match next {
-            Next::Ack => kv.ack(&group, seq),
-            Next::Retry(wait) => kv.retry_at(&group, seq, now_ms() + wait.as_millis() as u64),
-            Next::Dead(reason, version) if dead_letter => {
-                kv.dead_letter(&group, seq, attempt, &reason, &version, now_ms())
-            }
-            Next::Dead(..) => kv.ack(&group, seq),
-        })
-        .await;
-        if let Ok(Err(error)) = written {
-            // The lease runs out and the message comes back: at least once.
-            tracing::error!(%service, seq, error = format_args!("{error:#}"), "cannot record a delivery's outcome; it will be delivered again");
-        }
+        let settled = match next {
+            Next::Ack => Settle::Ack,
+            Next::Retry(wait) => Settle::RetryAt(now_ms() + wait.as_millis() as u64),
+            Next::Dead(reason, version) if dead_letter => Settle::Dead {
+                attempts: attempt,
+                reason,
+                version,
+                at: now_ms(),
+            },
+            Next::Dead(..) => Settle::Ack,
+        };
+        drop(kv);
+        // Recorded by the settler (until then the lease keeps it from
+        // being claimed again); a crash before that redelivers it.
+        let _ = self.settle.send((group, seq, settled));
         self.running.fetch_sub(1, Ordering::AcqRel);
     }
 
@@ -220,4 +256,13 @@ enum Next {
     Ack,
     Retry(Duration),
     Dead(String, String),
+}
+
+/// Aborts a task when dropped (the settler dies with the loop).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

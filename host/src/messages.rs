@@ -53,6 +53,26 @@ pub struct DeliveryCounts {
     pub trap: std::sync::atomic::AtomicU64,
 }
 
+/// What becomes of one delivery (see [`KvStore::settle`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Settle {
+    /// Done: the group is through with the message.
+    Ack,
+    /// Deliver again at this time (ms since the epoch).
+    RetryAt(u64),
+    /// Into the dead letters.
+    Dead {
+        /// Deliveries it had.
+        attempts: u32,
+        /// Why.
+        reason: String,
+        /// The version that failed it last.
+        version: String,
+        /// When (ms since the epoch).
+        at: u64,
+    },
+}
+
 /// A message to store with its request's outcome.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
@@ -232,6 +252,45 @@ impl KvStore {
             }
             txn.commit()?;
             Ok(out)
+        })
+    }
+
+    /// Records many deliveries' outcomes in one transaction (group commit:
+    /// one disk flush for all of them).
+    pub fn settle(&self, outcomes: &[(String, u64, Settle)]) -> Result<()> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        self.with_db(|db| {
+            let txn = db.begin_write()?;
+            for (group, seq, outcome) in outcomes {
+                let (group, seq) = (group.as_str(), *seq);
+                match outcome {
+                    Settle::Ack => release(&txn, group, seq)?,
+                    Settle::RetryAt(at) => {
+                        let mut pending = txn.open_table(PENDING)?;
+                        let current = pending.get((group, seq))?.map(|v| v.value());
+                        if let Some((attempt, _, _)) = current {
+                            pending.insert((group, seq), (attempt, *at, 0))?;
+                        }
+                    }
+                    Settle::Dead {
+                        attempts,
+                        reason,
+                        version,
+                        at,
+                    } => {
+                        txn.open_table(PENDING)?.remove((group, seq))?;
+                        let reason = crate::files::clip(reason, 600);
+                        txn.open_table(DEAD)?.insert(
+                            (group, seq),
+                            (*attempts, reason.as_str(), version.as_str(), *at),
+                        )?;
+                    }
+                }
+            }
+            txn.commit()?;
+            Ok(())
         })
     }
 
@@ -513,6 +572,37 @@ mod tests {
             .unwrap();
         assert_eq!(kv.purge("g").unwrap(), 1);
         assert!(kv.dead_letters("g", 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn many_outcomes_settle_in_one_transaction() {
+        let (_d, kv) = store();
+        let msgs: Vec<Outgoing> = (0..3)
+            .map(|i| message(&format!("m{i}"), &["g"], 0))
+            .collect();
+        kv.commit_request(None, &msgs).unwrap();
+        let d = kv.claim("g", 0, 3, 100).unwrap();
+        kv.settle(&[
+            ("g".into(), d[0].seq, Settle::Ack),
+            ("g".into(), d[1].seq, Settle::RetryAt(50)),
+            (
+                "g".into(),
+                d[2].seq,
+                Settle::Dead {
+                    attempts: 1,
+                    reason: "no".into(),
+                    version: "1.0.0".into(),
+                    at: 1,
+                },
+            ),
+        ])
+        .unwrap();
+        let stats = kv.group_stats("g", 60).unwrap();
+        assert_eq!(
+            (stats.backlog, stats.in_flight, stats.dead_letters),
+            (1, 0, 1)
+        );
+        assert_eq!(kv.claim("g", 60, 3, 100).unwrap()[0].id, "m1");
     }
 
     #[test]

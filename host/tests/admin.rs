@@ -30,7 +30,7 @@ fn admin_calls_need_the_token() {
         .expect_status(401);
     let all: ServicesView = host.view("/admin/services");
     let names: Vec<_> = all.services.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, ["catalog", "inventory", "order", "user"]);
+    assert_eq!(names, ["catalog", "inventory", "notify", "order", "user"]);
 }
 
 #[test]

@@ -321,7 +321,7 @@ fn a_slow_handler_keeps_its_lease_and_is_delivered_once() {
 }
 
 #[test]
-fn an_order_notifies_its_user_through_the_python_notify_service() {
+fn an_order_notifies_its_user_and_a_cancelled_order_s_stock_comes_back() {
     use serde_json::json;
     // The examples: order (Rust, 0.2.0) publishes orders.created; notify
     // (Python, 0.2.0) consumes it; user, catalog and inventory stay 0.1.0.
@@ -356,4 +356,35 @@ fn an_order_notifies_its_user_through_the_python_notify_service() {
     let other = host.get("/notifications?user_id=2").json();
     assert_eq!(other["notifications"].as_array().unwrap().len(), 0);
     host.get("/notifications?user_id=x").expect_status(400);
+
+    // Cancelled: orders.cancelled reaches the (Python) inventory, which
+    // gives the stock back, once however often the order is cancelled.
+    assert_eq!(host.get("/inventory/RS-1").json()["quantity"], 8);
+    let cancelled = host.send("POST", &format!("/orders/{id}/cancel"), "");
+    cancelled.expect_status(200);
+    assert_eq!(cancelled.json()["cancelled"], true);
+    wait_until("the stock back", Duration::from_secs(60), || {
+        (host.get("/inventory/RS-1").json()["quantity"] == 10).then_some(())
+    });
+    host.send("POST", &format!("/orders/{id}/cancel"), "")
+        .expect_status(200);
+    host.send("POST", "/orders/999/cancel", "")
+        .expect_status(404);
+    let topics = host.admin("GET", "/admin/topics", None, None).json();
+    let groups: Vec<String> = topics["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            format!(
+                "{}:{}",
+                g["service"].as_str().unwrap(),
+                g["topic"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        groups,
+        ["inventory:orders.cancelled", "notify:orders.created"]
+    );
 }

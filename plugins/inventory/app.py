@@ -6,9 +6,15 @@
   or 409 naming the first SKU short of stock; all or nothing
 - ``POST /inventory/releases`` ``{"items": [...]}`` -> 204, gives reserved
   stock back (an order that failed after reserving)
+- consumes ``orders.cancelled`` (published by the order service): gives the
+  cancelled order's stock back, once per order however often the message is
+  delivered (a counter per order claims it first; a crash between that claim
+  and the give-back would keep the stock taken, the price of not giving it
+  back twice)
 
-Built with componentize-py against the shared WIT (``make plugins``); it uses
-the host's key-value store (``wasi:keyvalue``) and nothing else.
+Built with componentize-py against contract 0.2.0 (``wit/v0.2``, world
+``subscriber-service``; ``make plugins``); it uses the host's key-value store
+(``wasi:keyvalue``) and nothing else.
 
 The store has atomic increments but no decrement or compare-and-swap, so
 each SKU keeps three monotonic counters: ``stock`` (set by PUT), ``taken``
@@ -23,7 +29,9 @@ from componentize_py_types import Err
 from wit_world import exports
 from wit_world.imports import atomics, wasi_keyvalue_store as kv
 from wit_world.imports.logging import Level, log
+from wit_world.imports.messaging import Message
 from wit_world.imports.types import Request, Response
+from wit_world.exports.subscriber import Failure_Reject
 
 
 def respond(status: int, value=None) -> Response:
@@ -131,3 +139,19 @@ class Handler(exports.Handler):
             return error(404, "no such resource")
         except Err as e:
             return error(500, f"key-value store error: {e.value}")
+
+
+class Subscriber(exports.Subscriber):
+    def handle(self, msg: Message) -> None:
+        try:
+            order = json.loads(msg.body)
+            order_id = int(order["id"])
+            items = [(str(i["sku"]), int(i["quantity"])) for i in order["items"]]
+        except (ValueError, KeyError, TypeError) as e:
+            # Not an order: delivering it again would not help.
+            raise Err(Failure_Reject(f"not an order: {e}"))
+        bucket = kv.open("inventory")
+        if atomics.increment(bucket, f"cancelled:{order_id}", 1) > 1:
+            return
+        give_back(bucket, items)
+        log(Level.INFO, "inventory", f"stock of cancelled order {order_id} given back")

@@ -11,10 +11,14 @@
 //! - `GET /orders/{id}` → the order, or 404
 //! - `GET /orders?user_id=N` → that user's orders (every order without the filter)
 //! - `GET /order?id=N` → the same as `GET /orders/N`
+//! - `POST /orders/{id}/cancel` → 200 with the order marked `cancelled`
+//!   (and published on `orders.cancelled`: the inventory gives its stock
+//!   back); cancelling it again changes nothing; 404 for an unknown order
 //!
 //! Orders live in the bucket `orders` under `order:{id}`. Every stored order
-//! is published on `orders.created` (the order as JSON), stored with the
-//! request's answer (contract 0.2.0).
+//! is published on `orders.created` and every cancelled one on
+//! `orders.cancelled` (the order as JSON), stored with the request's answer
+//! (contract 0.2.0).
 
 wit_bindgen::generate!({ path: "../../wit/v0.2", world: "service", generate_all });
 
@@ -57,6 +61,9 @@ struct Order {
     user_id: u64,
     items: Vec<Item>,
     total_cents: u64,
+    /// Set once the order is cancelled.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    cancelled: bool,
 }
 
 /// Lines in one order (the inventory's limit per reservation): an order
@@ -96,12 +103,15 @@ fn route(req: &Request) -> Result<Response, Response> {
             None => list(None),
         },
         ("GET", ["orders", id]) => get(parse_id(id, "order id")?),
+        ("POST", ["orders", id, "cancel"]) => cancel(parse_id(id, "order id")?),
         ("GET", ["order"]) => {
             let id = query_param(&req.query, "id")
                 .ok_or_else(|| error(400, "missing query parameter `id`"))?;
             get(parse_id(&id, "order id")?)
         }
-        (_, ["orders"] | ["orders", _] | ["order"]) => Err(error(405, "method not allowed")),
+        (_, ["orders"] | ["orders", _] | ["orders", _, "cancel"] | ["order"]) => {
+            Err(error(405, "method not allowed"))
+        }
         _ => Err(error(404, "no such resource")),
     }
 }
@@ -159,7 +169,7 @@ fn create(body: &[u8]) -> Result<Response, Response> {
         release(&new.items);
     }
     let order = stored?;
-    announce(&order);
+    announce("orders.created", &order);
     log(
         Level::Info,
         "order",
@@ -171,14 +181,32 @@ fn create(body: &[u8]) -> Result<Response, Response> {
     Ok(json(201, &order))
 }
 
-/// Publishes `orders.created`; a refusal is logged, the order stands.
-fn announce(order: &Order) {
+/// Marks an order cancelled and announces it once.
+fn cancel(id: u64) -> Result<Response, Response> {
+    let bucket = bucket()?;
+    let Some(bytes) = bucket.get(&order_key(id)).map_err(kv_error)? else {
+        return Err(error(404, &format!("order {id} does not exist")));
+    };
+    let mut order: Order =
+        serde_json::from_slice(&bytes).map_err(|e| error(500, &e.to_string()))?;
+    if !order.cancelled {
+        order.cancelled = true;
+        let bytes = serde_json::to_vec(&order).map_err(|e| error(500, &e.to_string()))?;
+        bucket.set(&order_key(id), &bytes).map_err(kv_error)?;
+        announce("orders.cancelled", &order);
+        log(Level::Info, "order", &format!("order {id} cancelled"));
+    }
+    Ok(json(200, &order))
+}
+
+/// Publishes `topic` with the order; a refusal is logged, the order stands.
+fn announce(topic: &str, order: &Order) {
     let body = serde_json::to_vec(order).unwrap_or_default();
     let options = PublishOptions {
         key: Some(order.id.to_string()),
         delay_ms: None,
     };
-    if let Err(e) = messaging::publish("orders.created", &json_headers(), &body, &options) {
+    if let Err(e) = messaging::publish(topic, &json_headers(), &body, &options) {
         log(
             Level::Warn,
             "order",
@@ -195,6 +223,7 @@ fn store_order(user_id: u64, items: Vec<Item>, total_cents: u64) -> Result<Order
         user_id,
         items,
         total_cents,
+        cancelled: false,
     };
     let bytes = serde_json::to_vec(&order).map_err(|e| error(500, &e.to_string()))?;
     bucket.set(&order_key(id), &bytes).map_err(kv_error)?;
