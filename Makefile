@@ -132,7 +132,7 @@ component-check: setup
 ## What the benchmarks need beyond the example services: the fixtures, and the
 ## user service built without optimization (~500 KB of code, for the swap figure).
 bench-guests: plugins
-	cd $(PLUGIN_DIR) && CARGO_TARGET_DIR=$(GUEST_TARGET) $(CARGO) build --release --target wasm32-wasip2 -p probe -p hostile
+	cd $(PLUGIN_DIR) && CARGO_TARGET_DIR=$(GUEST_TARGET) $(CARGO) build --release --target wasm32-wasip2 -p probe -p hostile -p faulty
 	cd $(PLUGIN_DIR) && CARGO_PROFILE_DEV_DEBUG=0 CARGO_TARGET_DIR=$(GUEST_TARGET)/bench $(CARGO) build --target wasm32-wasip2 -p user
 
 ## Benchmarks (release build): throughput against native axum (and
@@ -141,6 +141,7 @@ bench-guests: plugins
 bench: bench-guests host
 	$(CARGO) build --release -p wasmhost-bench
 	bench/run.sh full
+	bench/messages.sh full
 	$(CARGO) bench -p wasmhost --bench request
 	bench/figures.py
 
@@ -149,6 +150,7 @@ bench: bench-guests host
 bench-quick: bench-guests
 	$(CARGO) build -p wasmhost -p wasmhost-bench
 	BIN_DIR=target/debug CACHE_DIR=$(TEST_CACHE) bench/run.sh quick
+	BIN_DIR=target/debug CACHE_DIR=$(TEST_CACHE) bench/messages.sh quick
 	$(CARGO) test -p wasmhost --bench request
 	BIN_DIR=target/debug bench/figures.py --quick
 

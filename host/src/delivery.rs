@@ -67,9 +67,12 @@ pub async fn run(dispatcher: Arc<Dispatcher>) {
     let kv = dispatcher.kv().clone();
     let (settle, outcomes) = mpsc::unbounded_channel();
     let _settler = AbortOnDrop(tokio::spawn(settler(kv.clone(), outcomes)));
+    // Woken when a delivery ends: its slot is free for the next message.
+    let freed = Arc::new(tokio::sync::Notify::new());
     let mut in_flight: HashMap<String, Arc<AtomicUsize>> = HashMap::new();
     loop {
         let woken = dispatcher.published().notified();
+        let slot = freed.notified();
         let snapshot = dispatcher.snapshot();
         for (service, sub) in snapshot.registry.subscriptions() {
             let Some(entry) = snapshot.registry.service(service) else {
@@ -103,6 +106,7 @@ pub async fn run(dispatcher: Arc<Dispatcher>) {
                     dispatcher: dispatcher.clone(),
                     kv: kv.clone(),
                     settle: settle.clone(),
+                    freed: freed.clone(),
                     entry: entry.clone(),
                     sub: sub.clone(),
                     lease,
@@ -113,6 +117,7 @@ pub async fn run(dispatcher: Arc<Dispatcher>) {
         }
         tokio::select! {
             () = woken => {}
+            () = slot => {}
             () = tokio::time::sleep(POLL) => {}
         }
     }
@@ -134,6 +139,7 @@ struct Task {
     dispatcher: Arc<Dispatcher>,
     kv: KvStore,
     settle: mpsc::UnboundedSender<(String, u64, Settle)>,
+    freed: Arc<tokio::sync::Notify>,
     entry: ServiceEntry,
     sub: Subscription,
     lease: Duration,
@@ -214,6 +220,7 @@ impl Task {
         // being claimed again); a crash before that redelivers it.
         let _ = self.settle.send((group, seq, settled));
         self.running.fetch_sub(1, Ordering::AcqRel);
+        self.freed.notify_one();
     }
 
     /// Runs the handler on the version the release policy picks, and on
