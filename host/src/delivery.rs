@@ -33,12 +33,18 @@ use tokio::sync::mpsc;
 /// How often the loop looks for ready deliveries without being woken.
 pub const POLL: Duration = Duration::from_millis(100);
 
+/// One delivery's outcome for the settler, and who waits for it.
+struct Outcome {
+    row: (String, u64, Settle),
+    done: tokio::sync::oneshot::Sender<()>,
+}
+
 /// Outcomes recorded in one transaction at most.
 const SETTLE_BATCH: usize = 1024;
 
 /// Records deliveries' outcomes as they come, all that queued up meanwhile
 /// in one transaction (group commit: one disk flush for many acks).
-async fn settler(kv: KvStore, mut outcomes: mpsc::UnboundedReceiver<(String, u64, Settle)>) {
+async fn settler(kv: KvStore, mut outcomes: mpsc::UnboundedReceiver<Outcome>) {
     while let Some(first) = outcomes.recv().await {
         let mut batch = vec![first];
         while batch.len() < SETTLE_BATCH {
@@ -49,7 +55,11 @@ async fn settler(kv: KvStore, mut outcomes: mpsc::UnboundedReceiver<(String, u64
         }
         let kv = kv.clone();
         let n = batch.len();
-        let written = tokio::task::spawn_blocking(move || kv.settle(&batch)).await;
+        let (rows, done): (Vec<_>, Vec<_>) = batch.into_iter().map(|o| (o.row, o.done)).unzip();
+        let written = tokio::task::spawn_blocking(move || kv.settle(&rows)).await;
+        for done in done {
+            let _ = done.send(());
+        }
         if !matches!(written, Ok(Ok(()))) {
             // Their leases run out and the messages come back: at least once.
             let error = match written {
@@ -138,7 +148,7 @@ fn ack_wait(entry: &ServiceEntry, sub: &Subscription) -> Duration {
 struct Task {
     dispatcher: Arc<Dispatcher>,
     kv: KvStore,
-    settle: mpsc::UnboundedSender<(String, u64, Settle)>,
+    settle: mpsc::UnboundedSender<Outcome>,
     freed: Arc<tokio::sync::Notify>,
     entry: ServiceEntry,
     sub: Subscription,
@@ -216,9 +226,20 @@ impl Task {
             Next::Dead(..) => Settle::Ack,
         };
         drop(kv);
-        // Recorded by the settler (until then the lease keeps it from
-        // being claimed again); a crash before that redelivers it.
-        let _ = self.settle.send((group, seq, settled));
+        // Recorded by the settler with every outcome queued meanwhile (a
+        // crash before that redelivers it); the slot frees once it is, so
+        // leased deliveries never outnumber max-in-flight.
+        let (done, recorded) = tokio::sync::oneshot::channel();
+        if self
+            .settle
+            .send(Outcome {
+                row: (group, seq, settled),
+                done,
+            })
+            .is_ok()
+        {
+            let _ = recorded.await;
+        }
         self.running.fetch_sub(1, Ordering::AcqRel);
         self.freed.notify_one();
     }

@@ -263,8 +263,8 @@ fn summary(host: &Host) -> (u64, u64) {
 
 #[test]
 fn no_message_is_lost_when_the_host_is_killed_while_delivering() {
-    const N: u64 = 3000;
-    const KILLS: u64 = 5;
+    const N: u64 = 10_000;
+    const KILLS: u64 = 20;
     let manifest = r#"
 [grants]
 publish = ["jobs.>"]
@@ -282,9 +282,10 @@ max-in-flight = 16
         host.send("POST", "/faulty/publish-many/jobs.bulk/1000", "ok")
             .expect_status(201);
     }
-    // SIGKILL at spread-out points of the consumption, then start again
+    // SIGKILL at random points of the consumption, then start again
     // on the same state: expired leases come back, nothing is lost.
     for k in 1..=KILLS {
+        // Somewhere in the k-th of KILLS + 1 equal stretches.
         let at = N * k / (KILLS + 1) + fastrand::u64(0..N / (KILLS + 1) / 2);
         wait_until("consumption to progress", Duration::from_secs(120), || {
             (count(&host, "deliveries") >= at).then_some(())
@@ -387,4 +388,44 @@ fn an_order_notifies_its_user_and_a_cancelled_order_s_stock_comes_back() {
         groups,
         ["inventory:orders.cancelled", "notify:orders.created"]
     );
+}
+
+#[test]
+fn a_poison_message_stalls_nothing_and_handlers_stay_within_max_in_flight() {
+    let manifest = r#"
+[grants]
+publish = ["jobs.>"]
+
+[[subscribe]]
+topic = "jobs.*"
+max-in-flight = 4
+max-deliver = 100
+backoff = ["20ms"]
+"#;
+    let host = TestHost::empty()
+        .add(FAULTY, "faulty@1.0.0.wasm")
+        .manifest("faulty", manifest)
+        .start();
+    // A message that always fails, retried every 20 ms, and 40 slow good ones.
+    let poison = publish(&host, "jobs.poison", "retry");
+    host.send("POST", "/faulty/publish-many/jobs.slow/40", "sleep:50")
+        .expect_status(201);
+    // The in-flight count never goes above 4, however fast it is sampled.
+    let mut highest = 0;
+    let handled = wasmhost_test_support::try_wait_until(Duration::from_secs(60), || {
+        let topics = host.admin("GET", "/admin/topics", None, None).json();
+        highest = highest.max(topics["groups"][0]["in_flight"].as_u64().unwrap());
+        (summary(&host).0 >= 40).then_some(())
+    });
+    assert!(
+        handled.is_some(),
+        "the good messages stalled behind the poison one"
+    );
+    assert!(
+        highest <= 4,
+        "{highest} deliveries in flight, max-in-flight 4"
+    );
+    assert!(highest >= 1);
+    // The poison message is still being retried meanwhile.
+    assert!(count(&host, &format!("deliveries:{poison}")) > 1);
 }
