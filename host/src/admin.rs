@@ -316,6 +316,7 @@ fn describe(service: &ServiceEntry) -> ServiceView {
                 ejections: v.outlier.ejections(),
                 retries: v.counters.retries().values().sum(),
                 fallbacks: v.counters.fallbacks().values().sum(),
+                message_latency: v.deliveries.latency.snapshot(),
             }
         })
         .collect();

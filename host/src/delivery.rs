@@ -199,10 +199,23 @@ impl Task {
             }
             (Delivered::Retry(Some(ms)), _) => Next::Retry(Duration::from_millis(u64::from(*ms))),
             (Delivered::Retry(None) | Delivered::Failed(_), _) => {
-                let wait = self.sub.backoff_before(attempt + 1);
-                Next::Retry(wait.mul_f64(0.8 + 0.4 * fastrand::f64()))
+                Next::Retry(self.sub.retry_delay(attempt + 1, fastrand::f64()))
             }
         };
+        if let (Next::Ack, (_, version)) = (&next, &outcome) {
+            let snapshot = self.dispatcher.snapshot();
+            let handled_by = snapshot
+                .registry
+                .service(service)
+                .and_then(|s| s.version(version));
+            if let Some(v) = handled_by {
+                let waited = now_ms().saturating_sub(delivery.published_at_ms);
+                v.deliveries
+                    .latency
+                    .start()
+                    .finish(200, false, Duration::from_millis(waited));
+            }
+        }
         match &next {
             Next::Ack => {
                 tracing::debug!(%service, %group, id = %delivery.id, attempt, "message handled")

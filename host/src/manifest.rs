@@ -303,6 +303,13 @@ impl Subscription {
         self.backoff.get(i).map_or(Duration::from_secs(1), |d| **d)
     }
 
+    /// The wait before attempt `next` with its jitter: `roll` in `[0, 1)`
+    /// spreads it over ±20%.
+    pub fn retry_delay(&self, next: u32, roll: f64) -> Duration {
+        self.backoff_before(next)
+            .mul_f64(0.8 + 0.4 * roll.clamp(0.0, 1.0))
+    }
+
     fn validate(&self) -> std::result::Result<(), String> {
         let group_ok = self.group.as_deref().is_none_or(|g| {
             !g.is_empty()
@@ -535,6 +542,11 @@ mod tests {
         assert_eq!(sub.group_name("notify"), "notify");
         let waits: Vec<u64> = (2..=7).map(|n| sub.backoff_before(n).as_secs()).collect();
         assert_eq!(waits, [1, 5, 30, 120, 120, 120]);
+        // ±20% jitter around each: 0.8 s to 1.2 s before the second attempt.
+        assert_eq!(sub.retry_delay(2, 0.0), Duration::from_millis(800));
+        assert_eq!(sub.retry_delay(2, 1.0), Duration::from_millis(1200));
+        assert_eq!(sub.retry_delay(3, 0.5), Duration::from_secs(5));
+        assert_eq!(sub.retry_delay(3, 1.0), Duration::from_secs(6));
         assert!(sub.topic.matches("orders.created") && !sub.topic.matches("orders.a.b"));
         for (bad, key) in [
             ("max-deliver = 0", "max-deliver"),

@@ -51,6 +51,8 @@ pub struct DeliveryCounts {
     pub reject: std::sync::atomic::AtomicU64,
     /// The handler trapped, hit a limit or timed out.
     pub trap: std::sync::atomic::AtomicU64,
+    /// Time from publish to acknowledgement of the messages it handled.
+    pub latency: crate::metrics::VersionMetrics,
 }
 
 /// What becomes of one delivery (see [`KvStore::settle`]).

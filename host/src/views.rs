@@ -119,6 +119,9 @@ pub struct VersionView {
     /// Requests it failed that the stable version answered.
     #[serde(default)]
     pub fallbacks: u64,
+    /// Publish-to-acknowledgement time of the messages it handled.
+    #[serde(default)]
+    pub message_latency: Snapshot,
 }
 
 /// A version being compiled.

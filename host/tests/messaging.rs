@@ -70,6 +70,8 @@ fn a_published_message_is_handled_once_with_attempt_one() {
     assert_eq!(group["service"], "faulty");
     assert_eq!(group["group"], "faulty");
     assert_eq!(group["topic"], "jobs.*");
+    let svc: wasmhost::views::ServiceView = host.view("/admin/services/faulty");
+    assert_eq!(svc.versions[0].message_latency.requests, 1);
     let metrics = host.admin("GET", "/metrics", None, None);
     let metrics = String::from_utf8_lossy(&metrics.body).to_string();
     for line in [
