@@ -311,14 +311,14 @@ max-in-flight = 16
 
 #[test]
 fn a_slow_handler_keeps_its_lease_and_is_delivered_once() {
-    // ack-wait 1 s, a handler that takes 2.5 s: its lease is extended
-    // while it runs, so no second delivery starts meanwhile (dapr#8321).
-    let manifest = MANIFEST.replace("ack-wait = \"5s\"", "ack-wait = \"1s\"");
+    // ack-wait 3 s, a handler that takes 7 s: its lease is extended every
+    // 1.5 s while it runs, so no second delivery starts meanwhile (dapr#8321).
+    let manifest = MANIFEST.replace("ack-wait = \"5s\"", "ack-wait = \"3s\"");
     let host = TestHost::empty()
         .add(FAULTY, "faulty@1.0.0.wasm")
         .manifest("faulty", &manifest)
         .start();
-    let id = publish(&host, "jobs.slow", "sleep:2500");
+    let id = publish(&host, "jobs.slow", "sleep:7000");
     until_count(&host, &format!("handled:{id}"), 1);
     assert_eq!(count(&host, &format!("deliveries:{id}")), 1);
 }
