@@ -153,6 +153,7 @@ impl AdminClient {
             "IN-FLIGHT",
             "REDELIVERING",
             "DEAD",
+            "LAG",
         ]
         .map(String::from)
         .to_vec()];
@@ -165,6 +166,7 @@ impl AdminClient {
                 g.stats.in_flight.to_string(),
                 g.stats.redelivering.to_string(),
                 g.stats.dead_letters.to_string(),
+                format!("{:.1}s", g.stats.lag_ms as f64 / 1e3),
             ]);
         }
         print!("{}", aligned(rows));

@@ -647,6 +647,11 @@ impl Dispatcher {
             Delivered::Failed(_) => &counts.trap,
         };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if msg.attempt > 1 {
+            counts
+                .redeliveries
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let (status, trapped) = match &delivered {
             Delivered::Ack => (200, false),
             Delivered::Reject(_) => (400, false),

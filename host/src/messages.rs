@@ -51,6 +51,8 @@ pub struct DeliveryCounts {
     pub reject: std::sync::atomic::AtomicU64,
     /// The handler trapped, hit a limit or timed out.
     pub trap: std::sync::atomic::AtomicU64,
+    /// Deliveries after the first of a message.
+    pub redeliveries: std::sync::atomic::AtomicU64,
     /// Time from publish to acknowledgement of the messages it handled.
     pub latency: crate::metrics::VersionMetrics,
 }
@@ -146,6 +148,10 @@ pub struct GroupStats {
     pub redelivering: u64,
     /// Dead letters.
     pub dead_letters: u64,
+    /// Age of the oldest message not yet acknowledged, in milliseconds (0
+    /// when there is none).
+    #[serde(default)]
+    pub lag_ms: u64,
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -451,6 +457,13 @@ impl KvStore {
             let txn = db.begin_read()?;
             let mut stats = GroupStats::default();
             if let Ok(pending) = txn.open_table(PENDING) {
+                let oldest = pending.range((group, 0)..=(group, u64::MAX))?.next();
+                if let (Some(row), Ok(log)) = (oldest, txn.open_table(LOG)) {
+                    let seq = row?.0.value().1;
+                    if let Some(entry) = log.get(seq)? {
+                        stats.lag_ms = now.saturating_sub(entry.value().4);
+                    }
+                }
                 for row in pending.range((group, 0)..=(group, u64::MAX))? {
                     let (_, value) = row?;
                     let (attempt, _, lease) = value.value();
@@ -539,6 +552,11 @@ mod tests {
         assert!(kv.claim("g1", 500, 16, 1000).unwrap().is_empty());
         kv.ack("g1", first[0].seq).unwrap();
         // The lease of "b" expires (a crash): it comes back as attempt 2.
+        assert_eq!(
+            kv.group_stats("g1", 1011).unwrap().lag_ms,
+            1010,
+            "published at 1"
+        );
         let again = kv.claim("g1", 1011, 16, 1000).unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!((again[0].id.as_str(), again[0].attempt), ("b", 2));

@@ -221,6 +221,18 @@ pub async fn metrics(
             }
         }
     }
+    let _ = writeln!(out, "# HELP wasmhost_message_redeliveries_total Deliveries after the first of a message.\n# TYPE wasmhost_message_redeliveries_total counter");
+    for service in snapshot.registry.services() {
+        for v in &service.versions {
+            let _ = writeln!(
+                out,
+                "wasmhost_message_redeliveries_total{{service=\"{}\",version=\"{}\"}} {}",
+                service.name,
+                v.version,
+                v.deliveries.redeliveries.load(Relaxed)
+            );
+        }
+    }
     let groups: Vec<(String, String)> = snapshot
         .registry
         .subscriptions()
@@ -246,13 +258,18 @@ pub async fn metrics(
             "Messages leased to a handler now.",
         ),
         ("wasmhost_dead_letters", "Messages in the dead letters."),
+        (
+            "wasmhost_consumer_lag_seconds",
+            "Age of the oldest message not yet acknowledged.",
+        ),
     ] {
         let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} gauge");
         for (service, group, s) in &stats {
             let value = match family {
-                "wasmhost_message_backlog" => s.backlog,
-                "wasmhost_messages_in_flight" => s.in_flight,
-                _ => s.dead_letters,
+                "wasmhost_message_backlog" => s.backlog as f64,
+                "wasmhost_messages_in_flight" => s.in_flight as f64,
+                "wasmhost_consumer_lag_seconds" => s.lag_ms as f64 / 1e3,
+                _ => s.dead_letters as f64,
             };
             let _ = writeln!(
                 out,

@@ -79,6 +79,8 @@ fn a_published_message_is_handled_once_with_attempt_one() {
         "wasmhost_messages_delivered_total{service=\"faulty\",version=\"1.0.0\",outcome=\"ack\"} 1",
         "wasmhost_message_backlog{service=\"faulty\",group=\"faulty\"} 0",
         "wasmhost_dead_letters{service=\"faulty\",group=\"faulty\"} 0",
+        "wasmhost_consumer_lag_seconds{service=\"faulty\",group=\"faulty\"} 0",
+        "wasmhost_message_redeliveries_total{service=\"faulty\",version=\"1.0.0\"} 0",
     ] {
         assert!(metrics.contains(line), "no `{line}` in\n{metrics}");
     }
