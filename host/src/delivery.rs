@@ -98,7 +98,7 @@ pub async fn run(dispatcher: Arc<Dispatcher>) {
             let claimed = {
                 let kv = kv.clone();
                 let group = group.clone();
-                let lease_ms = lease.as_millis() as u64;
+                let lease_ms = millis(lease);
                 tokio::task::spawn_blocking(move || kv.claim(&group, now_ms(), room, lease_ms))
                     .await
             };
@@ -170,7 +170,7 @@ impl Task {
                 tokio::select! {
                     outcome = &mut handled => break outcome,
                     _ = renew.tick() => {
-                        let until = now_ms() + self.lease.as_millis() as u64;
+                        let until = now_ms().saturating_add(millis(self.lease));
                         let kv = self.kv.clone();
                         let group = group.clone();
                         let _ = tokio::task::spawn_blocking(move || kv.extend_lease(&group, seq, until)).await;
@@ -179,42 +179,36 @@ impl Task {
             }
         };
         let service = &self.entry.name;
-        let kv = self.kv.clone();
         let attempt = delivery.attempt;
         let (max, dead_letter) = (self.sub.max_deliver, self.sub.dead_letter);
-        let next = match &outcome {
-            (Delivered::Ack, _) => Next::Ack,
-            (Delivered::Reject(reason), version) => {
-                Next::Dead(format!("rejected: {reason}"), version.clone())
-            }
-            (Delivered::Retry(_) | Delivered::Failed(_), version) if attempt >= max => {
-                let why = match &outcome.0 {
+        let (delivered, handled_by) = &outcome;
+        let version = handled_by
+            .as_ref()
+            .map_or_else(String::new, |v| v.version.to_string());
+        let next = match delivered {
+            Delivered::Ack => Next::Ack,
+            Delivered::Reject(reason) => Next::Dead(format!("rejected: {reason}"), version),
+            Delivered::Retry(_) | Delivered::Failed(_) if attempt >= max => {
+                let why = match delivered {
                     Delivered::Failed(e) => e.to_string(),
                     _ => "the handler asked for a retry".to_string(),
                 };
                 Next::Dead(
                     format!("{attempt} deliveries failed (last: {why})"),
-                    version.clone(),
+                    version,
                 )
             }
-            (Delivered::Retry(Some(ms)), _) => Next::Retry(Duration::from_millis(u64::from(*ms))),
-            (Delivered::Retry(None) | Delivered::Failed(_), _) => {
+            Delivered::Retry(Some(ms)) => Next::Retry(Duration::from_millis(u64::from(*ms))),
+            Delivered::Retry(None) | Delivered::Failed(_) => {
                 Next::Retry(self.sub.retry_delay(attempt + 1, fastrand::f64()))
             }
         };
-        if let (Next::Ack, (_, version)) = (&next, &outcome) {
-            let snapshot = self.dispatcher.snapshot();
-            let handled_by = snapshot
-                .registry
-                .service(service)
-                .and_then(|s| s.version(version));
-            if let Some(v) = handled_by {
-                let waited = now_ms().saturating_sub(delivery.published_at_ms);
-                v.deliveries
-                    .latency
-                    .start()
-                    .finish(200, false, Duration::from_millis(waited));
-            }
+        if let (Next::Ack, Some(v)) = (&next, handled_by) {
+            let waited = now_ms().saturating_sub(delivery.published_at_ms);
+            v.deliveries
+                .latency
+                .start()
+                .finish(200, false, Duration::from_millis(waited));
         }
         match &next {
             Next::Ack => {
@@ -229,7 +223,7 @@ impl Task {
         }
         let settled = match next {
             Next::Ack => Settle::Ack,
-            Next::Retry(wait) => Settle::RetryAt(now_ms() + wait.as_millis() as u64),
+            Next::Retry(wait) => Settle::RetryAt(now_ms().saturating_add(millis(wait))),
             Next::Dead(reason, version) if dead_letter => Settle::Dead {
                 attempts: attempt,
                 reason,
@@ -238,7 +232,6 @@ impl Task {
             },
             Next::Dead(..) => Settle::Ack,
         };
-        drop(kv);
         // Recorded by the settler with every outcome queued meanwhile (a
         // crash before that redelivers it); the slot frees once it is, so
         // leased deliveries never outnumber max-in-flight.
@@ -259,8 +252,8 @@ impl Task {
 
     /// Runs the handler on the version the release policy picks, and on
     /// the stable version when that one fails; returns the outcome and the
-    /// version it came from.
-    async fn run(&self, delivery: &Delivery) -> (Delivered, String) {
+    /// version it came from (none when the service has no version now).
+    async fn run(&self, delivery: &Delivery) -> (Delivered, Option<Arc<crate::registry::Version>>) {
         let msg = crate::bindings::v2::wasmhost::plugin::messaging::Message {
             id: delivery.id.clone(),
             topic: delivery.topic.clone(),
@@ -274,7 +267,7 @@ impl Task {
             .pick_for_message(&self.entry.name, &delivery.headers)
         {
             Some(picked) => picked,
-            None => return (Delivered::Retry(None), String::new()),
+            None => return (Delivered::Retry(None), None),
         };
         let first = self.dispatcher.deliver(&version, &msg).await;
         let failed = matches!(first, Delivered::Retry(_) | Delivered::Failed(_));
@@ -285,9 +278,9 @@ impl Task {
                 tracing::debug!(service = %version.service, from = %version.version, to = %stable.version, "message handed to the stable version");
                 version.counters.fell_back(&stable.version);
                 let second = self.dispatcher.deliver(&stable, &msg).await;
-                (second, stable.version.to_string())
+                (second, Some(stable))
             }
-            None => (first, version.version.to_string()),
+            None => (first, Some(version)),
         }
     }
 }
@@ -306,4 +299,9 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// `d` in whole milliseconds, saturating.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -266,7 +266,13 @@ impl Dispatcher {
         let policy = &first.sandbox.resilience;
         budget.deposit();
         let started = tokio::time::Instant::now();
-        let deadline = started + first.sandbox.limits.timeout;
+        // (A timeout too long to add to a clock reading has no deadline.)
+        let deadline = started.checked_add(first.sandbox.limits.timeout);
+        let left = || {
+            deadline.map_or(Duration::MAX, |d| {
+                d.saturating_duration_since(tokio::time::Instant::now())
+            })
+        };
         let idempotency_key = policy.idempotency_key
             && headers
                 .iter()
@@ -279,7 +285,7 @@ impl Dispatcher {
             attempts += 1;
             let tried = match &permit {
                 Some(_) => {
-                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let left = left();
                     let limit = policy.per_try_timeout.map_or(left, |t| t.min(left));
                     attempt(version.clone(), limit).await
                 }
@@ -325,7 +331,7 @@ impl Dispatcher {
             // A body that cannot be replayed makes only a failure before
             // guest code ran worth another attempt.
             let safe = replayable && is_safe(method, idempotency_key, !tried.touched);
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let left = left();
             let retry = policy.may_retry(failed, safe, attempts - 1)
                 && !left.is_zero()
                 && budget.withdraw();

@@ -231,25 +231,9 @@ async fn serve(
     let no_body = declared.is_none() && !parts.headers.contains_key(header::TRANSFER_ENCODING);
     let replayable = no_body || declared.is_some_and(|len| len <= MAX_REPLAY_BODY);
     if matches!(version.pre, Pre::Proxy(_)) && replayable {
-        let read = axum::body::to_bytes(Body::new(body), limit);
-        let body = match tokio::time::timeout(body_timeout, read).await {
-            Ok(Ok(b)) => b,
-            Ok(Err(_)) => {
-                let resp = error_response(
-                    StatusCode::BAD_REQUEST,
-                    "could not read the request body",
-                    origin,
-                );
-                return (resp, None);
-            }
-            Err(_) => {
-                let resp = error_response(
-                    StatusCode::REQUEST_TIMEOUT,
-                    &format!("the request body did not arrive within {body_timeout:?}"),
-                    origin,
-                );
-                return (resp, None);
-            }
+        let body = match read_body(body, limit, body_timeout, origin).await {
+            Ok(b) => b,
+            Err(resp) => return (resp, None),
         };
         let served = dispatcher.serve_proxy(picked, &parts, &headers, body).await;
         let Served {
@@ -258,14 +242,7 @@ async fn serve(
             fallback_from,
             attempts,
         } = served;
-        let (mut resp, failure) = match result {
-            Ok(resp) => {
-                let mut out = resp.map(Body::new);
-                tag(out.headers_mut(), &version.service, &version.version);
-                (out, None)
-            }
-            Err(e) => failed(e),
-        };
+        let (mut resp, failure) = proxied(result, &version);
         mark(
             &mut resp,
             fallback_from.as_deref(),
@@ -282,41 +259,12 @@ async fn serve(
         let req = axum::http::Request::from_parts(parts, body);
         let request_id = crate::dispatch::request_id(&headers);
         let store = dispatcher.new_store(&version, 0, request_id);
-        return match crate::proxy::handle(store, version.clone(), req, pinned).await {
-            Ok(resp) => {
-                let mut out = resp.map(Body::new);
-                tag(out.headers_mut(), &version.service, &version.version);
-                (out, None)
-            }
-            Err(e) => failed(e),
-        };
+        let result = crate::proxy::handle(store, version.clone(), req, pinned).await;
+        return proxied(result, &version);
     }
-    // The body is read with a bound on its size and on the time it takes,
-    // so neither a huge chunked body nor a slow client holds the slot.
-    let read = axum::body::to_bytes(Body::new(body), limit);
-    let body = match tokio::time::timeout(body_timeout, read).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => {
-            let over_limit = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if over_limit {
-                return (too_large(limit, origin), None);
-            }
-            let resp = error_response(
-                StatusCode::BAD_REQUEST,
-                "could not read the request body",
-                origin,
-            );
-            return (resp, None);
-        }
-        Err(_) => {
-            let resp = error_response(
-                StatusCode::REQUEST_TIMEOUT,
-                &format!("the request body did not arrive within {body_timeout:?}"),
-                origin,
-            );
-            return (resp, None);
-        }
+    let body = match read_body(body, limit, body_timeout, origin).await {
+        Ok(b) => b,
+        Err(resp) => return (resp, None),
     };
     let request = crate::contract::request(&parts, headers, body.to_vec());
     // Only now, with the whole request at hand, does it take a slot (in
@@ -364,6 +312,54 @@ async fn serve(
         &version.version,
     );
     (resp, failure)
+}
+
+/// Reads a whole request body with a bound on its size and on the time it
+/// takes, so neither a huge chunked body nor a slow client holds a slot;
+/// the error response (413, 400, 408) otherwise.
+async fn read_body(
+    body: axum::body::Body,
+    limit: usize,
+    timeout: Duration,
+    origin: Option<(&str, &str)>,
+) -> Result<bytes::Bytes, axum::response::Response> {
+    let read = axum::body::to_bytes(body, limit);
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => {
+            let over_limit = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if over_limit {
+                return Err(too_large(limit, origin));
+            }
+            Err(error_response(
+                StatusCode::BAD_REQUEST,
+                "could not read the request body",
+                origin,
+            ))
+        }
+        Err(_) => Err(error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            &format!("the request body did not arrive within {timeout:?}"),
+            origin,
+        )),
+    }
+}
+
+/// The response of a wasi:http component, tagged with the version that
+/// gave it, or its failure's JSON error.
+fn proxied(
+    result: Result<http::Response<wasmtime_wasi_http::p2::body::HyperOutgoingBody>, DispatchError>,
+    version: &crate::registry::Version,
+) -> (axum::response::Response, Option<DispatchError>) {
+    match result {
+        Ok(resp) => {
+            let mut out = resp.map(Body::new);
+            tag(out.headers_mut(), &version.service, &version.version);
+            (out, None)
+        }
+        Err(e) => failed(e),
+    }
 }
 
 /// Says on a response that the stable version answered for `from`, and how

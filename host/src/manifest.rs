@@ -329,8 +329,15 @@ impl Subscription {
         if self.backoff.is_empty() || self.backoff.iter().any(|d| d.is_zero()) {
             return Err("`subscribe.backoff` must list at least one wait above zero".into());
         }
-        if self.ack_wait.is_some_and(|d| d < Duration::from_secs(1)) {
-            return Err("`subscribe.ack-wait` must be at least 1s".into());
+        let day = Duration::from_secs(24 * 3600);
+        if self
+            .ack_wait
+            .is_some_and(|d| d < Duration::from_secs(1) || d > day)
+        {
+            return Err("`subscribe.ack-wait` must be between 1s and 24h".into());
+        }
+        if self.backoff.iter().any(|d| **d > 7 * day) {
+            return Err("`subscribe.backoff` waits must be at most 7 days".into());
         }
         Ok(())
     }
@@ -553,6 +560,7 @@ mod tests {
             ("max-in-flight = 5000", "max-in-flight"),
             ("backoff = []", "backoff"),
             ("ack-wait = \"10ms\"", "ack-wait"),
+            ("backoff = [\"1000000000years\"]", "backoff"),
             ("group = \"a b\"", "group"),
         ] {
             let text = format!("[[subscribe]]\ntopic = \"t\"\n{bad}");

@@ -255,7 +255,7 @@ impl KvStore {
                         published_at_ms: published,
                         attempt: attempt + 1,
                     });
-                    pending.insert((group, seq), (attempt + 1, 0, now + lease_ms))?;
+                    pending.insert((group, seq), (attempt + 1, 0, now.saturating_add(lease_ms)))?;
                 }
             }
             txn.commit()?;
@@ -312,56 +312,6 @@ impl KvStore {
                 if let Some((attempt, not_before, _)) = current {
                     pending.insert((group, seq), (attempt, not_before, until))?;
                 }
-            }
-            txn.commit()?;
-            Ok(())
-        })
-    }
-
-    /// Acknowledges a delivery: the group is done with the message.
-    pub fn ack(&self, group: &str, seq: u64) -> Result<()> {
-        self.with_db(|db| {
-            let txn = db.begin_write()?;
-            release(&txn, group, seq)?;
-            txn.commit()?;
-            Ok(())
-        })
-    }
-
-    /// Schedules the next attempt of a delivery at `at`.
-    pub fn retry_at(&self, group: &str, seq: u64, at: u64) -> Result<()> {
-        self.with_db(|db| {
-            let txn = db.begin_write()?;
-            {
-                let mut pending = txn.open_table(PENDING)?;
-                let current = pending.get((group, seq))?.map(|v| v.value());
-                if let Some((attempt, _, _)) = current {
-                    pending.insert((group, seq), (attempt, at, 0))?;
-                }
-            }
-            txn.commit()?;
-            Ok(())
-        })
-    }
-
-    /// Moves a delivery to the group's dead letters, in one transaction.
-    pub fn dead_letter(
-        &self,
-        group: &str,
-        seq: u64,
-        attempts: u32,
-        reason: &str,
-        version: &str,
-        now: u64,
-    ) -> Result<()> {
-        self.with_db(|db| {
-            let txn = db.begin_write()?;
-            {
-                let mut pending = txn.open_table(PENDING)?;
-                pending.remove((group, seq))?;
-                let mut dead = txn.open_table(DEAD)?;
-                let reason = crate::files::clip(reason, 600);
-                dead.insert((group, seq), (attempts, reason.as_str(), version, now))?;
             }
             txn.commit()?;
             Ok(())
@@ -515,6 +465,30 @@ fn unref(txn: &redb::WriteTransaction, seq: u64) -> Result<()> {
 mod tests {
     use super::*;
 
+    fn settle(kv: &KvStore, group: &str, seq: u64, outcome: Settle) {
+        kv.settle(&[(group.to_string(), seq, outcome)]).unwrap();
+    }
+
+    fn ack(kv: &KvStore, group: &str, seq: u64) {
+        settle(kv, group, seq, Settle::Ack);
+    }
+
+    fn bury(kv: &KvStore, seq: u64, attempts: u32, reason: &str, at: u64) {
+        let version = "1.0.0".to_string();
+        let reason = reason.to_string();
+        settle(
+            kv,
+            "g",
+            seq,
+            Settle::Dead {
+                attempts,
+                reason,
+                version,
+                at,
+            },
+        );
+    }
+
     fn store() -> (tempfile::TempDir, KvStore) {
         let dir = tempfile::tempdir().unwrap();
         let kv = KvStore::open(&dir.path().join("kv.redb")).unwrap();
@@ -550,7 +524,7 @@ mod tests {
         assert_eq!(first[0].headers[0].0, "content-type");
         // Leased: not handed out again until the lease ends.
         assert!(kv.claim("g1", 500, 16, 1000).unwrap().is_empty());
-        kv.ack("g1", first[0].seq).unwrap();
+        ack(&kv, "g1", first[0].seq);
         // The lease of "b" expires (a crash): it comes back as attempt 2.
         assert_eq!(
             kv.group_stats("g1", 1011).unwrap().lag_ms,
@@ -563,8 +537,8 @@ mod tests {
         // g2 still has "a" although g1 acknowledged it.
         let g2 = kv.claim("g2", 10, 16, 1000).unwrap();
         assert_eq!(g2.len(), 1);
-        kv.ack("g2", g2[0].seq).unwrap();
-        kv.ack("g1", again[0].seq).unwrap();
+        ack(&kv, "g2", g2[0].seq);
+        ack(&kv, "g1", again[0].seq);
         assert_eq!(kv.group_stats("g1", 2000).unwrap(), GroupStats::default());
     }
 
@@ -574,12 +548,11 @@ mod tests {
         assert!(kv.dead_letters("g", 10).unwrap().is_empty());
         kv.commit_request(None, &[message("a", &["g"], 0)]).unwrap();
         let d = kv.claim("g", 0, 1, 100).unwrap().remove(0);
-        kv.retry_at("g", d.seq, 5_000).unwrap();
+        settle(&kv, "g", d.seq, Settle::RetryAt(5_000));
         assert!(kv.claim("g", 4_999, 1, 100).unwrap().is_empty());
         let d = kv.claim("g", 5_000, 1, 100).unwrap().remove(0);
         assert_eq!(d.attempt, 2);
-        kv.dead_letter("g", d.seq, 2, "rejected: bad order", "1.0.0", 6_000)
-            .unwrap();
+        bury(&kv, d.seq, 2, "rejected: bad order", 6_000);
         assert!(kv.claim("g", 99_999, 1, 100).unwrap().is_empty());
         let dead = kv.dead_letters("g", 10).unwrap();
         assert_eq!(dead.len(), 1);
@@ -588,8 +561,7 @@ mod tests {
         assert_eq!(kv.replay("g", None, 7_000).unwrap(), 1);
         let d = kv.claim("g", 7_000, 1, 100).unwrap().remove(0);
         assert_eq!(d.attempt, 1, "a replay starts again at attempt 1");
-        kv.dead_letter("g", d.seq, 1, "again", "1.0.0", 8_000)
-            .unwrap();
+        bury(&kv, d.seq, 1, "again", 8_000);
         assert_eq!(kv.purge("g").unwrap(), 1);
         assert!(kv.dead_letters("g", 10).unwrap().is_empty());
     }

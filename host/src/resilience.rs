@@ -38,6 +38,9 @@ pub const ATTEMPTS_HEADER: &str = "x-wasmhost-attempts";
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 /// A wasi:http request body is buffered (and so replayable) up to this size.
 pub const MAX_REPLAY_BODY: u64 = 64 * 1024;
+/// The longest ejection penalty and back-off a manifest may set.
+pub const MAX_PENALTY: Duration = Duration::from_secs(24 * 3600);
+
 /// An ejected version's ejection count falls by one per this much time
 /// spent serving again (Envoy decays its multiplier the same way).
 pub const EJECTION_DECAY: Duration = Duration::from_secs(60);
@@ -203,6 +206,11 @@ impl ResiliencePolicy {
         }
         if self.budget.percent > 1000 {
             return Err("`resilience.budget.percent` must be at most 1000".into());
+        }
+        if self.backoff.max > MAX_PENALTY || self.eject.max > MAX_PENALTY {
+            return Err(
+                "`resilience.backoff.max` and `resilience.eject.max` must be at most 24h".into(),
+            );
         }
         if self.backoff.base > self.backoff.max {
             return Err("`resilience.backoff.base` is above `resilience.backoff.max`".into());
@@ -489,7 +497,8 @@ impl Outlier {
     }
 
     fn eject(&self, state: &mut OutlierState, now: Instant, reason: String) -> Ejection {
-        state.standing = Standing::Ejected(now + state.penalty);
+        // The penalty is at most a day (checked at load), so this cannot overflow.
+        state.standing = Standing::Ejected(now + state.penalty.min(MAX_PENALTY));
         state.probing = false;
         self.out.store(true, Ordering::Relaxed);
         self.failing.store(0, Ordering::Relaxed);
@@ -632,6 +641,7 @@ mod tests {
         assert!(bad("retries = 9").contains("retries"));
         assert!(bad("budget = { ttl = \"0s\" }").contains("budget.ttl"));
         assert!(bad("backoff = { base = \"1s\", max = \"10ms\" }").contains("backoff.base"));
+        assert!(bad("eject = { max = \"100000000years\" }").contains("eject.max"));
         assert!(toml::from_str::<ResiliencePolicy>("retrys = 1").is_err());
         assert!(
             toml::from_str::<ResiliencePolicy>("eject = { consecutive = 3, bse = \"1s\" }")

@@ -202,20 +202,20 @@ impl TestHost {
     /// same directories; returns the first run's log.
     pub fn restart(&mut self) -> String {
         let log = self.host.take().expect("running").stop();
-        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        self.host = Some(Host::start_with(
-            &bin(),
-            self.plugins.path(),
-            self.state.path(),
-            &args,
-        ));
+        self.start_again();
         log
     }
 
     /// Kills the process at once (SIGKILL: no drain, no clean-up, as a
     /// crash would) and starts it again on the same directories.
     pub fn crash_and_restart(&mut self) {
+        // Dropping a `Host` kills its process.
         drop(self.host.take());
+        self.start_again();
+    }
+
+    /// Starts the host on its directories and arguments again.
+    fn start_again(&mut self) {
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
         self.host = Some(Host::start_with(
             &bin(),
