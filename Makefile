@@ -132,7 +132,7 @@ component-check: setup
 ## What the benchmarks need beyond the example services: the fixtures, and the
 ## user service built without optimization (~500 KB of code, for the swap figure).
 bench-guests: plugins
-	cd $(PLUGIN_DIR) && CARGO_TARGET_DIR=$(GUEST_TARGET) $(CARGO) build --release --target wasm32-wasip2 -p probe -p hostile -p faulty
+	cd $(PLUGIN_DIR) && CARGO_TARGET_DIR=$(GUEST_TARGET) $(CARGO) build --release --target wasm32-wasip2 -p probe -p hostile -p faulty -p messenger
 	cd $(PLUGIN_DIR) && CARGO_PROFILE_DEV_DEBUG=0 CARGO_TARGET_DIR=$(GUEST_TARGET)/bench $(CARGO) build --target wasm32-wasip2 -p user
 
 ## Benchmarks (release build): throughput against native axum (and
@@ -147,8 +147,10 @@ bench: bench-guests host
 
 ## Seconds, not minutes: checks that every part of the harness still runs
 ## (debug build, shortest runs; the figures it prints mean nothing).
+## `--all-targets` builds the binaries with the features the tests unify
+## (tokio's test-util), so after `make test` nothing is compiled a second time.
 bench-quick: bench-guests
-	$(CARGO) build -p wasmhost -p wasmhost-bench
+	$(CARGO) build --workspace --all-targets
 	BIN_DIR=target/debug CACHE_DIR=$(TEST_CACHE) bench/run.sh quick
 	BIN_DIR=target/debug CACHE_DIR=$(TEST_CACHE) bench/messages.sh quick
 	$(CARGO) test -p wasmhost --bench request

@@ -74,3 +74,35 @@ pub mod v2 {
         },
     });
 }
+
+/// Bindings of the standard `wasi:messaging@0.2.0-draft` (`wit/deps/messaging/`),
+/// world `messaging-core`: `producer` imported, `incoming-handler` exported.
+/// Its `client` and `message` resources are the host types below.
+pub mod wasi_messaging {
+    wasmtime::component::bindgen!({
+        path: "../wit/deps/messaging",
+        world: "wasi:messaging/messaging-core",
+        imports: { default: trappable },
+        exports: { default: async },
+        with: {
+            "wasi:messaging/types.client": Client,
+            "wasi:messaging/types.message": Message,
+        },
+    });
+
+    /// A connection to the host's broker (there is one: `default`).
+    pub struct Client;
+
+    /// A message as a standard component builds or receives it.
+    #[derive(Debug, Clone, Default)]
+    pub struct Message {
+        /// Its payload.
+        pub data: Vec<u8>,
+        /// Its `content-type`, if set.
+        pub content_type: Option<String>,
+        /// Its metadata (headers).
+        pub metadata: Vec<(String, String)>,
+        /// The topic it came on (received messages only).
+        pub topic: Option<String>,
+    }
+}

@@ -180,29 +180,11 @@ impl Task {
         };
         let service = &self.entry.name;
         let attempt = delivery.attempt;
-        let (max, dead_letter) = (self.sub.max_deliver, self.sub.dead_letter);
         let (delivered, handled_by) = &outcome;
         let version = handled_by
             .as_ref()
             .map_or_else(String::new, |v| v.version.to_string());
-        let next = match delivered {
-            Delivered::Ack => Next::Ack,
-            Delivered::Reject(reason) => Next::Dead(format!("rejected: {reason}"), version),
-            Delivered::Retry(_) | Delivered::Failed(_) if attempt >= max => {
-                let why = match delivered {
-                    Delivered::Failed(e) => e.to_string(),
-                    _ => "the handler asked for a retry".to_string(),
-                };
-                Next::Dead(
-                    format!("{attempt} deliveries failed (last: {why})"),
-                    version,
-                )
-            }
-            Delivered::Retry(Some(ms)) => Next::Retry(Duration::from_millis(u64::from(*ms))),
-            Delivered::Retry(None) | Delivered::Failed(_) => {
-                Next::Retry(self.sub.retry_delay(attempt + 1, fastrand::f64()))
-            }
-        };
+        let next = Next::of(&self.sub, attempt, delivered, version, fastrand::f64());
         if let (Next::Ack, Some(v)) = (&next, handled_by) {
             let waited = now_ms().saturating_sub(delivery.published_at_ms);
             v.deliveries
@@ -221,17 +203,7 @@ impl Task {
                 tracing::warn!(%service, %group, id = %delivery.id, attempt, %version, %reason, "message moved to the dead letters")
             }
         }
-        let settled = match next {
-            Next::Ack => Settle::Ack,
-            Next::Retry(wait) => Settle::RetryAt(now_ms().saturating_add(millis(wait))),
-            Next::Dead(reason, version) if dead_letter => Settle::Dead {
-                attempts: attempt,
-                reason,
-                version,
-                at: now_ms(),
-            },
-            Next::Dead(..) => Settle::Ack,
-        };
+        let settled = next.settle(attempt, self.sub.dead_letter, now_ms());
         // Recorded by the settler with every outcome queued meanwhile (a
         // crash before that redelivers it); the slot frees once it is, so
         // leased deliveries never outnumber max-in-flight.
@@ -261,14 +233,21 @@ impl Task {
             body: delivery.body.clone(),
             attempt: delivery.attempt,
             published_at_ms: delivery.published_at_ms,
+            key: delivery.key.clone(),
         };
-        let (version, stable) = match self
-            .dispatcher
-            .pick_for_message(&self.entry.name, &delivery.headers)
-        {
-            Some(picked) => picked,
-            None => return (Delivered::Retry(None), None),
-        };
+        let sticky = self
+            .sub
+            .sticky
+            .as_ref()
+            .and_then(|s| s.of(delivery.key.as_deref(), &delivery.headers));
+        let (version, stable) =
+            match self
+                .dispatcher
+                .pick_for_message(&self.entry.name, &delivery.headers, sticky)
+            {
+                Some(picked) => picked,
+                None => return (Delivered::Retry(None), None),
+            };
         let first = self.dispatcher.deliver(&version, &msg).await;
         let failed = matches!(first, Delivered::Retry(_) | Delivered::Failed(_));
         match stable.filter(|s| {
@@ -286,10 +265,61 @@ impl Task {
 }
 
 /// What becomes of a delivery.
+#[derive(Debug, PartialEq)]
 enum Next {
     Ack,
+    /// Deliver again after this wait.
     Retry(Duration),
+    /// Into the dead letters: why, and the version that failed it last.
     Dead(String, String),
+}
+
+impl Next {
+    /// The subscription's rule for attempt `attempt` of a message whose
+    /// handler did `delivered` on `version`; `roll` in `[0, 1)` places the
+    /// back-off in its ±20% jitter.
+    fn of(
+        sub: &Subscription,
+        attempt: u32,
+        delivered: &Delivered,
+        version: String,
+        roll: f64,
+    ) -> Self {
+        match delivered {
+            Delivered::Ack => Next::Ack,
+            Delivered::Reject(reason) => Next::Dead(format!("rejected: {reason}"), version),
+            Delivered::Retry(_) | Delivered::Failed(_) if attempt >= sub.max_deliver => {
+                let why = match delivered {
+                    Delivered::Failed(e) => e.to_string(),
+                    _ => "the handler asked for a retry".to_string(),
+                };
+                Next::Dead(
+                    format!("{attempt} deliveries failed (last: {why})"),
+                    version,
+                )
+            }
+            Delivered::Retry(Some(ms)) => Next::Retry(Duration::from_millis(u64::from(*ms))),
+            Delivered::Retry(None) | Delivered::Failed(_) => {
+                Next::Retry(sub.retry_delay(attempt + 1, roll))
+            }
+        }
+    }
+
+    /// The log's record of it at `now` (ms since the epoch): with
+    /// `dead-letter = false` a message past its last attempt is dropped.
+    fn settle(self, attempt: u32, dead_letter: bool, now: u64) -> Settle {
+        match self {
+            Next::Ack => Settle::Ack,
+            Next::Retry(wait) => Settle::RetryAt(now.saturating_add(millis(wait))),
+            Next::Dead(reason, version) if dead_letter => Settle::Dead {
+                attempts: attempt,
+                reason,
+                version,
+                at: now,
+            },
+            Next::Dead(..) => Settle::Ack,
+        }
+    }
 }
 
 /// Aborts a task when dropped (the settler dies with the loop).
@@ -304,4 +334,95 @@ impl Drop for AbortOnDrop {
 /// `d` in whole milliseconds, saturating.
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::Outgoing;
+
+    fn subscription(extra: &str) -> Subscription {
+        let text = format!("[[subscribe]]\ntopic = \"t\"\n{extra}");
+        crate::manifest::Manifest::parse(&text, "s.toml")
+            .unwrap()
+            .subscribe
+            .remove(0)
+    }
+
+    /// Drives one message through the log with the delivery loop's own
+    /// rules, on a clock the test moves: the handler always fails. Returns
+    /// when each attempt was handed out (ms) and the dead letters.
+    fn schedule(
+        sub: &Subscription,
+        roll: f64,
+        delivered: impl Fn() -> Delivered,
+    ) -> (Vec<u64>, Vec<crate::messages::DeadLetter>) {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = KvStore::open(&dir.path().join("kv.redb")).unwrap();
+        let message = Outgoing {
+            id: "m".into(),
+            topic: "t".into(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            published_at_ms: 0,
+            not_before_ms: 0,
+            key: None,
+            groups: vec![("s/s".into(), None)],
+        };
+        kv.commit_request(None, &[message]).unwrap();
+        let (mut now, mut handed) = (0u64, Vec::new());
+        while let Some(d) = kv.claim("s/s", now, 16, 35_000).unwrap().pop() {
+            assert_eq!(d.attempt as usize, handed.len() + 1);
+            handed.push(now);
+            let next = Next::of(sub, d.attempt, &delivered(), "1.0.0".into(), roll);
+            // The handler took 10 ms.
+            now += 10;
+            let settled = next.settle(d.attempt, sub.dead_letter, now);
+            kv.settle(&[("s/s".into(), d.seq, settled.clone())])
+                .unwrap();
+            let Settle::RetryAt(at) = settled else { break };
+            // Not a millisecond early, and ready on time.
+            assert!(kv.claim("s/s", at - 1, 16, 35_000).unwrap().is_empty());
+            now = at;
+        }
+        assert!(kv.claim("s/s", now + 86_400_000, 16, 1).unwrap().is_empty());
+        (handed, kv.dead_letters("s/s", 10).unwrap())
+    }
+
+    #[test]
+    fn the_redelivery_schedule_on_virtual_time() {
+        let sub = subscription("");
+        // No jitter (roll ½): 1 s, 5 s, 30 s, 2 min after each failure, then
+        // the fifth attempt is the last and one dead letter is written.
+        let (handed, dead) = schedule(&sub, 0.5, || Delivered::Retry(None));
+        let gaps: Vec<u64> = handed.windows(2).map(|w| w[1] - w[0] - 10).collect();
+        assert_eq!(gaps, [1_000, 5_000, 30_000, 120_000]);
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].attempts, 5);
+        assert!(
+            dead[0].reason.contains("5 deliveries failed"),
+            "{}",
+            dead[0].reason
+        );
+        // The jitter's ends: 0.8× and 1.2× each wait.
+        let (low, _) = schedule(&sub, 0.0, || Delivered::Retry(None));
+        let (high, _) = schedule(&sub, 1.0, || Delivered::Retry(None));
+        let gaps = |h: &[u64]| h.windows(2).map(|w| w[1] - w[0] - 10).collect::<Vec<_>>();
+        assert_eq!(gaps(&low), [800, 4_000, 24_000, 96_000]);
+        assert_eq!(gaps(&high), [1_200, 6_000, 36_000, 144_000]);
+        // A handler's own delay wins; max-deliver and the last wait repeating.
+        let sub3 = subscription("max-deliver = 7\nbackoff = [\"2s\", \"3s\"]");
+        let (handed, dead) = schedule(&sub3, 0.5, || Delivered::Retry(None));
+        assert_eq!(gaps(&handed), [2_000, 3_000, 3_000, 3_000, 3_000, 3_000]);
+        assert_eq!(dead[0].attempts, 7);
+        let (handed, _) = schedule(&sub, 0.5, || Delivered::Retry(Some(250)));
+        assert_eq!(gaps(&handed), [250, 250, 250, 250]);
+        // A reject: one attempt, one dead letter; without dead letters, none.
+        let (handed, dead) = schedule(&sub, 0.5, || Delivered::Reject("bad".into()));
+        assert_eq!((handed.len(), dead.len()), (1, 1));
+        assert!(dead[0].reason.contains("rejected: bad"));
+        let quiet = subscription("dead-letter = false");
+        let (handed, dead) = schedule(&quiet, 0.5, || Delivered::Retry(None));
+        assert_eq!((handed.len(), dead.len()), (5, 0));
+    }
 }

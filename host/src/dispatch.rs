@@ -450,6 +450,21 @@ impl Dispatcher {
                     touched: true,
                 };
             }
+            Pre::Messaging(_) => {
+                drop(in_flight);
+                let body = serde_json::json!({
+                    "error": format!("`{}` handles messages only: it has no HTTP handler", version.service),
+                });
+                return Attempt {
+                    result: Ok(Response {
+                        status: 404,
+                        headers: vec![("content-type".into(), "application/json".into())],
+                        body: body.to_string().into_bytes(),
+                    }),
+                    failed: None,
+                    touched: false,
+                };
+            }
             service => service,
         };
         // A fresh instance, unless the service opted into reuse and an
@@ -553,16 +568,27 @@ impl Dispatcher {
 }
 
 impl Dispatcher {
-    /// The version of `service` a message goes to (release policy, an
-    /// ejected version's share to the stable one), and the stable version.
+    /// The version of `service` a message goes to (release policy: by the
+    /// subscription's `sticky` value when the message has one, else as a
+    /// request with its headers; an ejected version's share to the stable
+    /// one), and the stable version.
     pub fn pick_for_message(
         &self,
         service: &str,
         headers: &[(String, String)],
+        sticky: Option<&str>,
     ) -> Option<(Arc<Version>, Option<Arc<Version>>)> {
         let snapshot = self.snapshot();
         let entry = snapshot.registry.service(service)?;
-        let (version, _) = entry.pick(headers, fastrand::u64(..), Pins::Ignored)?;
+        let version = match sticky {
+            Some(value) => entry
+                .policy
+                .pick_by_value(value)
+                .and_then(|v| entry.version(v)),
+            None => entry
+                .pick(headers, fastrand::u64(..), Pins::Ignored)
+                .map(|(v, _)| v),
+        }?;
         let stable = entry.stable().cloned();
         let version = match (&stable, version.outlier.is_serving()) {
             (Some(stable), false) => stable.clone(),
@@ -570,6 +596,19 @@ impl Dispatcher {
         };
         Some((version, stable))
     }
+}
+
+/// A version's subscriber export: the wasmhost contract's, or the standard
+/// `wasi:messaging/incoming-handler`.
+enum Subscriber<'a> {
+    Plugin(
+        &'a wasmtime::component::InstancePre<HostState>,
+        &'a crate::bindings::v2::exports::wasmhost::plugin::subscriber::GuestIndices,
+    ),
+    Wasi(
+        &'a wasmtime::component::InstancePre<HostState>,
+        &'a crate::bindings::wasi_messaging::exports::wasi::messaging::incoming_handler::GuestIndices,
+    ),
 }
 
 /// How a subscriber's handler took one delivery.
@@ -597,15 +636,21 @@ impl Dispatcher {
     ) -> Delivered {
         use crate::bindings::v2::exports::wasmhost::plugin::subscriber::Failure as Refusal;
         let fail = |failure| Delivered::Failed(DispatchError::failed(version, failure));
-        let Pre::Plugin(plugin) = &version.pre else {
-            return fail(Failure::Internal(
-                "the version exports no subscriber".into(),
-            ));
-        };
-        let Some(indices) = &plugin.subscriber else {
-            return fail(Failure::Internal(
-                "the version exports no subscriber".into(),
-            ));
+        let handler = match &version.pre {
+            Pre::Plugin(plugin) => match &plugin.subscriber {
+                Some(indices) => Subscriber::Plugin(&plugin.pre, indices),
+                None => {
+                    return fail(Failure::Internal(
+                        "the version exports no subscriber".into(),
+                    ))
+                }
+            },
+            Pre::Messaging(m) => Subscriber::Wasi(&m.pre, &m.handler),
+            _ => {
+                return fail(Failure::Internal(
+                    "the version exports no subscriber".into(),
+                ))
+            }
         };
         let limits = &version.sandbox.limits;
         let started = std::time::Instant::now();
@@ -618,18 +663,44 @@ impl Dispatcher {
             }
         };
         let call = async {
-            let instance = plugin
-                .pre
-                .instantiate_async(&mut store)
-                .await
-                .map_err(|e| classify(e, limits))?;
-            let guest = indices
-                .load(&mut store, &instance)
-                .map_err(|e| classify(e, limits))?;
-            guest
-                .call_handle(&mut store, msg)
-                .await
-                .map_err(|e| classify(e, limits))
+            match handler {
+                Subscriber::Plugin(pre, indices) => {
+                    let instance = pre
+                        .instantiate_async(&mut store)
+                        .await
+                        .map_err(|e| classify(e, limits))?;
+                    let guest = indices
+                        .load(&mut store, &instance)
+                        .map_err(|e| classify(e, limits))?;
+                    guest
+                        .call_handle(&mut store, msg)
+                        .await
+                        .map_err(|e| classify(e, limits))
+                }
+                Subscriber::Wasi(pre, indices) => {
+                    let instance = pre
+                        .instantiate_async(&mut store)
+                        .await
+                        .map_err(|e| classify(e, limits))?;
+                    let guest = indices
+                        .load(&mut store, &instance)
+                        .map_err(|e| classify(e, limits))?;
+                    let incoming = crate::capabilities::wasi_messaging::incoming(msg);
+                    let resource = store
+                        .data_mut()
+                        .push_message(incoming)
+                        .map_err(|e| classify(e, limits))?;
+                    let handled = guest
+                        .call_handle(&mut store, resource)
+                        .await
+                        .map_err(|e| classify(e, limits))?;
+                    // The draft has no dispositions: any error is a retry.
+                    Ok(handled.map_err(|error| {
+                        tracing::info!(service = %version.service, version = %version.version, id = %msg.id, ?error, "the wasi:messaging handler failed the message");
+                        Refusal::Retry(None)
+                    }))
+                }
+            }
         };
         let outcome = tokio::time::timeout(limits.timeout, call).await;
         let memory_exhausted = store.data().limiter.memory_exhausted;
@@ -680,7 +751,7 @@ impl Dispatcher {
         if !outbox.is_empty() {
             let snapshot = self.snapshot.load();
             for message in &mut outbox {
-                message.groups = snapshot.registry.groups_for(&message.topic);
+                message.groups = snapshot.registry.groups_for(message);
             }
         }
         let kv = self.kv.clone();

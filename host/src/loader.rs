@@ -505,10 +505,11 @@ impl Loader {
             service: name.service.as_str().into(),
             version: version.as_str().into(),
         };
-        let subscriber = matches!(&pre, Pre::Plugin(p) if p.subscriber.is_some());
+        let subscriber = matches!(&pre, Pre::Plugin(p) if p.subscriber.is_some())
+            || matches!(&pre, Pre::Messaging(_));
         if sandbox.subscribes && !subscriber {
             bail!(
-                "{}.toml subscribes to topics, but this component exports no `wasmhost:plugin/subscriber@0.2.0` (build it for the `subscriber-service` world of wit/v0.2)",
+                "{}.toml subscribes to topics, but this component exports no `wasmhost:plugin/subscriber@0.2.0` (build it for the `subscriber-service` world of wit/v0.2) and no `wasi:messaging/incoming-handler` (run in a component that exports no HTTP handler)",
                 id.service
             );
         }
@@ -632,6 +633,9 @@ impl Loader {
         let plugin_v2 = exports
             .iter()
             .any(|name| name == "wasmhost:plugin/handler@0.2.0");
+        let wasi_messaging = exports
+            .iter()
+            .any(|name| name.starts_with("wasi:messaging/incoming-handler@0.2.0-draft"));
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             anyhow::anyhow!(
                 "component imports something the host does not provide: {}",
@@ -657,6 +661,19 @@ impl Loader {
                 pre,
                 handler,
                 subscriber,
+            })));
+        }
+        if wasi_messaging && !exports_http {
+            use crate::bindings::wasi_messaging::exports::wasi::messaging::incoming_handler;
+            let handler = incoming_handler::GuestIndices::new(&pre).map_err(|e| {
+                anyhow::anyhow!(
+                    "component does not implement wasi:messaging/incoming-handler@0.2.0-draft: {}",
+                    first_line(&format!("{e:#}"))
+                )
+            })?;
+            return Ok(Pre::Messaging(Arc::new(crate::registry::MessagingPre {
+                pre,
+                handler,
             })));
         }
         if exports_http {
@@ -699,6 +716,7 @@ impl Loader {
         let run = async {
             match pre {
                 Pre::Proxy(pre) => pre.instantiate_async(&mut store).await.map(drop),
+                Pre::Messaging(m) => m.pre.instantiate_async(&mut store).await.map(drop),
                 service => match service.instantiate_handler(&mut store).await {
                     Some(instantiated) => instantiated.map(drop),
                     None => Ok(()),

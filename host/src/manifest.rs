@@ -240,6 +240,8 @@ pub struct Manifest {
 /// backoff = ["1s", "5s", "30s", "2m"]   # before attempt 2, 3…; the last repeats
 /// max-in-flight = 16            # deliveries handled at once
 /// dead-letter = true            # false: a message past max-deliver is dropped
+/// ordered-by = "key"            # or "header:NAME": one at a time per key, in order
+/// sticky = "header:x-user-id"   # or "key": a key's messages go to one version
 /// ```
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -264,6 +266,17 @@ pub struct Subscription {
     /// Whether a message past `max-deliver` (or rejected) is kept as a dead letter.
     #[serde(default = "default_true")]
     pub dead_letter: bool,
+    /// Per-key ordering: messages with the same key are handled one at a
+    /// time, in the order they were published (messages without one are
+    /// not held back).
+    #[serde(default)]
+    pub ordered_by: Option<crate::spec::MessageKey>,
+    /// Version stickiness: messages with the same key go to the same
+    /// version under weights (the same version an HTTP request sticky on
+    /// the same value gets); without it, the service's own `sticky` applies
+    /// to the message's headers.
+    #[serde(default)]
+    pub sticky: Option<crate::spec::MessageKey>,
 }
 
 /// Default deliveries before a dead letter.
@@ -562,11 +575,24 @@ mod tests {
             ("ack-wait = \"10ms\"", "ack-wait"),
             ("backoff = [\"1000000000years\"]", "backoff"),
             ("group = \"a b\"", "group"),
+            ("ordered-by = \"customer\"", "ordered-by"),
+            ("sticky = \"cookie:a\"", "sticky"),
         ] {
             let text = format!("[[subscribe]]\ntopic = \"t\"\n{bad}");
             let err = format!("{:#}", Manifest::parse(&text, "x.toml").unwrap_err());
             assert!(err.contains(key), "{bad}: {err}");
         }
+        let keyed =
+            "[[subscribe]]\ntopic = \"t\"\nordered-by = \"key\"\nsticky = \"header:X-User\"";
+        let m = Manifest::parse(keyed, "x.toml").unwrap();
+        assert_eq!(
+            m.subscribe[0].ordered_by,
+            Some(crate::spec::MessageKey::Key)
+        );
+        assert_eq!(
+            m.subscribe[0].sticky,
+            Some(crate::spec::MessageKey::Header("x-user".into()))
+        );
         let err = Manifest::parse("[[subscribe]]\ntopic = \"a..b\"", "x.toml").unwrap_err();
         assert!(format!("{err:#}").contains("not a topic"), "{err:#}");
         let err = Manifest::parse("[grants]\npublish = [\"a.>.b\"]", "x.toml").unwrap_err();

@@ -8,6 +8,11 @@
 //! - [`KvStore::commit_request`] writes a request's key-value writes and its
 //!   messages in one transaction: a request's messages exist only if it
 //!   answered (the outbox needs no table in the guest).
+//! - A row may carry an ordering key (the subscription's `ordered-by`):
+//!   a claim skips a row while an earlier row of its group has the same
+//!   key, whatever that row's state (waiting, leased, retrying), so a key's
+//!   messages are handled one at a time in publish order. A dead letter
+//!   leaves the queue, and with it the key.
 //! - A claim leases up to N ready rows; an ack deletes the row; a retry
 //!   clears the lease and sets the next attempt's time; a dead letter is
 //!   written and the row deleted in one transaction, so a message is never
@@ -23,16 +28,19 @@ use anyhow::{bail, Context, Result};
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-/// One stored message: (id, topic, headers as JSON, body, published-at ms).
-type Stored<'a> = (&'a str, &'a str, &'a [u8], &'a [u8], u64);
+/// One stored message: (id, topic, headers as JSON, body, published-at ms,
+/// publish key).
+type Stored<'a> = (&'a str, &'a str, &'a [u8], &'a [u8], u64, Option<&'a str>);
 /// Messages: seq → the message.
 const LOG: TableDefinition<u64, Stored> = TableDefinition::new("msg_log");
 /// How many groups still hold each message: seq → count.
 const REFS: TableDefinition<u64, u32> = TableDefinition::new("msg_refs");
 /// The next sequence number: "seq" → u64.
 const META: TableDefinition<&str, u64> = TableDefinition::new("msg_meta");
-/// Pending deliveries: (group, seq) → (attempt so far, not before, lease until).
-const PENDING: TableDefinition<(&str, u64), (u32, u64, u64)> = TableDefinition::new("msg_pending");
+/// A pending delivery: (attempt so far, not before, lease until, ordering key).
+type Row<'a> = (u32, u64, u64, Option<&'a str>);
+/// Pending deliveries: (group, seq) → the row.
+const PENDING: TableDefinition<(&str, u64), Row> = TableDefinition::new("msg_pending");
 /// Dead letters: (group, seq) → (attempts, reason, version, at).
 const DEAD: TableDefinition<(&str, u64), (u32, &str, &str, u64)> = TableDefinition::new("msg_dead");
 
@@ -92,9 +100,12 @@ pub struct Outgoing {
     pub published_at_ms: u64,
     /// Not delivered before this, ms since the epoch.
     pub not_before_ms: u64,
-    /// The groups that receive it (resolved from the subscriptions when
+    /// The key it was published with.
+    pub key: Option<String>,
+    /// The groups that receive it, each with the message's ordering key
+    /// for that group's subscription (resolved from the subscriptions when
     /// the request commits).
-    pub groups: Vec<String>,
+    pub groups: Vec<(String, Option<String>)>,
 }
 
 /// One message handed to a group's handler.
@@ -114,6 +125,8 @@ pub struct Delivery {
     pub body: Vec<u8>,
     /// When it was published.
     pub published_at_ms: u64,
+    /// The key it was published with.
+    pub key: Option<String>,
     /// This delivery's attempt, 1-based.
     pub attempt: u32,
 }
@@ -201,11 +214,13 @@ impl KvStore {
                             headers.as_slice(),
                             m.body.as_slice(),
                             m.published_at_ms,
+                            m.key.as_deref(),
                         ),
                     )?;
                     refs.insert(seq, m.groups.len() as u32)?;
-                    for group in &m.groups {
-                        pending.insert((group.as_str(), seq), (0, m.not_before_ms, 0))?;
+                    for (group, order) in &m.groups {
+                        let row = (0, m.not_before_ms, 0, order.as_deref());
+                        pending.insert((group.as_str(), seq), row)?;
                     }
                     seq += 1;
                 }
@@ -217,7 +232,8 @@ impl KvStore {
     }
 
     /// Leases up to `max` of `group`'s ready deliveries (not before and
-    /// lease both past at `now`) until `now + lease_ms`, oldest first.
+    /// lease both past at `now`, and no earlier row with the same ordering
+    /// key) until `now + lease_ms`, oldest first.
     pub fn claim(&self, group: &str, now: u64, max: usize, lease_ms: u64) -> Result<Vec<Delivery>> {
         if max == 0 {
             return Ok(Vec::new());
@@ -229,22 +245,25 @@ impl KvStore {
                 let mut pending = txn.open_table(PENDING)?;
                 let log = txn.open_table(LOG)?;
                 let mut ready = Vec::new();
+                // Ordering keys of the rows seen so far: a later row of one waits.
+                let mut held = std::collections::HashSet::new();
                 for row in pending.range((group, 0)..=(group, u64::MAX))? {
                     let (key, value) = row?;
-                    let (attempt, not_before, lease) = value.value();
-                    if not_before <= now && lease <= now {
-                        ready.push((key.value().1, attempt));
+                    let (attempt, not_before, lease, order) = value.value();
+                    let first_of_key = order.is_none_or(|k| held.insert(k.to_string()));
+                    if first_of_key && not_before <= now && lease <= now {
+                        ready.push((key.value().1, attempt, order.map(str::to_string)));
                         if ready.len() == max {
                             break;
                         }
                     }
                 }
-                for (seq, attempt) in ready {
+                for (seq, attempt, order) in ready {
                     let Some(entry) = log.get(seq)? else {
                         pending.remove((group, seq))?;
                         continue;
                     };
-                    let (id, topic, headers, body, published) = entry.value();
+                    let (id, topic, headers, body, published, key) = entry.value();
                     out.push(Delivery {
                         group: group.to_string(),
                         seq,
@@ -253,9 +272,16 @@ impl KvStore {
                         headers: decode_headers(headers),
                         body: body.to_vec(),
                         published_at_ms: published,
+                        key: key.map(str::to_string),
                         attempt: attempt + 1,
                     });
-                    pending.insert((group, seq), (attempt + 1, 0, now.saturating_add(lease_ms)))?;
+                    let row = (
+                        attempt + 1,
+                        0,
+                        now.saturating_add(lease_ms),
+                        order.as_deref(),
+                    );
+                    pending.insert((group, seq), row)?;
                 }
             }
             txn.commit()?;
@@ -277,9 +303,11 @@ impl KvStore {
                     Settle::Ack => release(&txn, group, seq)?,
                     Settle::RetryAt(at) => {
                         let mut pending = txn.open_table(PENDING)?;
-                        let current = pending.get((group, seq))?.map(|v| v.value());
-                        if let Some((attempt, _, _)) = current {
-                            pending.insert((group, seq), (attempt, *at, 0))?;
+                        let current = pending
+                            .get((group, seq))?
+                            .map(|v| (v.value().0, v.value().3.map(str::to_string)));
+                        if let Some((attempt, order)) = current {
+                            pending.insert((group, seq), (attempt, *at, 0, order.as_deref()))?;
                         }
                     }
                     Settle::Dead {
@@ -308,9 +336,12 @@ impl KvStore {
             let txn = db.begin_write()?;
             {
                 let mut pending = txn.open_table(PENDING)?;
-                let current = pending.get((group, seq))?.map(|v| v.value());
-                if let Some((attempt, not_before, _)) = current {
-                    pending.insert((group, seq), (attempt, not_before, until))?;
+                let current = pending.get((group, seq))?.map(|v| {
+                    let (attempt, not_before, _, order) = v.value();
+                    (attempt, not_before, order.map(str::to_string))
+                });
+                if let Some((attempt, not_before, order)) = current {
+                    pending.insert((group, seq), (attempt, not_before, until, order.as_deref()))?;
                 }
             }
             txn.commit()?;
@@ -350,7 +381,9 @@ impl KvStore {
     }
 
     /// Puts dead letters of `group` back for delivery, with attempt 1
-    /// again: the ones named by `seqs`, or all. Returns how many.
+    /// again: the ones named by `seqs`, or all. Returns how many. A
+    /// replayed message holds no ordering key: its key's later messages
+    /// were handled already, and it must not hold back newer ones.
     pub fn replay(&self, group: &str, seqs: Option<&[u64]>, now: u64) -> Result<u64> {
         self.with_db(|db| {
             let txn = db.begin_write()?;
@@ -367,7 +400,7 @@ impl KvStore {
                 };
                 for seq in chosen {
                     if dead.remove((group, seq))?.is_some() {
-                        pending.insert((group, seq), (0, now, 0))?;
+                        pending.insert((group, seq), (0, now, 0, None))?;
                         n += 1;
                     }
                 }
@@ -416,7 +449,7 @@ impl KvStore {
                 }
                 for row in pending.range((group, 0)..=(group, u64::MAX))? {
                     let (_, value) = row?;
-                    let (attempt, _, lease) = value.value();
+                    let (attempt, _, lease, _) = value.value();
                     if lease > now {
                         stats.in_flight += 1;
                     } else {
@@ -503,7 +536,8 @@ mod tests {
             body: id.as_bytes().to_vec(),
             published_at_ms: 1,
             not_before_ms: not_before,
-            groups: groups.iter().map(|g| g.to_string()).collect(),
+            key: None,
+            groups: groups.iter().map(|g| (g.to_string(), None)).collect(),
         }
     }
 
@@ -595,6 +629,42 @@ mod tests {
             (1, 0, 1)
         );
         assert_eq!(kv.claim("g", 60, 3, 100).unwrap()[0].id, "m1");
+    }
+
+    #[test]
+    fn a_key_is_handled_one_message_at_a_time_in_order() {
+        let (_d, kv) = store();
+        let keyed = |id: &str, key: Option<&str>| Outgoing {
+            groups: vec![("g".into(), key.map(str::to_string))],
+            ..message(id, &[], 0)
+        };
+        let msgs = [
+            keyed("a1", Some("a")),
+            keyed("b1", Some("b")),
+            keyed("a2", Some("a")),
+            keyed("free", None),
+            keyed("a3", Some("a")),
+        ];
+        kv.commit_request(None, &msgs).unwrap();
+        let ids = |d: &[Delivery]| d.iter().map(|d| d.id.clone()).collect::<Vec<_>>();
+        // One per key, and the message without a key is not held back.
+        let first = kv.claim("g", 10, 16, 100_000).unwrap();
+        assert_eq!(ids(&first), ["a1", "b1", "free"]);
+        // In flight or waiting for a retry, a1 still holds a2 back.
+        assert!(kv.claim("g", 20, 16, 100).unwrap().is_empty());
+        settle(&kv, "g", first[0].seq, Settle::RetryAt(500));
+        assert!(kv.claim("g", 200, 16, 100).unwrap().is_empty());
+        let again = kv.claim("g", 500, 16, 100).unwrap();
+        assert_eq!(ids(&again), ["a1"]);
+        assert_eq!(again[0].attempt, 2);
+        ack(&kv, "g", again[0].seq);
+        assert_eq!(ids(&kv.claim("g", 501, 16, 100).unwrap()), ["a2"]);
+        // A lease that runs out makes the same message ready, not the next.
+        assert_eq!(ids(&kv.claim("g", 700, 16, 100).unwrap()), ["a2"]);
+        // A dead letter leaves the queue, and the key moves on.
+        let a2 = kv.claim("g", 900, 16, 100).unwrap();
+        bury(&kv, a2[0].seq, a2[0].attempt, "no", 900);
+        assert_eq!(ids(&kv.claim("g", 901, 16, 100).unwrap()), ["a3"]);
     }
 
     #[test]

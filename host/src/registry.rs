@@ -31,6 +31,19 @@ pub enum Pre {
     Plugin(Arc<PluginPre>),
     /// The standard `wasi:http/proxy` world (`wasi:http/incoming-handler`).
     Proxy(wasmtime_wasi_http::p2::bindings::ProxyPre<HostState>),
+    /// The standard `wasi:messaging` draft: a component that exports
+    /// `wasi:messaging/incoming-handler` and no HTTP handler (it handles
+    /// messages only).
+    Messaging(Arc<MessagingPre>),
+}
+
+/// A `wasi:messaging@0.2.0-draft` component, pre-linked.
+pub struct MessagingPre {
+    /// The pre-linked component.
+    pub pre: wasmtime::component::InstancePre<HostState>,
+    /// Its `incoming-handler` export.
+    pub handler:
+        crate::bindings::wasi_messaging::exports::wasi::messaging::incoming_handler::GuestIndices,
 }
 
 /// A `wasmhost:plugin@0.2.0` component, pre-linked, with where its exports are.
@@ -52,6 +65,7 @@ impl Pre {
             Pre::Plugin(p) if p.subscriber.is_some() => "wasmhost:plugin/subscriber-service@0.2.0",
             Pre::Plugin(_) => "wasmhost:plugin/service@0.2.0",
             Pre::Proxy(_) => "wasi:http/proxy",
+            Pre::Messaging(_) => "wasi:messaging/messaging-core",
         }
     }
 
@@ -69,6 +83,9 @@ impl Pre {
                 Err(e) => Err(e),
             },
             Pre::Proxy(_) => return None,
+            Pre::Messaging(_) => Err(wasmtime::format_err!(
+                "this service handles messages only (a wasi:messaging component exports no HTTP handler)"
+            )),
         })
     }
 }
@@ -425,16 +442,24 @@ impl Registry {
         }
     }
 
-    /// The consumer groups a message on `topic` goes to: one per matching
-    /// `[[subscribe]]` of a loaded service, as `service/group`.
-    pub fn groups_for(&self, topic: &str) -> Vec<String> {
-        let mut groups: Vec<String> = self
+    /// The consumer groups a message goes to: one per `[[subscribe]]` of a
+    /// loaded service matching its topic, as `service/group`, each with the
+    /// message's ordering key under that subscription's `ordered-by`.
+    pub fn groups_for(&self, message: &crate::messages::Outgoing) -> Vec<(String, Option<String>)> {
+        let mut groups: Vec<(String, Option<String>)> = self
             .subscriptions()
-            .filter(|(_, sub)| sub.topic.matches(topic))
-            .map(|(service, sub)| group_key(service, sub.group_name(service)))
+            .filter(|(_, sub)| sub.topic.matches(&message.topic))
+            .map(|(service, sub)| {
+                let order = sub
+                    .ordered_by
+                    .as_ref()
+                    .and_then(|by| by.of(message.key.as_deref(), &message.headers))
+                    .map(str::to_string);
+                (group_key(service, sub.group_name(service)), order)
+            })
             .collect();
         groups.sort();
-        groups.dedup();
+        groups.dedup_by(|a, b| a.0 == b.0);
         groups
     }
 

@@ -111,14 +111,26 @@ impl Policy {
             Some(key) => fnv1a(key.as_bytes()) % 100,
             None => roll % 100,
         };
+        self.by_bucket(bucket).map(|v| (v, false))
+    }
+
+    /// Picks the version for a sticky value given outright (a message's
+    /// key under its subscription's `sticky`): the version a request whose
+    /// sticky header or cookie has the same value gets.
+    pub fn pick_by_value(&self, value: &str) -> Option<&Arc<str>> {
+        self.by_bucket(fnv1a(value.as_bytes()) % 100)
+    }
+
+    /// The version whose share of 0..100 holds `bucket`.
+    fn by_bucket(&self, bucket: u64) -> Option<&Arc<str>> {
         let mut upper = 0u64;
         for (version, weight) in &self.weights {
             upper += u64::from(*weight);
             if bucket < upper {
-                return Some((version, false));
+                return Some(version);
             }
         }
-        self.weights.first().map(|(v, _)| (v, false))
+        self.weights.first().map(|(v, _)| v)
     }
 }
 
@@ -277,6 +289,12 @@ mod tests {
             if before.as_deref() == Some("1.1.0") {
                 assert_eq!(after.as_deref(), Some("1.1.0"), "user-{user} moved back");
             }
+            // A message keyed by the same value lands where the request does.
+            assert_eq!(
+                p10.pick_by_value(&format!("user-{user}"))
+                    .map(|v| v.to_string()),
+                before
+            );
         }
     }
 

@@ -509,6 +509,49 @@ impl TryFrom<String> for TopicPattern {
     }
 }
 
+/// Where a subscription takes a message's key from, for per-key ordering
+/// (`ordered-by`) or version stickiness (`sticky`): `key` (the key given
+/// at publish, `publish-options.key`) or `header:NAME` (a message header).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub enum MessageKey {
+    /// The publisher's `publish-options.key`.
+    Key,
+    /// A message header (lowercase name).
+    Header(String),
+}
+
+impl MessageKey {
+    /// Parses `key` or `header:NAME`.
+    pub fn parse(spec: &str) -> Result<Self> {
+        match spec.split_once(':') {
+            None if spec == "key" => Ok(Self::Key),
+            Some(("header", name)) if !name.is_empty() => {
+                Ok(Self::Header(name.to_ascii_lowercase()))
+            }
+            _ => bail!("a message key must be `key` or `header:NAME`, not `{spec}`"),
+        }
+    }
+
+    /// The value of this key in a message, if it has one.
+    pub fn of<'a>(&self, key: Option<&'a str>, headers: &'a [(String, String)]) -> Option<&'a str> {
+        match self {
+            Self::Key => key,
+            Self::Header(name) => headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str()),
+        }
+    }
+}
+
+impl TryFrom<String> for MessageKey {
+    type Error = anyhow::Error;
+    fn try_from(s: String) -> Result<Self> {
+        Self::parse(&s)
+    }
+}
+
 /// Checks a topic (`pattern`: wildcards allowed); the error says what is wrong.
 pub fn check_topic(text: &str, pattern: bool) -> Result<()> {
     if text.is_empty() || text.len() > MAX_TOPIC_LEN {

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
-use wasmhost_test_support::{wait_until, Host, TestHost, FAULTY, FAULTY_BROKEN, PROBE};
+use wasmhost_test_support::{wait_until, Host, TestHost, FAULTY, FAULTY_BROKEN, MESSENGER, PROBE};
 
 const MANIFEST: &str = r#"
 [grants]
@@ -467,4 +467,203 @@ backoff = ["20ms"]
     assert!(highest >= 1);
     // The poison message is still being retried meanwhile.
     assert!(count(&host, &format!("deliveries:{poison}")) > 1);
+}
+
+/// Waits until faulty's only group has nothing waiting or in flight.
+fn until_idle(host: &Host) {
+    wait_until("the group idle", Duration::from_secs(120), || {
+        let topics = host.admin("GET", "/admin/topics", None, None).json();
+        let g = &topics["groups"][0];
+        (g["backlog"] == 0 && g["in_flight"] == 0).then_some(())
+    });
+}
+
+/// 200 messages over 4 keys, handled by up to 16 handlers that sleep a
+/// random 0–20 ms and ask for a retry on a quarter of first attempts; each
+/// key's handling order, as the handler recorded it.
+fn keyed_run(extra: &str) -> Vec<Vec<u32>> {
+    let manifest = format!(
+        "[grants]\npublish = [\"jobs.>\"]\n\n[[subscribe]]\ntopic = \"jobs.*\"\nbackoff = [\"20ms\"]\n{extra}"
+    );
+    let host = TestHost::empty()
+        .add(FAULTY, "faulty@1.0.0.wasm")
+        .manifest("faulty", &manifest)
+        .start();
+    host.send("POST", "/faulty/publish-keyed/jobs.keyed/4/200", "order:20")
+        .expect_status(201);
+    until_idle(&host);
+    (0..4)
+        .map(|k| {
+            let seen = host.get(&format!("/faulty/value/order:k{k}")).json()["value"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            seen.split(',').map(|i| i.parse().unwrap()).collect()
+        })
+        .collect()
+}
+
+#[test]
+fn messages_with_one_key_are_handled_one_at_a_time_in_publish_order() {
+    let order = keyed_run("ordered-by = \"key\"\n");
+    for (k, seen) in order.iter().enumerate() {
+        let published: Vec<u32> = (0..50).map(|i| i * 4 + k as u32).collect();
+        assert_eq!(seen, &published, "key k{k}");
+    }
+}
+
+#[test]
+fn without_ordered_by_the_same_messages_are_handled_out_of_order() {
+    // The control: the same run without `ordered-by`. Every message is
+    // still handled once, but retries and 16 handlers reorder each key.
+    let order = keyed_run("");
+    let mut reordered = 0;
+    for (k, seen) in order.iter().enumerate() {
+        let mut sorted = seen.clone();
+        sorted.sort_unstable();
+        let published: Vec<u32> = (0..50).map(|i| i * 4 + k as u32).collect();
+        assert_eq!(sorted, published, "key k{k}: each message once");
+        reordered += usize::from(*seen != published);
+    }
+    assert_eq!(reordered, 4, "{order:?}");
+}
+
+/// The release policy's stable hash (FNV-1a, 64-bit) of a sticky value.
+fn bucket(value: &str) -> u64 {
+    value.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    }) % 100
+}
+
+/// Acknowledged deliveries per version of faulty, from /metrics.
+fn acks(host: &Host) -> [u64; 2] {
+    let reply = host.admin("GET", "/metrics", None, None);
+    let text = String::from_utf8_lossy(&reply.body);
+    ["1.0.0", "1.1.0"].map(|v| {
+        let series = format!(
+            "wasmhost_messages_delivered_total{{service=\"faulty\",version=\"{v}\",outcome=\"ack\"}} "
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .map_or(0, |n| n.parse().unwrap())
+    })
+}
+
+fn split_release(sticky: &str) -> TestHost {
+    let manifest = format!(
+        "weights = {{ \"1.0.0\" = 50, \"1.1.0\" = 50 }}\n[grants]\npublish = [\"jobs.>\"]\n\n[[subscribe]]\ntopic = \"jobs.*\"\n{sticky}"
+    );
+    TestHost::empty()
+        .add(FAULTY, "faulty@1.0.0.wasm")
+        .add(FAULTY, "faulty@1.1.0.wasm")
+        .manifest("faulty", &manifest)
+        .start()
+}
+
+/// Publishes `n` messages with the key `key` and waits until they are
+/// acknowledged; how many each version took.
+fn one_key(host: &Host, key: &str, n: u64) -> [u64; 2] {
+    let before = acks(host);
+    host.send_with(
+        "POST",
+        &format!("/faulty/publish-keyed/jobs.sticky/1/{n}"),
+        &[("x-key-prefix", key), ("x-wasmhost-version", "1.0.0")],
+    )
+    .expect_status(201);
+    until_idle(host);
+    let after = acks(host);
+    [after[0] - before[0], after[1] - before[1]]
+}
+
+#[test]
+fn a_subscription_sticky_on_the_key_sends_each_key_to_one_version() {
+    let host = split_release("sticky = \"key\"\n");
+    // Keys from both halves of the hash space, so both versions take some.
+    let low = (0..)
+        .map(|i| format!("low{i}-"))
+        .find(|k| bucket(&format!("{k}0")) < 50);
+    let high = (0..)
+        .map(|i| format!("high{i}-"))
+        .find(|k| bucket(&format!("{k}0")) >= 50);
+    let mut took = [0u64; 2];
+    for key in [low.unwrap(), high.unwrap(), "a-".into(), "b-".into()] {
+        let split = one_key(&host, &key, 20);
+        assert!(
+            split == [20, 0] || split == [0, 20],
+            "key {key}0 was split {split:?}"
+        );
+        took[0] += split[0];
+        took[1] += split[1];
+    }
+    assert!(took[0] > 0 && took[1] > 0, "{took:?}");
+}
+
+#[test]
+fn without_a_sticky_key_one_key_s_messages_are_spread_over_the_versions() {
+    // The control: the same split without `sticky`.
+    let host = split_release("");
+    let split = one_key(&host, "a-", 40);
+    assert!(split[0] > 0 && split[1] > 0, "{split:?}");
+    assert_eq!(split[0] + split[1], 40);
+}
+
+#[test]
+fn a_standard_wasi_messaging_component_handles_and_publishes_through_the_same_log() {
+    let faulty =
+        "[grants]\npublish = [\"jobs.>\", \"std.>\"]\n\n[[subscribe]]\ntopic = \"jobs.*\"\n";
+    let messenger = r#"
+[grants]
+publish = ["jobs.>"]
+
+[[subscribe]]
+topic = "std.in"
+max-deliver = 3
+backoff = ["20ms"]
+"#;
+    let host = TestHost::empty()
+        .add(FAULTY, "faulty@1.0.0.wasm")
+        .add(MESSENGER, "messenger@1.0.0.wasm")
+        .manifest("faulty", faulty)
+        .manifest("messenger", messenger)
+        .start();
+    let svc: wasmhost::views::ServiceView = host.view("/admin/services/messenger");
+    assert_eq!(svc.versions[0].world, "wasi:messaging/messaging-core");
+    // It has no HTTP handler: its route says so, and nothing is counted.
+    let reply = host.get("/messenger");
+    reply.expect_status(404);
+    assert!(reply.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("handles messages only"));
+    // Handled, and what it sent through `producer.send` reaches faulty.
+    publish(&host, "std.in", "forward");
+    wait_until("the forwarded message", Duration::from_secs(30), || {
+        (summary(&host).0 == 1).then_some(())
+    });
+    // An error result is retried with the back-off, then dead-lettered.
+    let failing = publish(&host, "std.in", "fail");
+    let denied = publish(&host, "std.in", "forward-denied");
+    let elsewhere = publish(&host, "std.in", "elsewhere");
+    let dead = wait_until("three dead letters", Duration::from_secs(30), || {
+        let listed = host
+            .admin(
+                "GET",
+                "/admin/groups/messenger/messenger/dead-letters",
+                None,
+                None,
+            )
+            .json();
+        let dead = listed["dead_letters"].as_array().unwrap().clone();
+        (dead.len() == 3).then_some(dead)
+    });
+    for (letter, id) in dead.iter().zip([&failing, &denied, &elsewhere]) {
+        assert_eq!(letter["id"].as_str(), Some(id.as_str()));
+        assert_eq!(letter["attempts"], 3, "{letter}");
+    }
+    // An ungranted send and an unknown client were refused, and logged.
+    let log = host.log();
+    assert!(log.contains("not granted to `messenger`"), "{log}");
+    assert!(log.contains("no messaging backend named `kafka`"), "{log}");
+    // Nothing it refused was published: faulty still has one message.
+    assert_eq!(summary(&host), (1, 0));
 }

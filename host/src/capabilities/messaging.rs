@@ -13,20 +13,37 @@ use crate::bindings::v2::wasmhost::plugin::messaging::{Error, Host, PublishOptio
 use crate::messages::{Outgoing, MAX_MESSAGE_BYTES};
 use crate::spec::check_topic;
 
+/// Longest message key, in bytes.
+pub const MAX_KEY_BYTES: usize = 255;
+
 /// Messages one request may publish.
 pub const MAX_PER_REQUEST: usize = 1000;
 
-impl Host for HostState {
-    async fn publish(
+/// Why a publish was refused (each interface words it its own way).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refused {
+    /// Not granted, or not a topic.
+    Denied(String),
+    /// Over this many bytes.
+    TooLarge(u32),
+    /// Over the per-request count.
+    Unavailable(String),
+}
+
+impl HostState {
+    /// Checks a publish against the grants and limits and stages it in the
+    /// outbox; returns the message's id.
+    pub(crate) fn stage_publish(
         &mut self,
         topic: String,
         headers: Vec<(String, String)>,
         body: Vec<u8>,
-        options: PublishOptions,
-    ) -> wasmtime::Result<Result<String, Error>> {
+        key: Option<String>,
+        delay_ms: Option<u32>,
+    ) -> Result<String, Refused> {
         let service = &self.id.service;
         if let Err(e) = check_topic(&topic, false) {
-            return Ok(Err(Error::Denied(format!("{e:#}"))));
+            return Err(Refused::Denied(format!("{e:#}")));
         }
         if !self
             .sandbox
@@ -36,9 +53,9 @@ impl Host for HostState {
             .any(|p| p.matches(&topic))
         {
             tracing::warn!(%service, version = %self.id.version, %topic, "publish refused: not granted");
-            return Ok(Err(Error::Denied(format!(
+            return Err(Refused::Denied(format!(
                 "publishing on `{topic}` is not granted to `{service}` (add it to [grants] publish in {service}.toml)"
-            ))));
+            )));
         }
         let size = body.len()
             + headers
@@ -46,12 +63,15 @@ impl Host for HostState {
                 .map(|(k, v)| k.len() + v.len())
                 .sum::<usize>();
         if size > MAX_MESSAGE_BYTES {
-            return Ok(Err(Error::TooLarge(MAX_MESSAGE_BYTES as u32)));
+            return Err(Refused::TooLarge(MAX_MESSAGE_BYTES as u32));
+        }
+        if key.as_ref().is_some_and(|k| k.len() > MAX_KEY_BYTES) {
+            return Err(Refused::TooLarge(MAX_KEY_BYTES as u32));
         }
         if self.outbox.len() >= MAX_PER_REQUEST {
-            return Ok(Err(Error::Unavailable(format!(
+            return Err(Refused::Unavailable(format!(
                 "at most {MAX_PER_REQUEST} messages per request"
-            ))));
+            )));
         }
         let now = crate::messages::now_ms();
         let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
@@ -65,10 +85,28 @@ impl Host for HostState {
             headers,
             body,
             published_at_ms: now,
-            not_before_ms: now + u64::from(options.delay_ms.unwrap_or(0)),
+            not_before_ms: now + u64::from(delay_ms.unwrap_or(0)),
+            key,
             groups: Vec::new(),
         });
-        Ok(Ok(id))
+        Ok(id)
+    }
+}
+
+impl Host for HostState {
+    async fn publish(
+        &mut self,
+        topic: String,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+        options: PublishOptions,
+    ) -> wasmtime::Result<Result<String, Error>> {
+        let staged = self.stage_publish(topic, headers, body, options.key, options.delay_ms);
+        Ok(staged.map_err(|refused| match refused {
+            Refused::Denied(m) => Error::Denied(m),
+            Refused::TooLarge(n) => Error::TooLarge(n),
+            Refused::Unavailable(m) => Error::Unavailable(m),
+        }))
     }
 }
 

@@ -22,6 +22,7 @@ pub mod messaging;
 pub mod outbound;
 pub mod services;
 pub mod stdio;
+pub mod wasi_messaging;
 
 pub use calls::{CallError, Calls, ServiceId};
 
@@ -249,8 +250,8 @@ impl ResourceLimiter for Limiter {
 }
 
 /// The linker every service is pre-instantiated with: WASI 0.2 and
-/// `wasi:http` (granting nothing, see [`HostState`]) plus the wasmhost
-/// world's imports.
+/// `wasi:http` (granting nothing, see [`HostState`]), the wasmhost worlds'
+/// imports and `wasi:messaging`'s.
 pub fn linker(engine: &Engine) -> Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -261,5 +262,9 @@ pub fn linker(engine: &Engine) -> Result<Linker<HostState>> {
     use crate::bindings::v2::wasmhost::plugin as v2;
     v2::services::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     v2::messaging::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    // The standard wasi:messaging draft, over the same log.
+    use crate::bindings::wasi_messaging::wasi::messaging as wasi_messaging;
+    wasi_messaging::types::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    wasi_messaging::producer::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     Ok(linker)
 }
