@@ -5,6 +5,8 @@
 # body `noop`, max-in-flight 64), each delivery in a fresh instance. The
 # baseline, in the same run: plain requests to the same component
 # (GET /faulty/ok, loadgen, 16 connections), each also a fresh instance.
+# Then the same with per-key ordering (ordered-by = "key", 64 keys: at most
+# 64 in flight, one per key).
 # Usage: bench/messages.sh [quick|full]   (make bench = full, make bench-quick = quick)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +32,11 @@ publish = ["bench.>"]
 [[subscribe]]
 topic = "bench.*"
 max-in-flight = 64
+[[subscribe]]
+topic = "ordered.*"
+group = "ordered"
+max-in-flight = 64
+ordered-by = "key"
 TOML
 PORT=18711; ADMIN=18712
 "$BIN_DIR/wasmhost" serve --plugins "$WORK/plugins" --state "$WORK/state" --cache-dir "$CACHE_DIR" \
@@ -52,8 +59,8 @@ token = open(token_file).read().strip()
 def backlog():
     a = http.client.HTTPConnection("127.0.0.1", admin, timeout=30)
     a.request("GET", "/admin/topics", headers={"authorization": f"Bearer {token}"})
-    g = json.loads(a.getresponse().read())["groups"][0]
-    return g["backlog"] + g["in_flight"]
+    groups = json.loads(a.getresponse().read())["groups"]
+    return sum(g["backlog"] + g["in_flight"] for g in groups)
 def latency():
     a = http.client.HTTPConnection("127.0.0.1", admin, timeout=30)
     a.request("GET", "/admin/services/faulty", headers={"authorization": f"Bearer {token}"})
@@ -78,6 +85,14 @@ while backlog() > 0:
 done = time.time()
 print(f"messages: {n} published in {published - started:.2f} s ({n / (published - started):,.0f}/s, durable when the request answers)")
 print(f"messages: {n} published and acknowledged in {done - started:.2f} s: {n / (done - started):,.0f} msg/s end to end")
+started = time.time()
+for _ in range(n // 1000):
+    c.request("POST", "/faulty/publish-keyed/ordered.load/64/1000", body=b"noop"); r = c.getresponse(); r.read()
+    assert r.status == 201, r.status
+while backlog() > 0:
+    time.sleep(0.05)
+ordered = time.time() - started
+print(f"messages: {n} over 64 keys with ordered-by, published and acknowledged in {ordered:.2f} s: {n / ordered:,.0f} msg/s (×{(done - started) / ordered:.2f} of unordered)")
 
 with open(sys.argv[3] + ".rate", "w") as f:
     f.write(f"{n / (done - started)}")

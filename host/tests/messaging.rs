@@ -514,18 +514,17 @@ fn messages_with_one_key_are_handled_one_at_a_time_in_publish_order() {
 
 #[test]
 fn without_ordered_by_the_same_messages_are_handled_out_of_order() {
-    // The control: the same run without `ordered-by`. Every message is
-    // still handled once, but retries and 16 handlers reorder each key.
+    // The control: the same run without `ordered-by`. Retries and 16
+    // handlers reorder each key, and two handlers of one key at once also
+    // lose an append (the handler reads, then writes): what `ordered-by`
+    // prevents.
     let order = keyed_run("");
-    let mut reordered = 0;
+    let mut disordered = 0;
     for (k, seen) in order.iter().enumerate() {
-        let mut sorted = seen.clone();
-        sorted.sort_unstable();
         let published: Vec<u32> = (0..50).map(|i| i * 4 + k as u32).collect();
-        assert_eq!(sorted, published, "key k{k}: each message once");
-        reordered += usize::from(*seen != published);
+        disordered += usize::from(*seen != published);
     }
-    assert_eq!(reordered, 4, "{order:?}");
+    assert_eq!(disordered, 4, "{order:?}");
 }
 
 /// The release policy's stable hash (FNV-1a, 64-bit) of a sticky value.
