@@ -37,7 +37,7 @@ impl HostState {
 }
 
 impl store::Host for HostState {
-    async fn open(&mut self, identifier: String) -> Result<Resource<Bucket>, KvError> {
+    fn open(&mut self, identifier: String) -> Result<Resource<Bucket>, KvError> {
         let ns = Namespace::new(&self.id.service, &identifier)?;
         Ok(self.table.push(Bucket { ns })?)
     }
@@ -51,11 +51,7 @@ impl store::Host for HostState {
 }
 
 impl store::HostBucket for HostState {
-    async fn get(
-        &mut self,
-        bucket: Resource<Bucket>,
-        key: String,
-    ) -> Result<Option<Vec<u8>>, KvError> {
+    fn get(&mut self, bucket: Resource<Bucket>, key: String) -> Result<Option<Vec<u8>>, KvError> {
         let ns = self.bucket_ns(&bucket)?;
         if let Some(held) = self.pending.as_ref().and_then(|p| p.lookup(&ns, &key)) {
             return Ok(held.map(<[u8]>::to_vec));
@@ -86,7 +82,7 @@ impl store::HostBucket for HostState {
         self.blocking(move |kv| kv.delete(&ns, &key)).await
     }
 
-    async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Result<bool, KvError> {
+    fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Result<bool, KvError> {
         let ns = self.bucket_ns(&bucket)?;
         if let Some(held) = self.pending.as_ref().and_then(|p| p.lookup(&ns, &key)) {
             return Ok(held.is_some());
@@ -94,7 +90,7 @@ impl store::HostBucket for HostState {
         Ok(self.kv.exists(&ns, &key)?)
     }
 
-    async fn list_keys(
+    fn list_keys(
         &mut self,
         bucket: Resource<Bucket>,
         cursor: Option<u64>,
