@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Instructions per request from callgrind dumps of N requests, split by phase.
 
-Usage: instructions.py N USER.cg HELLO.cg NATIVE.cg [--top K [--show PHASE]]
-(--top lists the K functions that cost PHASE most, default "other")
+Usage: instructions.py NAME=N:DUMP... [--top K [--show PHASE]]
+(each contestant's name, the requests its dump holds and the dump; the last
+is the baseline of the ratio row. --top lists the K functions that cost
+PHASE most, default "other")
 
 Every function's own (exclusive) instructions are given to a phase by its
 name (PHASES, first match wins). Shared helpers — the allocator, memcpy, std,
@@ -158,20 +160,24 @@ def main():
         i = args.index("--show")
         show = args[i + 1]
         del args[i : i + 2]
-    n = int(args[0])
-    names = ["user GET (own WIT)", "wasi:http hello", "native axum"]
-    results = [split(p) for p in args[1:4]]
+    # Each contestant: NAME=N:DUMP (N requests in the dump); the last is the baseline.
+    runs = []
+    for arg in args:
+        name, rest = arg.split("=", 1)
+        n, path = rest.split(":", 1)
+        runs.append((name, int(n), split(path)))
     order = [p for p, _ in PHASES] + ["other"]
-    native_total = results[2][0] / n
-    print(f"{'instructions per request':<28}" + "".join(f"{x:>22}" for x in names))
+    base = runs[-1][2][0] / runs[-1][1]
+    width = max(18, *(len(name) + 2 for name, _, _ in runs))
+    print(f"{'instructions per request':<28}" + "".join(f"{name:>{width}}" for name, _, _ in runs))
     for phase in order:
-        if not any(r[1].get(phase) for r in results):
+        if not any(r[1].get(phase) for _, _, r in runs):
             continue
-        print(f"{phase:<28}" + "".join(f"{r[1].get(phase, 0) / n:>22,.0f}" for r in results))
-    print(f"{'total':<28}" + "".join(f"{r[0] / n:>22,.0f}" for r in results))
-    print(f"{'÷ native':<28}" + "".join(f"{r[0] / n / native_total:>22.2f}" for r in results))
+        print(f"{phase:<28}" + "".join(f"{r[1].get(phase, 0) / n:>{width},.0f}" for _, n, r in runs))
+    print(f"{'total':<28}" + "".join(f"{r[0] / n:>{width},.0f}" for _, n, r in runs))
+    print(f"{'÷ ' + runs[-1][0]:<28}" + "".join(f"{r[0] / n / base:>{width}.2f}" for _, n, r in runs))
     if top:
-        for name, (_, _, owners) in zip(names, results):
+        for name, n, (_, _, owners) in runs:
             print(f"\n{name}: largest costs in {show}")
             for fn, ir in owners[show].most_common(top):
                 print(f"  {ir / n:>10,.0f}  {fn[:160]}")

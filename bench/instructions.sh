@@ -11,7 +11,10 @@
 #
 #   (a) wasmhost, the Rust user service's GET /users/1 (own WIT)
 #   (b) wasmhost, the wasi:http example's GET /hello
-#   (c) native axum doing (a)'s work (bench/harness native-user)
+#   (c) with POLYGLOT=1: the Python inventory's GET /inventory/KB-1 and the JavaScript
+#       catalog's GET /products/KB-1 (full mode only; N/10 requests: each
+#       costs tens of times more)
+#   (d) native axum doing (a)'s work (bench/harness native-user)
 #
 # Usage: bench/instructions.sh [quick|full]   (make bench = full)
 # BIN_DIR (default target/release) holds wasmhost and native-user.
@@ -43,10 +46,10 @@ PORT=18721; ADMIN=18722
 # valgrind cannot map: a small pool, the same for every wasmhost run.
 VG=(valgrind --tool=callgrind --smc-check=all-non-file --dump-instr=no --collect-jumps=no)
 
-# run NAME OUT -- COMMAND...: starts COMMAND under callgrind, writes its
-# dump of the measured window to OUT.
+# run NAME OUT PATH N COMMAND...: starts COMMAND under callgrind, sends
+# W then N GETs of PATH, writes the dump of the N to OUT.
 run() {
-  local name=$1 out=$2 path=$3; shift 3
+  local name=$1 out=$2 path=$3 n=$4; shift 4
   "${VG[@]}" --callgrind-out-file="$WORK/cg.$name.%p" "$@" >"$WORK/$name.log" 2>&1 &
   PID=$!
   python3 - "$PORT" "$path" "$W" <<'PY'
@@ -61,6 +64,9 @@ while True:
         if r.status == 404 and path.startswith("/users"):
             c.request("POST", "/users", body=json.dumps({"name": "Ada Lovelace", "email": "ada@example.com"}),
                       headers={"content-type": "application/json"}); r = c.getresponse(); r.read()
+        if r.status == 404 and path.startswith("/inventory"):
+            c.request("PUT", path, body=json.dumps({"quantity": 10}),
+                      headers={"content-type": "application/json"}); r = c.getresponse(); r.read()
     except OSError:
         pass
     if time.time() > deadline: sys.exit(f"no 200 from {path} within 10 minutes")
@@ -70,7 +76,7 @@ for _ in range(w):
     assert r.status == 200, r.status
 PY
   callgrind_control -z "$PID" >/dev/null 2>&1
-  python3 - "$PORT" "$path" "$N" <<'PY'
+  python3 - "$PORT" "$path" "$n" <<'PY'
 import http.client, sys
 port, path, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
@@ -95,7 +101,38 @@ WASMHOST=("$BIN_DIR/wasmhost" serve --plugins "$WORK/plugins" --state "$WORK/sta
   --listen 127.0.0.1:$PORT --admin-listen 127.0.0.1:$ADMIN --drain-delay 0s --max-instances 4 --memory-ceiling 64MiB)
 echo "instructions per request (callgrind; warm-up $W, then $N sequential keep-alive requests counted; binaries from $BIN_DIR)"
 [ "$MODE" = quick ] && echo "(quick mode checks that the harness runs: its figures are not measurements)"
-run user "$WORK/user.cg" /users/1 "${WASMHOST[@]}"
-run hello "$WORK/hello.cg" /hello "${WASMHOST[@]}"
-run native "$WORK/native.cg" /users/1 "$BIN_DIR/native-user" 127.0.0.1:$PORT
-python3 bench/instructions.py "$N" "$WORK/user.cg" "$WORK/hello.cg" "$WORK/native.cg"
+run user "$WORK/user.cg" /users/1 "$N" "${WASMHOST[@]}"
+run hello "$WORK/hello.cg" /hello "$N" "${WASMHOST[@]}"
+ROWS=("user GET (own WIT)=$N:$WORK/user.cg" "wasi:http hello=$N:$WORK/hello.cg")
+if [ "$MODE" = full ] && [ -n "${POLYGLOT:-}" ]; then
+  # The interpreters: the same host, their own plugins directory.
+  mkdir -p "$WORK/poly"
+  cp plugins/inventory@*.wasm plugins/inventory.toml plugins/catalog@1.0.0.wasm plugins/catalog.toml "$WORK/poly/"
+  # Their manifests ask for 128 MiB of memory: a larger ceiling, 2 instances.
+  POLY=("${WASMHOST[@]:0:${#WASMHOST[@]}-4}" --max-instances 2 --memory-ceiling 256MiB); POLY[3]="$WORK/poly"
+  # Compiled natively first: cranelift under valgrind would take an hour
+  # on a 30 MB interpreter; the measured run then loads from the cache.
+  echo "compiling the Python and JavaScript services into $CACHE_DIR (natively, once)"
+  "${POLY[@]}" >"$WORK/warm.log" 2>&1 &
+  PID=$!
+  python3 - "$PORT" <<'PY'
+import http.client, sys, time
+# Ready once the first scan, which waits for every compile, is done.
+deadline = time.time() + 900
+while True:
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=30)
+        c.request("GET", "/.well-known/wasmhost/ready"); r = c.getresponse(); r.read()
+        if r.status == 200: break
+    except OSError:
+        pass
+    if time.time() > deadline: sys.exit("the Python and JavaScript services did not compile within 15 minutes")
+    time.sleep(0.5)
+PY
+  kill "$PID"; wait "$PID" 2>/dev/null || true; PID=
+  run python "$WORK/python.cg" /inventory/KB-1 $((N / 10)) "${POLY[@]}"
+  run js "$WORK/js.cg" /products/KB-1 $((N / 10)) "${POLY[@]}"
+  ROWS+=("Python inventory=$((N / 10)):$WORK/python.cg" "JavaScript catalog=$((N / 10)):$WORK/js.cg")
+fi
+run native "$WORK/native.cg" /users/1 "$N" "$BIN_DIR/native-user" 127.0.0.1:$PORT
+python3 bench/instructions.py "${ROWS[@]}" "native axum=$N:$WORK/native.cg"
