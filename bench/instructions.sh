@@ -11,7 +11,11 @@
 #
 #   (a) wasmhost, the Rust user service's GET /users/1 (own WIT)
 #   (b) wasmhost, the wasi:http example's GET /hello
-#   (c) native axum doing (a)'s work (bench/harness native-user)
+#   (c) with POLYGLOT=1 (full mode): the Python inventory's GET
+#       /inventory/KB-1 and the JavaScript catalog's GET /products/KB-1, N/10
+#       requests each; their manifests here lift the CPU-time and timeout
+#       limits and ejection, which valgrind's ~50× slowdown would trip
+#   (d) native axum doing (a)'s work (bench/harness native-user)
 #
 # Usage: bench/instructions.sh [quick|full]   (make bench = full)
 # BIN_DIR (default target/release) holds wasmhost and native-user.
@@ -61,6 +65,12 @@ while True:
         if r.status == 404 and path.startswith("/users"):
             c.request("POST", "/users", body=json.dumps({"name": "Ada Lovelace", "email": "ada@example.com"}),
                       headers={"content-type": "application/json"}); r = c.getresponse(); r.read()
+        if r.status == 404 and path.startswith("/products"):
+            c.request("POST", "/products", body=json.dumps({"sku": "KB-1", "name": "Keyboard", "price_cents": 4999}),
+                      headers={"content-type": "application/json"}); r = c.getresponse(); r.read()
+        if r.status == 404 and path.startswith("/inventory"):
+            c.request("PUT", path, body=json.dumps({"quantity": 10}),
+                      headers={"content-type": "application/json"}); r = c.getresponse(); r.read()
     except OSError:
         pass
     if time.time() > deadline: sys.exit(f"no 200 from {path} within 10 minutes")
@@ -98,5 +108,42 @@ echo "instructions per request (callgrind; warm-up $W, then $N sequential keep-a
 run user "$WORK/user.cg" /users/1 "$N" "${WASMHOST[@]}"
 run hello "$WORK/hello.cg" /hello "$N" "${WASMHOST[@]}"
 ROWS=("user GET (own WIT)=$N:$WORK/user.cg" "wasi:http hello=$N:$WORK/hello.cg")
+if [ "$MODE" = full ] && [ -n "${POLYGLOT:-}" ]; then
+  mkdir -p "$WORK/poly"
+  cp plugins/inventory@*.wasm plugins/catalog@1.0.0.wasm "$WORK/poly/"
+  LIFTED='[limits]
+memory = "128 MiB"
+cpu-time = "10s"
+timeout = "60s"
+[resilience]
+eject = { consecutive = 0 }'
+  printf 'private-routes = ["/inventory/reservations", "/inventory/releases"]\n%s\n' "$LIFTED" >"$WORK/poly/inventory.toml"
+  printf 'routes = ["/products"]\n%s\n' "$LIFTED" >"$WORK/poly/catalog.toml"
+  POLY=("${WASMHOST[@]:0:${#WASMHOST[@]}-4}" --max-instances 2 --memory-ceiling 256MiB); POLY[3]="$WORK/poly"
+  # Compiled natively first (cranelift under valgrind would take an hour on
+  # a 30 MB interpreter); the measured runs load from the cache.
+  echo "compiling the Python and JavaScript services into $CACHE_DIR (natively)"
+  "${POLY[@]}" >"$WORK/warm.log" 2>&1 &
+  PID=$!
+  python3 - "$PORT" <<'PY'
+import http.client, sys, time
+deadline = time.time() + 900  # ready once the first scan, which waits for compiles, is done
+while True:
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=30)
+        c.request("GET", "/.well-known/wasmhost/ready"); r = c.getresponse(); r.read()
+        if r.status == 200: break
+    except OSError:
+        pass
+    if time.time() > deadline: sys.exit("the Python and JavaScript services did not compile within 15 minutes")
+    time.sleep(0.5)
+PY
+  kill "$PID"; wait "$PID" 2>/dev/null || true; PID=
+  W0=$W; W=$((W / 10))
+  run python "$WORK/python.cg" /inventory/KB-1 $((N / 10)) "${POLY[@]}"
+  run js "$WORK/js.cg" /products/KB-1 $((N / 10)) "${POLY[@]}"
+  W=$W0
+  ROWS+=("Python inventory=$((N / 10)):$WORK/python.cg" "JavaScript catalog=$((N / 10)):$WORK/js.cg")
+fi
 run native "$WORK/native.cg" /users/1 "$N" "$BIN_DIR/native-user" 127.0.0.1:$PORT
 python3 bench/instructions.py "${ROWS[@]}" "native axum=$N:$WORK/native.cg"
