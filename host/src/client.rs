@@ -136,7 +136,6 @@ impl AdminClient {
         Ok(())
     }
 
-    /// Gives the stable version all of `service`'s traffic.
     /// Prints every consumer group: its topic, backlog, in flight,
     /// redeliveries and dead letters.
     pub async fn topics(&self) -> Result<()> {
@@ -227,6 +226,7 @@ impl AdminClient {
         Ok(())
     }
 
+    /// Gives the stable version all of `service`'s traffic.
     pub async fn rollback(&self, service: &str) -> Result<()> {
         let svc: ServiceView = self
             .call(

@@ -601,14 +601,8 @@ impl Dispatcher {
 /// A version's subscriber export: the wasmhost contract's, or the standard
 /// `wasi:messaging/incoming-handler`.
 enum Subscriber<'a> {
-    Plugin(
-        &'a wasmtime::component::InstancePre<HostState>,
-        &'a crate::bindings::v2::exports::wasmhost::plugin::subscriber::GuestIndices,
-    ),
-    Wasi(
-        &'a wasmtime::component::InstancePre<HostState>,
-        &'a crate::bindings::wasi_messaging::exports::wasi::messaging::incoming_handler::GuestIndices,
-    ),
+    Plugin(&'a crate::bindings::v2::exports::wasmhost::plugin::subscriber::GuestIndices),
+    Wasi(&'a crate::bindings::wasi_messaging::exports::wasi::messaging::incoming_handler::GuestIndices),
 }
 
 /// How a subscriber's handler took one delivery.
@@ -636,21 +630,18 @@ impl Dispatcher {
     ) -> Delivered {
         use crate::bindings::v2::exports::wasmhost::plugin::subscriber::Failure as Refusal;
         let fail = |failure| Delivered::Failed(DispatchError::failed(version, failure));
-        let handler = match &version.pre {
-            Pre::Plugin(plugin) => match &plugin.subscriber {
-                Some(indices) => Subscriber::Plugin(&plugin.pre, indices),
-                None => {
-                    return fail(Failure::Internal(
-                        "the version exports no subscriber".into(),
-                    ))
-                }
-            },
-            Pre::Messaging(m) => Subscriber::Wasi(&m.pre, &m.handler),
-            _ => {
-                return fail(Failure::Internal(
-                    "the version exports no subscriber".into(),
-                ))
-            }
+        let subscriber = match &version.pre {
+            Pre::Plugin(p) => p
+                .subscriber
+                .as_ref()
+                .map(|i| (&p.pre, Subscriber::Plugin(i))),
+            Pre::Messaging(m) => Some((&m.pre, Subscriber::Wasi(&m.handler))),
+            _ => None,
+        };
+        let Some((pre, handler)) = subscriber else {
+            return fail(Failure::Internal(
+                "the version exports no subscriber".into(),
+            ));
         };
         let limits = &version.sandbox.limits;
         let started = std::time::Instant::now();
@@ -663,12 +654,12 @@ impl Dispatcher {
             }
         };
         let call = async {
+            let instance = pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| classify(e, limits))?;
             match handler {
-                Subscriber::Plugin(pre, indices) => {
-                    let instance = pre
-                        .instantiate_async(&mut store)
-                        .await
-                        .map_err(|e| classify(e, limits))?;
+                Subscriber::Plugin(indices) => {
                     let guest = indices
                         .load(&mut store, &instance)
                         .map_err(|e| classify(e, limits))?;
@@ -677,11 +668,7 @@ impl Dispatcher {
                         .await
                         .map_err(|e| classify(e, limits))
                 }
-                Subscriber::Wasi(pre, indices) => {
-                    let instance = pre
-                        .instantiate_async(&mut store)
-                        .await
-                        .map_err(|e| classify(e, limits))?;
+                Subscriber::Wasi(indices) => {
                     let guest = indices
                         .load(&mut store, &instance)
                         .map_err(|e| classify(e, limits))?;

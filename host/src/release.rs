@@ -11,7 +11,7 @@
 //! newer version's weight rises, sticky keys only move from older versions to
 //! it, never back.
 
-use crate::spec::{validate_weights, Sticky};
+use crate::spec::{header, validate_weights, Sticky};
 use anyhow::{bail, Result};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -147,13 +147,6 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
 }
 
 fn cookie<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {

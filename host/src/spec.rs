@@ -537,12 +537,17 @@ impl MessageKey {
     pub fn of<'a>(&self, key: Option<&'a str>, headers: &'a [(String, String)]) -> Option<&'a str> {
         match self {
             Self::Key => key,
-            Self::Header(name) => headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str()),
+            Self::Header(name) => header(headers, name),
         }
     }
+}
+
+/// The first value of header `name` (any case) in a header list.
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 impl TryFrom<String> for MessageKey {

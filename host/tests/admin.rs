@@ -5,7 +5,7 @@
 
 use serde_json::json;
 use wasmhost::views::{ServiceView, ServicesView};
-use wasmhost_test_support::{bin, TestHost, TestHostBuilder, PROBE, USER};
+use wasmhost_test_support::{TestHost, TestHostBuilder, PROBE, USER};
 
 fn two_versions() -> TestHostBuilder {
     TestHost::examples().add(USER, "user@1.1.0.wasm")
@@ -117,16 +117,7 @@ fn metrics_count_requests_errors_and_traps_per_version() {
 fn the_cli_shows_status_and_changes_the_release() {
     let host = two_versions().start();
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(bin())
-            .args(args)
-            .args([
-                "--admin",
-                host.admin_addr(),
-                "--token",
-                wasmhost_test_support::ADMIN_TOKEN,
-            ])
-            .output()
-            .unwrap();
+        let out = host.cli(args);
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -6,9 +6,7 @@
 use serde_json::json;
 use std::time::Duration;
 use wasmhost::views::{ServiceView, ServicesView};
-use wasmhost_test_support::{
-    bin, wait_until, Host, Plugins, TestHost, ADMIN_TOKEN, INVENTORY, USER,
-};
+use wasmhost_test_support::{wait_until, Host, Plugins, TestHost, INVENTORY, USER};
 
 /// The Python inventory service under a digest no cache has seen (the
 /// interpreter takes seconds to compile).
@@ -54,13 +52,7 @@ fn reads_and_release_commands_answer_while_a_python_version_compiles() {
         None,
     )
     .expect_status(200);
-    let cli = |args: &[&str]| {
-        std::process::Command::new(bin())
-            .args(args)
-            .args(["--admin", host.admin_addr(), "--token", ADMIN_TOKEN])
-            .output()
-            .unwrap()
-    };
+    let cli = |args: &[&str]| host.cli(args);
     let release = cli(&["release", "user", "--weights", "1.0.0=100"]);
     assert!(
         release.status.success(),

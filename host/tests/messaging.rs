@@ -121,16 +121,7 @@ fn a_failing_message_is_retried_then_dead_lettered_and_can_be_replayed() {
 
     // The command line shows the same.
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(wasmhost_test_support::bin())
-            .args(args)
-            .args([
-                "--admin",
-                host.admin_addr(),
-                "--token",
-                wasmhost_test_support::ADMIN_TOKEN,
-            ])
-            .output()
-            .unwrap();
+        let out = host.cli(args);
         assert!(
             out.status.success(),
             "{}",

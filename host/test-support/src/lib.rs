@@ -375,6 +375,16 @@ impl Host {
         &self.admin_addr
     }
 
+    /// Runs the `wasmhost` command line with `args` against this host's
+    /// admin API (with the test token).
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin())
+            .args(args)
+            .args(["--admin", &self.admin_addr, "--token", ADMIN_TOKEN])
+            .output()
+            .expect("run the wasmhost command line")
+    }
+
     /// `http://ADDR` of the host.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
