@@ -28,7 +28,7 @@ help:
 	@echo "make run              build the example plugins and the host, serve on http://$(LISTEN)"
 	@echo "make test             build everything and run every test"
 	@echo "make plugins          build the example services into $(PLUGIN_DIR)/NAME@VERSION.wasm"
-	@echo "make lint             rustfmt and clippy (host and guests), warnings are errors"
+	@echo "make lint             rustfmt and clippy (host and guests), warnings are errors; wasmtime's component-model-async stays off"
 	@echo "make component-check  build the example plugins with cargo-component too"
 	@echo "make fuzz             a long property-test run (CI runs a short one in make test)"
 	@echo "make bench            benchmarks: req/s and latency vs native axum (and wasmtime serve if installed),"
@@ -114,6 +114,7 @@ fmt:
 	cd examples/http-hello && $(CARGO) fmt
 
 lint: setup
+	bash .ci/no-async-abi.sh
 	$(CARGO) fmt --all -- --check
 	cd $(PLUGIN_DIR) && $(CARGO) fmt --all -- --check
 	cd examples/http-hello && $(CARGO) fmt -- --check
