@@ -71,6 +71,19 @@ pub struct ServeConfig {
     /// When set, an outside request's pin (`x-wasmhost-version`) is honoured
     /// only with header `x-wasmhost-pin-token` carrying this value.
     pub pin_token: Option<String>,
+    /// How freed instance memory is reset for the next instance.
+    pub memory_reset: MemoryResetMode,
+}
+
+/// `--memory-reset`: how a freed instance slot's memory is cleared.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum MemoryResetMode {
+    /// Only the pages the guest wrote (the kernel's PAGEMAP_SCAN), unless
+    /// swap is on; then everything, as `full`.
+    #[default]
+    Auto,
+    /// Every kept-resident byte of every freed slot.
+    Full,
 }
 
 impl Default for ServeConfig {
@@ -92,6 +105,7 @@ impl Default for ServeConfig {
             cpu_lanes: None,
             drain_delay: DEFAULT_DRAIN_DELAY,
             pin_token: None,
+            memory_reset: MemoryResetMode::Auto,
         }
     }
 }
@@ -247,6 +261,14 @@ pub struct ServeArgs {
     /// in canary analysis either way).
     #[arg(long, env = "WASMHOST_PIN_TOKEN", hide_env_values = true)]
     pub pin_token: Option<String>,
+    /// How a freed instance slot's memory is cleared before the next
+    /// request's instance gets it. `auto`: only the pages the guest wrote,
+    /// found with the kernel's PAGEMAP_SCAN (Linux 6.7+), unless swap is on
+    /// at start: a written page that was swapped out escapes the scan, so
+    /// then everything is cleared, with a warning. `full`: always
+    /// everything (slower; for hosts where swap may be turned on later).
+    #[arg(long, value_enum, default_value_t = MemoryResetMode::Auto)]
+    pub memory_reset: MemoryResetMode,
 }
 
 impl From<ServeArgs> for ServeConfig {
@@ -262,6 +284,7 @@ impl From<ServeArgs> for ServeConfig {
             compile_timeout: a.compile_timeout.into(),
             cpu_lanes: a.cpu_lanes,
             drain_delay: a.drain_delay.into(),
+            memory_reset: a.memory_reset,
             ..Default::default()
         };
         config.limits.max_instances = a.max_instances;

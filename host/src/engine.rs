@@ -6,8 +6,14 @@
 //! under the state directory, keyed by content, so a restart does not
 //! recompile. CPU time is bounded by epoch interruption: a background thread
 //! advances the epoch every [`TICK`].
+//!
+//! Freed instance memory is reset with the kernel's `PAGEMAP_SCAN` (only
+//! the pages the guest wrote) unless swap is on: a written page that was
+//! swapped out is not present, so the scan misses it and the next instance
+//! in that slot could read it (wasmtime#14357). With swap the whole kept
+//! memory is reset instead ([`MemoryReset`]).
 
-use crate::config::Limits;
+use crate::config::{Limits, MemoryResetMode};
 use anyhow::{Context, Result};
 use std::path::Path;
 use std::time::Duration;
@@ -34,8 +40,80 @@ pub const PERFMAP_ENV: &str = "WASMHOST_PERFMAP";
 /// Stack size of each guest call.
 const MAX_WASM_STACK: usize = 1024 * 1024;
 
+/// How freed instance memory is reset before the next instance uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemoryReset {
+    /// Only the pages `PAGEMAP_SCAN` reports written (where the kernel has
+    /// it, Linux 6.7+; wasmtime falls back to the full reset elsewhere).
+    Scan,
+    /// Every kept-resident byte: asked for, or swap is on (`swap` names the
+    /// areas; empty when asked for).
+    Full { swap: String },
+}
+
+impl MemoryReset {
+    /// Chooses from the text of `/proc/swaps` (`None` when it cannot be
+    /// read: a kernel without swap support has no such file). Any area
+    /// listed below the header line is active swap.
+    pub fn choose(proc_swaps: Option<&str>) -> Self {
+        let areas: Vec<&str> = proc_swaps
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.split_whitespace().next())
+            .collect();
+        if areas.is_empty() {
+            MemoryReset::Scan
+        } else {
+            MemoryReset::Full {
+                swap: areas.join(", "),
+            }
+        }
+    }
+
+    /// The reset `--memory-reset` asks for on this machine (`/proc/swaps`
+    /// read now).
+    pub fn detect(mode: MemoryResetMode) -> Self {
+        match mode {
+            MemoryResetMode::Full => MemoryReset::Full {
+                swap: String::new(),
+            },
+            MemoryResetMode::Auto => {
+                Self::choose(std::fs::read_to_string("/proc/swaps").ok().as_deref())
+            }
+        }
+    }
+
+    fn pagemap_scan(&self) -> wasmtime::Enabled {
+        match self {
+            MemoryReset::Scan => wasmtime::Enabled::Auto,
+            MemoryReset::Full { .. } => wasmtime::Enabled::No,
+        }
+    }
+
+    /// Says at start which reset is used and why.
+    fn log(&self) {
+        match self {
+            MemoryReset::Scan => tracing::debug!(
+                reset = "pagemap-scan",
+                "freed instance memory is reset page by page (no swap)"
+            ),
+            MemoryReset::Full { swap } if swap.is_empty() => tracing::info!(
+                reset = "full",
+                "freed instance memory is reset in full (--memory-reset full)"
+            ),
+            MemoryReset::Full { swap } => tracing::warn!(
+                reset = "full",
+                swap = %swap,
+                "swap is on: freed instance memory is reset in full, not with PAGEMAP_SCAN, which misses written pages that were swapped out (wasmtime#14357); requests cost more, isolation holds. Turn swap off for the faster reset"
+            ),
+        }
+    }
+}
+
 /// Builds the engine; `cache_dir` holds compiled artifacts between runs.
-pub fn build(limits: &Limits, cache_dir: &Path) -> Result<Engine> {
+pub fn build(limits: &Limits, cache_dir: &Path, reset: &MemoryReset) -> Result<Engine> {
+    reset.log();
     let instances = limits.max_instances.max(1);
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(instances)
@@ -48,7 +126,7 @@ pub fn build(limits: &Limits, cache_dir: &Path) -> Result<Engine> {
         .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
         .max_memory_size(limits.memory_ceiling)
         .max_unused_warm_slots(instances / 2)
-        .pagemap_scan(wasmtime::Enabled::Auto)
+        .pagemap_scan(reset.pagemap_scan())
         .linear_memory_keep_resident(KEEP_RESIDENT)
         .table_keep_resident(KEEP_RESIDENT / 16)
         .async_stack_keep_resident(KEEP_RESIDENT / 4);
@@ -85,18 +163,42 @@ pub fn build(limits: &Limits, cache_dir: &Path) -> Result<Engine> {
         .context("failed to create the wasmtime engine")
 }
 
-/// Bounds the threads that compile components to all cores but one, so a
-/// large or hostile component never takes every core from the request path.
-/// (wasmtime's parallel compilation runs on rayon's global pool.)
-pub fn limit_compile_threads() {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = cores.saturating_sub(1).max(1);
+/// How much lower than the request path's the compile threads' scheduling
+/// priority is (niceness added; at 10 a busy compile thread gets about a
+/// tenth of a core that the request path also wants).
+const COMPILE_NICENESS: i32 = 10;
+
+/// Sizes the pool that compiles components (wasmtime's parallel
+/// compilation runs on rayon's global pool) to every core, each thread at
+/// [`lower_priority`]. While nothing else runs — a first start on a cold
+/// cache, before anything serves — compiles get every core; once requests
+/// flow, the kernel gives the cores to them first, so a large or hostile
+/// component's compile only gets what serving leaves.
+pub fn size_compile_pool() {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let built = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .thread_name(|i| format!("wasmhost-compile-{i}"))
+        .start_handler(|_| lower_priority())
         .build_global();
     if built.is_ok() {
-        tracing::debug!(threads, "compile pool sized");
+        tracing::debug!(threads, niceness = COMPILE_NICENESS, "compile pool sized");
+    }
+}
+
+/// Lowers the calling thread's scheduling priority by [`COMPILE_NICENESS`]
+/// (on Linux niceness is per thread; elsewhere this does nothing).
+pub fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{getpriority_process, setpriority_process};
+        // `None` is the calling thread on Linux (the niceness of NPTL threads
+        // is their own).
+        let lowered = getpriority_process(None)
+            .and_then(|now| setpriority_process(None, (now + COMPILE_NICENESS).min(19)));
+        if let Err(e) = lowered {
+            tracing::debug!(error = %e, "cannot lower a compile thread's priority");
+        }
     }
 }
 
@@ -115,4 +217,50 @@ pub fn start_epoch_ticker(engine: &Engine) -> Result<()> {
         })
         .context("failed to start the epoch thread")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: &str = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n";
+
+    #[test]
+    fn no_swap_keeps_the_page_scan() {
+        assert_eq!(MemoryReset::choose(Some(HEADER)), MemoryReset::Scan);
+        assert_eq!(MemoryReset::choose(None), MemoryReset::Scan);
+        assert_eq!(MemoryReset::choose(Some("")), MemoryReset::Scan);
+    }
+
+    #[test]
+    fn any_swap_area_means_a_full_reset() {
+        let swaps = format!(
+            "{HEADER}/swapfile                               file\t\t4194300\t\t0\t\t-2\n/dev/zram0                              partition\t8388604\t\t1024\t\t100\n"
+        );
+        assert_eq!(
+            MemoryReset::choose(Some(&swaps)),
+            MemoryReset::Full {
+                swap: "/swapfile, /dev/zram0".into()
+            }
+        );
+        assert_eq!(
+            MemoryReset::Full { swap: "x".into() }.pagemap_scan(),
+            wasmtime::Enabled::No
+        );
+        assert_eq!(MemoryReset::Scan.pagemap_scan(), wasmtime::Enabled::Auto);
+    }
+
+    #[test]
+    fn an_engine_builds_with_either_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits::default();
+        for reset in [
+            MemoryReset::Scan,
+            MemoryReset::Full {
+                swap: "/swapfile".into(),
+            },
+        ] {
+            build(&limits, dir.path(), &reset).unwrap();
+        }
+    }
 }

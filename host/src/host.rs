@@ -69,7 +69,7 @@ impl HostBuilder {
             )
         })?;
         let kv = crate::kv::KvStore::open(&state_dir.join("kv.redb"))?;
-        crate::engine::limit_compile_threads();
+        crate::engine::size_compile_pool();
         let cache_dir = match &config.cache_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir).with_context(|| {
@@ -82,7 +82,8 @@ impl HostBuilder {
             None => state_dir.join("cache"),
         };
         let guard = Arc::new(crate::cache_guard::CacheGuard::open(&cache_dir)?);
-        let engine = crate::engine::build(&config.limits, &cache_dir)?;
+        let reset = crate::engine::MemoryReset::detect(config.memory_reset);
+        let engine = crate::engine::build(&config.limits, &cache_dir, &reset)?;
         crate::engine::start_epoch_ticker(&engine)?;
         let loader = Arc::new(
             Loader::new(engine.clone(), config.limits.clone())?

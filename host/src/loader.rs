@@ -548,6 +548,9 @@ impl Loader {
         std::thread::Builder::new()
             .name("wasmhost-compile".into())
             .spawn(move || {
+                // Its serial parts (parsing, validation, linking) yield to
+                // requests too, like the pool's threads.
+                crate::engine::lower_priority();
                 let compiled = Component::from_binary(&engine, &bytes);
                 if let Some(guard) = guard {
                     guard.record();

@@ -585,3 +585,50 @@ fn the_incumbent_keeps_a_contested_route_across_a_restart() {
         .iter()
         .any(|(f, e)| f == "people.toml" && e.contains("`user` keeps it")));
 }
+
+/// Each thread of process `pid`: its id, name and niceness (from
+/// `/proc/PID/task/*/stat`: field 19, after the parenthesised name).
+fn threads_of(pid: u32) -> Vec<(u32, String, i64)> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap();
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        // After ") ": state is field 3, so niceness (19) is the 17th.
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        found.push((
+            task.file_name().to_string_lossy().parse().unwrap(),
+            stat[open + 1..close].to_string(),
+            fields[16].parse().unwrap(),
+        ));
+    }
+    found
+}
+
+/// Compiles get every core, at a lower priority than serving: one compile
+/// thread per core, each 10 nicer than the main thread, so once requests
+/// flow the kernel runs them first.
+#[test]
+fn compile_threads_use_every_core_below_the_request_path() {
+    let host = TestHost::empty().add(USER, "user@1.0.0.wasm").start();
+    host.get("/users/1").expect_status(404);
+    let threads = threads_of(host.pid());
+    let main = threads.iter().find(|t| t.0 == host.pid()).unwrap().2;
+    // The kernel keeps 15 bytes of a thread's name: `wasmhost-compil`.
+    let pool: Vec<_> = threads
+        .iter()
+        .filter(|t| t.1.starts_with("wasmhost-compil"))
+        .collect();
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert!(pool.len() >= cores, "{threads:?} for {cores} cores");
+    assert!(
+        pool.iter().all(|t| t.2 == (main + 10).min(19)),
+        "main thread at {main}: {threads:?}"
+    );
+    // The request path is not lowered.
+    assert!(threads
+        .iter()
+        .any(|t| t.1.starts_with("tokio") && t.2 == main));
+}

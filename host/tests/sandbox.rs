@@ -177,12 +177,15 @@ fn every_attack_fails_alone_while_good_traffic_flows() {
     assert_eq!(user.versions[0].metrics.errors, 0, "{user:?}");
 }
 
-#[test]
-fn a_secret_left_in_memory_is_gone_for_the_next_request() {
-    // One instance slot in the whole host: every request reuses it.
+/// One instance slot in the whole host, so every request reuses it: a
+/// secret the previous request left in memory must be gone, with either
+/// memory reset.
+fn secret_is_gone_for_the_next_request(args: &[&str]) -> TestHost {
+    let mut all = vec!["--max-instances", "1"];
+    all.extend_from_slice(args);
     let host = TestHost::empty()
         .add(HOSTILE, "hostile@0.1.0.wasm")
-        .args(&["--max-instances", "1"])
+        .args(&all)
         .start();
     let secret = "S3CRET-7f3a9c-do-not-leak";
     for _ in 0..3 {
@@ -201,6 +204,30 @@ fn a_secret_left_in_memory_is_gone_for_the_next_request() {
             "memory leaked between requests: {r}"
         );
     }
+    host
+}
+
+#[test]
+fn a_secret_left_in_memory_is_gone_for_the_next_request() {
+    let host = secret_is_gone_for_the_next_request(&[]);
+    // `auto` scans for written pages unless this machine has swap on.
+    let swap_on = std::fs::read_to_string("/proc/swaps")
+        .is_ok_and(|s| s.lines().skip(1).any(|l| !l.trim().is_empty()));
+    let log = host.log();
+    assert_eq!(
+        log.contains("swap is on: freed instance memory is reset in full"),
+        swap_on,
+        "{log}"
+    );
+}
+
+#[test]
+fn a_full_memory_reset_also_clears_every_secret() {
+    let host = secret_is_gone_for_the_next_request(&["--memory-reset", "full"]);
+    host.wait_for_log(
+        &["freed instance memory is reset in full (--memory-reset full)"],
+        Duration::from_secs(5),
+    );
 }
 
 #[test]
