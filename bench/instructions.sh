@@ -20,6 +20,7 @@
 # Usage: bench/instructions.sh [quick|full]   (make bench = full)
 # BIN_DIR (default target/release) holds wasmhost and native-user.
 # KEEP=DIR keeps the callgrind dumps there (for callgrind_annotate by hand).
+# USER_WASM=FILE counts another build of the user service (an A/B of a guest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-full}
@@ -39,7 +40,7 @@ done
 WORK=$(mktemp -d); PID=
 trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null; [ -n "${KEEP:-}" ] && mkdir -p "$KEEP" && cp "$WORK"/cg.* "$KEEP"/ 2>/dev/null; rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/plugins" "$CACHE_DIR"
-cp "$GUESTS/user.wasm" "$WORK/plugins/user@1.0.0.wasm"
+cp "${USER_WASM:-$GUESTS/user.wasm}" "$WORK/plugins/user@1.0.0.wasm"
 cp plugins/user.toml "$WORK/plugins/user.toml" 2>/dev/null || true
 cp "$GUESTS/http_hello.wasm" "$WORK/plugins/hello@1.0.0.wasm"
 PORT=18721; ADMIN=18722

@@ -15,6 +15,10 @@ use http::{HeaderName, HeaderValue, StatusCode};
 pub const SERVICE_HEADER: &str = "x-wasmhost-service";
 /// Header naming the version that answered.
 pub const VERSION_HEADER: &str = "x-wasmhost-version";
+/// The two as header names, built at compile time (a `&str` name is parsed
+/// again on every insert).
+const SERVICE_HEADER_NAME: HeaderName = HeaderName::from_static(SERVICE_HEADER);
+const VERSION_HEADER_NAME: HeaderName = HeaderName::from_static(VERSION_HEADER);
 
 /// HTTP headers as the contract's list of pairs: names lowercase, values
 /// that are not UTF-8 decoded lossily, repeated headers kept in order.
@@ -67,9 +71,10 @@ pub fn to_http(resp: Response, service: &str, version: &str) -> http::Response<B
     let headers = out.headers_mut();
     for (name, value) in resp.headers {
         // Validated by the dispatcher; anything else is skipped, not fatal.
+        // The value's bytes move into the header (no copy).
         if let (Ok(n), Ok(v)) = (
             HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(&value),
+            HeaderValue::try_from(value),
         ) {
             headers.append(n, v);
         }
@@ -81,10 +86,10 @@ pub fn to_http(resp: Response, service: &str, version: &str) -> http::Response<B
 /// Names the service and version that answered, in the response headers.
 pub fn tag(headers: &mut http::HeaderMap, service: &str, version: &str) {
     if let Ok(v) = HeaderValue::from_str(service) {
-        headers.insert(SERVICE_HEADER, v);
+        headers.insert(SERVICE_HEADER_NAME, v);
     }
     if let Ok(v) = HeaderValue::from_str(version) {
-        headers.insert(VERSION_HEADER, v);
+        headers.insert(VERSION_HEADER_NAME, v);
     }
 }
 

@@ -33,12 +33,15 @@ use anyhow::{Context, Result};
 use std::sync::Arc;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter};
-use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// The data of one request's `Store`.
 pub struct HostState {
-    wasi: WasiCtx,
+    /// Built when the guest first uses WASI (a lean guest's request often
+    /// makes no WASI call at all), or at once when a directory is granted,
+    /// so a preopen that fails is the request's error, not a later panic.
+    wasi: Option<WasiCtx>,
     http: WasiHttpCtx,
     outbound: outbound::OutboundHttp,
     table: ResourceTable,
@@ -110,20 +113,16 @@ impl HostState {
             id.version.clone(),
             sandbox.limits.log_bytes,
         );
-        let mut wasi = WasiCtx::builder();
-        wasi.stdout(output.stream(stdio::Stream::Stdout))
-            .stderr(output.stream(stdio::Stream::Stderr))
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false);
-        for (key, value) in &sandbox.grants.env {
-            wasi.env(key, value);
-        }
-        if let (Some(host), Some(grant)) = (&sandbox.dir, &sandbox.grants.dir) {
-            wasi.preopened_dir(host, &grant.guest, FsPerms::ReadOnly)
-                .map_err(anyhow::Error::from)
-                .with_context(|| format!("cannot open granted directory {}", host.display()))?;
-        }
+        let wasi = match (&sandbox.dir, &sandbox.grants.dir) {
+            (Some(host), Some(grant)) => {
+                let mut wasi = wasi_builder(&output, &sandbox);
+                wasi.preopened_dir(host, &grant.guest, FsPerms::ReadOnly)
+                    .map_err(anyhow::Error::from)
+                    .with_context(|| format!("cannot open granted directory {}", host.display()))?;
+                Some(wasi.build())
+            }
+            _ => None,
+        };
         let mut table = ResourceTable::new();
         table.set_max_capacity(sandbox.limits.resources as usize);
         let outbound = outbound::OutboundHttp::new(
@@ -134,7 +133,7 @@ impl HostState {
             depth,
         );
         Ok(Self {
-            wasi: wasi.build(),
+            wasi,
             http: WasiHttpCtx::new(),
             outbound,
             table,
@@ -174,10 +173,30 @@ impl HostState {
     }
 }
 
+/// The WASI context of a service: stdout and stderr to the host's log, no
+/// network, granted environment variables. (A granted directory is added
+/// by `HostState::new`: opening it is the one step that can fail.)
+fn wasi_builder(output: &stdio::GuestOutput, sandbox: &Sandbox) -> WasiCtxBuilder {
+    let mut wasi = WasiCtx::builder();
+    wasi.stdout(output.stream(stdio::Stream::Stdout))
+        .stderr(output.stream(stdio::Stream::Stderr))
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    for (key, value) in &sandbox.grants.env {
+        wasi.env(key, value);
+    }
+    wasi
+}
+
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        let ctx = match &mut self.wasi {
+            Some(ctx) => ctx,
+            slot @ None => slot.insert(wasi_builder(&self.output, &self.sandbox).build()),
+        };
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx,
             table: &mut self.table,
         }
     }
