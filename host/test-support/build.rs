@@ -8,11 +8,6 @@
 //! test (`host/tests/fixtures.rs`) can insist that each one is used by a
 //! test. Rebuilds follow the guests' own dependency files (`.d`), so an edit
 //! to any source they compile from rebuilds them.
-//!
-//! The lean guests ([`LEAN`]: no std, built for `wasm32-unknown-unknown`)
-//! are core modules that wit-component turns into components, written where
-//! the others are (`wasm32-wasip2/release/NAME.wasm`), as `make plugins` does
-//! with `wasm-tools component new`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,10 +15,6 @@ use std::process::Command;
 /// Constant names that differ from the package name: the Rust `catalog` is
 /// version 2.0.0 of the JavaScript `catalog` (whose constant is `CATALOG`).
 const RENAMED: &[(&str, &str)] = &[("catalog", "CATALOG_V2")];
-/// Guests built without std for `wasm32-unknown-unknown`, then componentized.
-const LEAN: &[&str] = &["user"];
-/// The target of the lean guests.
-const LEAN_TARGET: &str = "wasm32-unknown-unknown";
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default());
@@ -38,15 +29,10 @@ fn main() {
     }
     let guests = guest_packages(&plugins);
 
-    let mut all_but_lean = vec!["--workspace"];
-    for lean in LEAN {
-        all_but_lean.extend(["--exclude", lean]);
-        build_lean(&plugins, &target_dir, lean, &[]);
-    }
-    build_guests(&plugins, &target_dir, &all_but_lean);
+    build_guests(&plugins, &target_dir, &["--workspace"]);
     // Version 1.1.0 of the user service: the same crate with the feature `v2`.
     let v2_dir = target_dir.join("v2");
-    build_lean(&plugins, &v2_dir, "user", &["--features", "v2"]);
+    build_guests(&plugins, &v2_dir, &["-p", "user", "--features", "v2"]);
     // Broken builds of the `faulty` fixture, each copied out before the
     // next build overwrites it: `broken` traps at once, `late` after its work.
     let broken_dir = target_dir.join("broken");
@@ -80,12 +66,7 @@ fn main() {
             |(_, c)| c.to_string(),
         );
         let stem = package.replace('-', "_");
-        let built_in = if LEAN.contains(&package.as_str()) {
-            target_dir.join(LEAN_TARGET).join("release")
-        } else {
-            out_dir.clone()
-        };
-        rerun_on_sources(&built_in.join(format!("{stem}.d")));
+        rerun_on_sources(&out_dir.join(format!("{stem}.d")));
         let file = out_dir.join(format!("{stem}.wasm"));
         assert!(
             file.exists(),
@@ -164,43 +145,14 @@ fn main() {
     std::fs::write(&dest, code).unwrap_or_else(|e| panic!("write {}: {e}", dest.display()));
 }
 
-/// Builds the lean guest `package` (with `args`) as a core module and
-/// writes it as a component to `wasm32-wasip2/release/PACKAGE.wasm` under
-/// `target_dir`.
-fn build_lean(plugins: &Path, target_dir: &Path, package: &str, args: &[&str]) {
-    let mut all = vec!["-p", package];
-    all.extend_from_slice(args);
-    cargo_build(plugins, target_dir, LEAN_TARGET, &all);
-    let stem = package.replace('-', "_");
-    let module = target_dir
-        .join(LEAN_TARGET)
-        .join("release")
-        .join(format!("{stem}.wasm"));
-    let bytes = std::fs::read(&module).unwrap_or_else(|e| panic!("read {}: {e}", module.display()));
-    let component = wit_component::ComponentEncoder::default()
-        .validate(true)
-        .module(&bytes)
-        .and_then(|mut encoder| encoder.encode())
-        .unwrap_or_else(|e| panic!("componentize {}: {e:#}", module.display()));
-    let out = wasm_dir(target_dir);
-    std::fs::create_dir_all(&out).unwrap_or_else(|e| panic!("create {}: {e}", out.display()));
-    let dest = out.join(format!("{stem}.wasm"));
-    std::fs::write(&dest, component).unwrap_or_else(|e| panic!("write {}: {e}", dest.display()));
-}
-
 /// Runs `cargo build --release --target wasm32-wasip2 ARGS` in the guest
 /// workspace into `target_dir`; panics with cargo's output (and a hint when
 /// the target is missing) on failure.
 fn build_guests(plugins: &Path, target_dir: &Path, args: &[&str]) {
-    cargo_build(plugins, target_dir, "wasm32-wasip2", args);
-}
-
-/// `cargo build --release --target TARGET ARGS` in the guest workspace.
-fn cargo_build(plugins: &Path, target_dir: &Path, target: &str, args: &[&str]) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let output = Command::new(cargo)
         .current_dir(plugins)
-        .args(["build", "--release", "--target", target])
+        .args(["build", "--release", "--target", "wasm32-wasip2"])
         .args(args)
         .env("CARGO_TARGET_DIR", target_dir)
         // Flags meant for the host build must not leak into the guest build.
@@ -212,10 +164,12 @@ fn cargo_build(plugins: &Path, target_dir: &Path, target: &str, args: &[&str]) {
         .unwrap_or_else(|e| panic!("failed to run cargo for the guest components: {e}"));
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let hint = if stderr.contains("target may not be installed") {
-            format!("\n\nThe {target} target is missing: run `rustup target add {target}` (or `make test`, which does it).")
+        let hint = if stderr.contains("wasm32-wasip2")
+            && stderr.contains("target may not be installed")
+        {
+            "\n\nThe wasm32-wasip2 target is missing: run `rustup target add wasm32-wasip2` (or `make test`, which does it)."
         } else {
-            String::new()
+            ""
         };
         panic!(
             "building the guest components ({}) failed:\n{stderr}{hint}",

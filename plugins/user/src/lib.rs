@@ -11,35 +11,8 @@
 //!
 //! Users live in the bucket `users` under their decimal id; ids come from an
 //! atomic counter, so concurrent creations never share one.
-//!
-//! A lean guest: `make plugins` builds it for `wasm32-unknown-unknown`
-//! without std, so the component imports only what the service calls (the
-//! key-value store, and the log for a panic) rather than the two dozen WASI
-//! functions std links in, and a request costs fewer instructions. Built for
-//! `wasm32-wasip2` (or with cargo-component) it is an ordinary std crate.
-#![cfg_attr(target_os = "unknown", no_std)]
-extern crate alloc;
 
-use alloc::format;
-use alloc::string::{String, ToString};
-use alloc::vec;
-use alloc::vec::Vec;
-
-wit_bindgen::generate!({ path: "../../wit", world: "service", generate_all, std_feature });
-
-#[cfg(target_os = "unknown")]
-#[global_allocator]
-static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
-
-/// Without std, a panic is logged through `wasi:logging`, then traps (the
-/// host answers 500 with the trap).
-#[cfg(target_os = "unknown")]
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo) -> ! {
-    use wasi::logging::logging::{log, Level};
-    log(Level::Critical, "panic", &format!("{info}"));
-    core::arch::wasm32::unreachable()
-}
+wit_bindgen::generate!({ path: "../../wit", world: "service", generate_all });
 
 use exports::wasmhost::plugin::handler::Guest;
 use serde::{Deserialize, Serialize};
@@ -156,8 +129,8 @@ fn list() -> Result<Response, Response> {
 /// A user as the API shows it, fields in this order. Version 1.1.0
 /// (feature `v2`) adds a `display_name` field; the stored data is the same
 /// in both versions, so either can serve any user during a gray release.
-/// A struct rather than a `json!` map: no map, no hash seed to ask the host
-/// for on every request.
+/// A struct rather than a `json!` map: no map, so no hasher seeded from
+/// `wasi:random` on every request.
 #[derive(Serialize)]
 struct Shown<'a> {
     id: u64,
