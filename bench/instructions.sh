@@ -20,7 +20,8 @@
 # Usage: bench/instructions.sh [quick|full]   (make bench = full)
 # BIN_DIR (default target/release) holds wasmhost and native-user.
 # KEEP=DIR keeps the callgrind dumps there (for callgrind_annotate by hand).
-# USER_WASM=FILE counts another build of the user service (an A/B of a guest).
+# USER_WASM=FILE counts another build of the user service (an A/B of a guest);
+# HOST_ARGS="…" adds options to every wasmhost run (e.g. --memory-reset full).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-full}
@@ -103,7 +104,7 @@ PY
 }
 
 WASMHOST=("$BIN_DIR/wasmhost" serve --plugins "$WORK/plugins" --state "$WORK/state" --cache-dir "$CACHE_DIR"
-  --listen 127.0.0.1:$PORT --admin-listen 127.0.0.1:$ADMIN --drain-delay 0s --max-instances 4 --memory-ceiling 64MiB)
+  --listen 127.0.0.1:$PORT --admin-listen 127.0.0.1:$ADMIN --drain-delay 0s ${HOST_ARGS:-} --max-instances 4 --memory-ceiling 64MiB)
 echo "instructions per request (callgrind; warm-up $W, then $N sequential keep-alive requests counted; binaries from $BIN_DIR)"
 [ "$MODE" = quick ] && echo "(quick mode checks that the harness runs: its figures are not measurements)"
 run user "$WORK/user.cg" /users/1 "$N" "${WASMHOST[@]}"
