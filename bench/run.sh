@@ -61,7 +61,9 @@ PIDS+=($!)
 "$NATIVE" 127.0.0.1:18702 >/dev/null 2>&1 &
 PIDS+=($!)
 wait_for http://127.0.0.1:18702/users/1
-wait_for http://127.0.0.1:18701/users
+# Ready: every service compiled (each serves as soon as it has, so /users
+# answers long before the interpreters on a cold cache).
+wait_for http://127.0.0.1:18701/.well-known/wasmhost/ready
 req POST http://127.0.0.1:18701/users '{"name":"Ada Lovelace","email":"ada@example.com"}'
 wait_for http://127.0.0.1:18701/users/1
 req POST http://127.0.0.1:18701/products '{"sku":"KB-1","name":"Keyboard","price_cents":4999}'
@@ -89,7 +91,7 @@ for s in user inventory; do
 done
 "$BIN" serve --plugins "$WORK/reuse" --state "$WORK/state-reuse" --cache-dir "$CACHE_DIR" --listen 127.0.0.1:18704 --admin-listen 127.0.0.1:0 >/dev/null 2>"$WORK/host-reuse.log" &
 PIDS+=($!)
-wait_for http://127.0.0.1:18704/users
+wait_for http://127.0.0.1:18704/.well-known/wasmhost/ready
 req POST http://127.0.0.1:18704/users '{"name":"Ada Lovelace","email":"ada@example.com"}'
 req PUT http://127.0.0.1:18704/inventory/KB-1 '{"quantity":10}'
 wait_for http://127.0.0.1:18704/users/1
