@@ -34,10 +34,6 @@ const MAX_MEMORIES_PER_COMPONENT: u32 = 4;
 /// next instance. With the kernel's PAGEMAP_SCAN (Linux 6.7+, used when
 /// present) only the pages the guest dirtied are reset, so this can be large.
 const KEEP_RESIDENT: usize = 8 * 1024 * 1024;
-/// The same for a full reset, which memsets every kept byte on every drop:
-/// 8 MiB would cost about 1.1M instructions per request (callgrind), so
-/// only the first MiB is kept and the rest given back with madvise.
-const KEEP_RESIDENT_FULL: usize = 1024 * 1024;
 /// Set (to anything) to write `/tmp/perf-PID.map` for `perf`, naming guest
 /// functions in profiles.
 pub const PERFMAP_ENV: &str = "WASMHOST_PERFMAP";
@@ -88,13 +84,6 @@ impl MemoryReset {
         }
     }
 
-    fn keep_resident(&self) -> usize {
-        match self {
-            MemoryReset::Scan => KEEP_RESIDENT,
-            MemoryReset::Full { .. } => KEEP_RESIDENT_FULL,
-        }
-    }
-
     fn pagemap_scan(&self) -> wasmtime::Enabled {
         match self {
             MemoryReset::Scan => wasmtime::Enabled::Auto,
@@ -138,7 +127,7 @@ pub fn build(limits: &Limits, cache_dir: &Path, reset: &MemoryReset) -> Result<E
         .max_memory_size(limits.memory_ceiling)
         .max_unused_warm_slots(instances / 2)
         .pagemap_scan(reset.pagemap_scan())
-        .linear_memory_keep_resident(reset.keep_resident())
+        .linear_memory_keep_resident(KEEP_RESIDENT)
         .table_keep_resident(KEEP_RESIDENT / 16)
         .async_stack_keep_resident(KEEP_RESIDENT / 4);
 
@@ -259,11 +248,6 @@ mod tests {
             wasmtime::Enabled::No
         );
         assert_eq!(MemoryReset::Scan.pagemap_scan(), wasmtime::Enabled::Auto);
-        // A full reset memsets all it keeps, so it keeps less.
-        assert!(
-            MemoryReset::Full { swap: "x".into() }.keep_resident()
-                < MemoryReset::Scan.keep_resident()
-        );
     }
 
     #[test]
