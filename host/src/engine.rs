@@ -46,9 +46,10 @@ pub enum MemoryReset {
     /// Only the pages `PAGEMAP_SCAN` reports written (where the kernel has
     /// it, Linux 6.7+; wasmtime falls back to the full reset elsewhere).
     Scan,
-    /// Every kept-resident byte: asked for, or swap is on (`swap` names the
-    /// areas; empty when asked for).
-    Full { swap: String },
+    /// Every kept-resident byte, as `--memory-reset full` asks.
+    Full,
+    /// Every kept-resident byte, because swap is on (`areas` names them).
+    SwapOn { areas: String },
 }
 
 impl MemoryReset {
@@ -65,8 +66,8 @@ impl MemoryReset {
         if areas.is_empty() {
             MemoryReset::Scan
         } else {
-            MemoryReset::Full {
-                swap: areas.join(", "),
+            MemoryReset::SwapOn {
+                areas: areas.join(", "),
             }
         }
     }
@@ -75,9 +76,7 @@ impl MemoryReset {
     /// read now).
     pub fn detect(mode: MemoryResetMode) -> Self {
         match mode {
-            MemoryResetMode::Full => MemoryReset::Full {
-                swap: String::new(),
-            },
+            MemoryResetMode::Full => MemoryReset::Full,
             MemoryResetMode::Auto => {
                 Self::choose(std::fs::read_to_string("/proc/swaps").ok().as_deref())
             }
@@ -87,7 +86,7 @@ impl MemoryReset {
     fn pagemap_scan(&self) -> wasmtime::Enabled {
         match self {
             MemoryReset::Scan => wasmtime::Enabled::Auto,
-            MemoryReset::Full { .. } => wasmtime::Enabled::No,
+            MemoryReset::Full | MemoryReset::SwapOn { .. } => wasmtime::Enabled::No,
         }
     }
 
@@ -98,13 +97,13 @@ impl MemoryReset {
                 reset = "pagemap-scan",
                 "freed instance memory is reset page by page (no swap)"
             ),
-            MemoryReset::Full { swap } if swap.is_empty() => tracing::info!(
+            MemoryReset::Full => tracing::info!(
                 reset = "full",
                 "freed instance memory is reset in full (--memory-reset full)"
             ),
-            MemoryReset::Full { swap } => tracing::warn!(
+            MemoryReset::SwapOn { areas } => tracing::warn!(
                 reset = "full",
-                swap = %swap,
+                swap = %areas,
                 "swap is on: freed instance memory is reset in full, not with PAGEMAP_SCAN, which misses written pages that were swapped out (wasmtime#14357); requests cost more, isolation holds. Turn swap off for the faster reset"
             ),
         }
@@ -239,25 +238,27 @@ mod tests {
         );
         assert_eq!(
             MemoryReset::choose(Some(&swaps)),
-            MemoryReset::Full {
-                swap: "/swapfile, /dev/zram0".into()
+            MemoryReset::SwapOn {
+                areas: "/swapfile, /dev/zram0".into()
             }
         );
         assert_eq!(
-            MemoryReset::Full { swap: "x".into() }.pagemap_scan(),
+            MemoryReset::SwapOn { areas: "x".into() }.pagemap_scan(),
             wasmtime::Enabled::No
         );
         assert_eq!(MemoryReset::Scan.pagemap_scan(), wasmtime::Enabled::Auto);
+        assert_eq!(MemoryReset::Full.pagemap_scan(), wasmtime::Enabled::No);
     }
 
     #[test]
-    fn an_engine_builds_with_either_reset() {
+    fn an_engine_builds_with_every_reset() {
         let dir = tempfile::tempdir().unwrap();
         let limits = Limits::default();
         for reset in [
             MemoryReset::Scan,
-            MemoryReset::Full {
-                swap: "/swapfile".into(),
+            MemoryReset::Full,
+            MemoryReset::SwapOn {
+                areas: "/swapfile".into(),
             },
         ] {
             build(&limits, dir.path(), &reset).unwrap();
