@@ -4,6 +4,7 @@
 CARGO        ?= cargo
 LISTEN       ?= 127.0.0.1:8080
 STATE        ?= .wasmhost
+INSTALL_DIR  ?= $(HOME)/.cargo/bin
 PLUGIN_DIR   := plugins
 GUEST_TARGET := $(CURDIR)/target/plugins
 GUEST_OUT    := $(GUEST_TARGET)/wasm32-wasip2/release
@@ -22,11 +23,12 @@ NOTIFY_VERSION    := $(shell sed -n 's/^version = "\(.*\)"/\1/p' plugins/notify/
 CATALOG_VERSION   := $(shell sed -n 's/^  "version": "\(.*\)",/\1/p' plugins/catalog-js/package.json)
 crate_version = $(shell sed -n 's/^version = "\(.*\)"/\1/p' $(PLUGIN_DIR)/$(1)/Cargo.toml | head -n1)
 
-.PHONY: help run test plugins polyglot host setup lint fmt component-check fuzz bench bench-quick bench-guests clean
+.PHONY: help run install test plugins polyglot host setup lint fmt component-check fuzz bench bench-quick bench-guests clean
 
 help:
 	@echo "make run              build the example plugins and the host, serve on http://$(LISTEN)"
 	@echo "make test             build everything and run every test"
+	@echo "make install          put wasmhost (and componentize-py, for Python services) in $(INSTALL_DIR)"
 	@echo "make plugins          build the example services into $(PLUGIN_DIR)/NAME@VERSION.wasm"
 	@echo "make lint             rustfmt and clippy (host and guests), warnings are errors; wasmtime's component-model-async stays off"
 	@echo "make component-check  build the example plugins with cargo-component too"
@@ -102,7 +104,20 @@ host:
 	$(CARGO) build --release -p wasmhost
 
 run: plugins host
+	@echo "==> serving the example services on http://$(LISTEN) (Ctrl-C stops)"
+	@echo "    try:      curl http://$(LISTEN)/users/1; curl http://$(LISTEN)/products"
+	@echo "    the CLI:  ./target/release/wasmhost status   (make install puts wasmhost on PATH)"
+	@echo "    admin:    http://127.0.0.1:9090, its token in $(STATE)/admin-token (the CLI reads it there)"
+	@echo "    your own: wasmhost new hello --lang rust|python|js, then wasmhost dev (README, \"Write a service\")"
 	./target/release/wasmhost serve --plugins $(PLUGIN_DIR) --listen $(LISTEN) --state $(STATE)
+
+## Put wasmhost on PATH (in $(INSTALL_DIR)), and componentize-py beside it for
+## `wasmhost build` of Python services (a link into .tools/py).
+install: host $(COMPONENTIZE_PY)
+	@mkdir -p $(INSTALL_DIR)
+	install -m 755 target/release/wasmhost $(INSTALL_DIR)/wasmhost
+	ln -sf $(COMPONENTIZE_PY) $(INSTALL_DIR)/componentize-py
+	@echo "    $(INSTALL_DIR)/wasmhost and $(INSTALL_DIR)/componentize-py ($(INSTALL_DIR) must be on PATH: rustup puts it there)"
 
 test: plugins
 	@echo "==> running every test (the first build compiles wasmtime and takes several minutes)"
@@ -129,6 +144,12 @@ component-check: setup
 	cd $(PLUGIN_DIR) && for s in $(SERVICES); do \
 		(cd $$s && CARGO_TARGET_DIR=$(GUEST_TARGET)/component $(CARGO) component build --release) || exit 1; \
 	done
+	@echo "==> the Rust template of \`wasmhost new\`, built with cargo component"
+	$(CARGO) build -p wasmhost
+	rm -rf $(GUEST_TARGET)/template-check
+	./target/debug/wasmhost new hello --lang rust --plugins $(GUEST_TARGET)/template-check
+	cd $(GUEST_TARGET)/template-check/hello && CARGO_TARGET_DIR=$(GUEST_TARGET)/component $(CARGO) component build --release
+	@test -s $(GUEST_TARGET)/component/wasm32-wasip1/release/hello.wasm && echo "    $(GUEST_TARGET)/component/wasm32-wasip1/release/hello.wasm"
 
 ## What the benchmarks need beyond the example services: the fixtures, and the
 ## user service built without optimization (~500 KB of code, for the swap figure).

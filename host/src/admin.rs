@@ -6,6 +6,7 @@
 //! - `PUT  /admin/services/{name}/release`       `{"weights": {"1.0.0": 90, "1.1.0": 10}, "sticky": "header:x-user-id"}`
 //! - `POST /admin/services/{name}/promote`       `{"version": "1.1.0"}`: it takes 100% and becomes stable
 //! - `POST /admin/services/{name}/rollback`      the stable version takes 100%
+//! - `GET  /admin/logs?service=NAME&after=SEQ`   the service's recent log lines (`wasmhost logs`)
 //! - `POST /admin/drain`                          ready turns 503; the host serves for `--drain-delay`, then stops
 //! - `GET  /metrics`                              Prometheus text, labelled by service and version
 //!
@@ -19,7 +20,7 @@ use crate::front::error_response;
 use crate::registry::{LoadError, Loading, ServiceEntry};
 use crate::resilience::Standing;
 use crate::views::{
-    LimitsView, LoadErrorView, LoadingView, ServiceView, ServicesView, VersionView,
+    LimitsView, LoadErrorView, LoadingView, LogsView, ServiceView, ServicesView, VersionView,
 };
 use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
@@ -61,6 +62,7 @@ pub fn app(
         .route("/admin/services/{name}/rollback", post(rollback))
         .route("/admin/services/{name}/pause", post(pause))
         .route("/admin/services/{name}/resume", post(resume))
+        .route("/admin/logs", get(logs))
         .route("/admin/drain", post(drain))
         .route("/metrics", get(metrics))
         .with_state(state.clone())
@@ -82,6 +84,28 @@ async fn authorize(State(admin): State<Admin>, req: Request, next: Next) -> Resp
             None,
         ),
     }
+}
+
+/// The query of `GET /admin/logs`.
+#[derive(Deserialize)]
+struct LogsQuery {
+    service: String,
+    #[serde(default)]
+    after: u64,
+    #[serde(default = "default_log_limit")]
+    limit: usize,
+}
+
+fn default_log_limit() -> usize {
+    200
+}
+
+/// A service's recent log lines, after the number `after`.
+async fn logs(axum::extract::Query(q): axum::extract::Query<LogsQuery>) -> Json<LogsView> {
+    Json(LogsView {
+        kept: crate::logbook::installed(),
+        lines: crate::logbook::lines(&q.service, q.after, q.limit.min(crate::logbook::CAPACITY)),
+    })
 }
 
 async fn list(State(admin): State<Admin>) -> Json<ServicesView> {

@@ -74,6 +74,29 @@ impl AdminClient {
         serde_json::from_value(body).context("the admin API answered something this client does not understand (are host and client the same version?)")
     }
 
+    /// Prints the recent log lines of `service` (the last `tail`), then, with
+    /// `follow`, each new one as it comes until Ctrl-C.
+    pub async fn logs(&self, service: &str, tail: usize, follow: bool) -> Result<()> {
+        let mut after = 0;
+        let mut limit = tail;
+        loop {
+            let path = format!("/admin/logs?service={service}&after={after}&limit={limit}");
+            let page: crate::views::LogsView = self.call(reqwest::Method::GET, &path, None).await?;
+            if !page.kept {
+                bail!("this host keeps no log lines (it was not started by `wasmhost serve` or `wasmhost dev`)");
+            }
+            for line in &page.lines {
+                println!("{}", format_line(line));
+            }
+            after = page.lines.last().map_or(after, |l| l.seq);
+            limit = crate::logbook::CAPACITY;
+            if !follow {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+
     /// Prints every service, then what is compiling and what did not load.
     pub async fn status(&self) -> Result<()> {
         let all: ServicesView = self
@@ -366,4 +389,24 @@ mod tests {
             ..Default::default()
         }
     }
+}
+
+/// One log line as `wasmhost logs` prints it.
+fn format_line(line: &crate::logbook::Line) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(line.at_ms);
+    let at = humantime::format_rfc3339_millis(at);
+    let version = line
+        .version
+        .as_deref()
+        .map(|v| format!("@{v}"))
+        .unwrap_or_default();
+    let origin = if line.target == "guest" {
+        ""
+    } else {
+        " (host)"
+    };
+    format!(
+        "{at} {:>5} {}{version}{origin}: {}",
+        line.level, line.service, line.message
+    )
 }

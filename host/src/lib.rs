@@ -22,6 +22,7 @@
 //! ```
 
 pub mod admin;
+pub mod authoring;
 mod bindings;
 pub mod cache_guard;
 pub mod canary;
@@ -42,6 +43,7 @@ mod host;
 pub mod instance;
 pub mod kv;
 pub mod loader;
+pub mod logbook;
 pub mod manifest;
 pub mod messages;
 pub mod metrics;

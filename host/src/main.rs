@@ -5,8 +5,12 @@ use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tracing_subscriber::EnvFilter;
-use wasmhost::config::{ServeArgs, DEFAULT_ADMIN_LISTEN, DEFAULT_STATE_DIR};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
+use wasmhost::config::{
+    ServeArgs, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, DEFAULT_PLUGINS_DIR, DEFAULT_STATE_DIR,
+};
 
 /// A WebAssembly component host for HTTP microservices.
 ///
@@ -34,6 +38,47 @@ enum Command {
     /// has compiled; until then its routes answer 503 with retry-after.
     /// Set RUST_LOG=wasmhost=debug to see every request as a span tree.
     Serve(ServeArgs),
+    /// Create a service from a template: its source, build file, the WIT it
+    /// needs, a manifest and a test.
+    ///
+    /// Writes PLUGINS/NAME/ and PLUGINS/NAME.toml (never over anything that
+    /// exists). A Rust service uses the guest SDK in PLUGINS/sdk (written
+    /// there when missing). Then: wasmhost dev, and edit.
+    New {
+        /// The service's name (lowercase letters, digits and `-`): it
+        /// answers at /NAME.
+        name: String,
+        /// Its language.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: wasmhost::authoring::Lang,
+        /// The plugins directory.
+        #[arg(long, default_value = DEFAULT_PLUGINS_DIR)]
+        plugins: PathBuf,
+    },
+    /// Build every service source under the plugins directory into
+    /// PLUGINS/NAME@VERSION.wasm.
+    ///
+    /// Each folder with a Cargo.toml (cargo, wasm32-wasip2), pyproject.toml
+    /// (componentize-py) or package.json (its `build` script,
+    /// componentize-js) is a service; its name and version come from that
+    /// file. A running host loads each build as it lands.
+    Build {
+        /// Build only these services (default: all).
+        services: Vec<String>,
+        /// The plugins directory.
+        #[arg(long, default_value = DEFAULT_PLUGINS_DIR)]
+        plugins: PathBuf,
+    },
+    /// Serve the plugins directory and rebuild a service whenever its
+    /// source is saved.
+    ///
+    /// Builds every service source first, then serves as `wasmhost serve`
+    /// does. On each save only the service that changed is rebuilt and
+    /// swapped in, without a restart or a dropped request; a build error is
+    /// shown (file, line, message) and the last good build keeps serving.
+    /// Key-value data lives in the state directory and survives. Ctrl-C
+    /// stops everything.
+    Dev(ServeArgs),
     /// Show every service: versions, weights, live metrics, load errors.
     Status {
         #[command(flatten)]
@@ -60,6 +105,22 @@ enum Command {
         service: String,
         /// The version to promote.
         version: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show a service's recent log lines: its own (wasi:logging, stdout,
+    /// stderr) and the host's about it (loads, swaps, failures).
+    ///
+    /// Example: wasmhost logs user --follow
+    Logs {
+        /// The service.
+        service: String,
+        /// Keep printing new lines until Ctrl-C.
+        #[arg(long, short)]
+        follow: bool,
+        /// How many of the most recent lines to print first.
+        #[arg(long, short = 'n', default_value_t = 100)]
+        tail: usize,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -133,15 +194,31 @@ async fn main() -> ExitCode {
 
 async fn real_main() -> Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+    // Lines go to stderr, filtered by RUST_LOG (default info); the lines
+    // that name a service are also kept for `wasmhost logs`, at info and
+    // above whatever RUST_LOG says.
+    let stderr = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
+        .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")));
+    let kept =
+        wasmhost::logbook::layer().with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(kept)
         .init();
     match cli.command {
         Command::Serve(args) => wasmhost::run(args.into(), wasmhost::shutdown::signal()).await,
+        Command::New {
+            name,
+            lang,
+            plugins,
+        } => new_service(&plugins, &name, lang),
+        Command::Build { services, plugins } => {
+            tokio::task::spawn_blocking(move || wasmhost::authoring::build_all(&plugins, &services))
+                .await?
+        }
+        Command::Dev(args) => wasmhost::authoring::dev::run(args.into(), wasmhost::run).await,
         Command::Status { admin } => admin.client()?.status().await,
         Command::Release {
             service,
@@ -155,6 +232,12 @@ async fn real_main() -> Result<()> {
             admin,
         } => admin.client()?.promote(&service, &version).await,
         Command::Rollback { service, admin } => admin.client()?.rollback(&service).await,
+        Command::Logs {
+            service,
+            follow,
+            tail,
+            admin,
+        } => admin.client()?.logs(&service, tail, follow).await,
         Command::Topics { admin } => admin.client()?.topics().await,
         Command::Dlq {
             action,
@@ -179,4 +262,37 @@ async fn real_main() -> Result<()> {
                 .await
         }
     }
+}
+
+/// `wasmhost new`: writes the service and says what to do next.
+fn new_service(
+    plugins: &std::path::Path,
+    name: &str,
+    lang: wasmhost::authoring::Lang,
+) -> Result<()> {
+    let created = wasmhost::authoring::templates::create(plugins, name, lang)?;
+    println!(
+        "created the {lang} service `{name}` in {}",
+        created.dir.display()
+    );
+    println!("  manifest: {}", created.manifest.display());
+    if let Some(sdk) = &created.sdk {
+        println!(
+            "  guest SDK: {} (shared by the Rust services here)",
+            sdk.display()
+        );
+    }
+    let dev = if plugins == std::path::Path::new(DEFAULT_PLUGINS_DIR) {
+        "wasmhost dev".to_string()
+    } else {
+        format!("wasmhost dev --plugins {}", plugins.display())
+    };
+    println!("next:");
+    println!("  {dev:<40} # builds it, serves it, rebuilds it on every save");
+    println!("  curl 'http://{DEFAULT_LISTEN}/{name}?name=ada'");
+    println!(
+        "  {:<40} # its test, against the running host",
+        created.dir.join("test.sh").display()
+    );
+    Ok(())
 }

@@ -226,3 +226,12 @@ pub struct DirView {
     /// Always `read-only`.
     pub access: String,
 }
+
+/// `GET /admin/logs`: one service's recent log lines.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct LogsView {
+    /// Whether this host keeps log lines at all (`wasmhost serve` does).
+    pub kept: bool,
+    /// The lines, oldest first.
+    pub lines: Vec<crate::logbook::Line>,
+}

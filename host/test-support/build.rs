@@ -24,7 +24,12 @@ fn main() {
         .unwrap_or_else(|e| panic!("workspace root: {e}"));
     let plugins = root.join("plugins");
     let target_dir = root.join("target").join("plugins");
-    for watched in ["plugins/Cargo.toml", "plugins/Cargo.lock", "wit"] {
+    for watched in [
+        "plugins/Cargo.toml",
+        "plugins/Cargo.lock",
+        "plugins/sdk",
+        "wit",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     let guests = guest_packages(&plugins);
@@ -207,6 +212,14 @@ fn guest_packages(plugins: &Path) -> Vec<String> {
         .as_array()
         .into_iter()
         .flatten()
+        // Components only: the guest SDK is a library the others link.
+        .filter(|p| {
+            p["targets"].as_array().into_iter().flatten().any(|t| {
+                t["crate_types"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c == "cdylib"))
+            })
+        })
         .filter_map(|p| p["name"].as_str().map(str::to_string))
         .collect();
     names.sort();

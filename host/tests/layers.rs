@@ -29,6 +29,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("health", 0),
     ("views", 0),
     ("shutdown", 0),
+    ("logbook", 0),
     // L1 — the Wasm runtime
     ("engine", 1),
     ("cache_guard", 1),
@@ -57,6 +58,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("client", 4),
     ("status", 4),
     ("host", 4),
+    ("authoring", 4),
     ("lib", 5),
 ];
 

@@ -257,6 +257,24 @@ impl Host {
 
     /// [`Host::start`] with extra `serve` arguments.
     pub fn start_with(bin: &Path, plugins: &Path, state: &Path, extra: &[&str]) -> Self {
+        Self::start_command(bin, "serve", plugins, state, extra, &[])
+    }
+
+    /// `bin dev` (build the sources, serve, rebuild on save) on `plugins`
+    /// and `state`, with `envs` set (where the build tools are); waits until
+    /// it is ready, so until the first builds are done.
+    pub fn start_dev(bin: &Path, plugins: &Path, state: &Path, envs: &[(&str, &str)]) -> Self {
+        Self::start_command(bin, "dev", plugins, state, &[], envs)
+    }
+
+    fn start_command(
+        bin: &Path,
+        command: &str,
+        plugins: &Path,
+        state: &Path,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Self {
         // Hosts start one at a time across every test process, so a
         // component missing from the shared cache is compiled once, by the
         // first host, instead of by every test at the same moment.
@@ -264,8 +282,11 @@ impl Host {
         let lock = std::fs::File::create(Path::new(TEST_CACHE_DIR).join(".start.lock"))
             .expect("create the start lock");
         lock.lock().expect("take the start lock");
+        let mut args = serve_args(plugins, state);
+        args[0] = command.into();
         let mut child = Command::new(bin)
-            .args(serve_args(plugins, state))
+            .args(args)
+            .envs(envs.iter().copied())
             // One artifact cache for every test host (unless the test names
             // its own): a component is compiled once per test run, not once
             // per test.

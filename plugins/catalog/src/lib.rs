@@ -8,13 +8,8 @@
 //!
 //! Products live in the bucket `products`, one JSON value per SKU.
 
-wit_bindgen::generate!({ path: "../../wit", world: "service", generate_all });
-
-use exports::wasmhost::plugin::handler::Guest;
 use serde::{Deserialize, Serialize};
-use wasi::keyvalue::store;
-use wasi::logging::logging::{log, Level};
-use wasmhost::plugin::types::{Request, Response};
+use wasmhost_guest::prelude::*;
 
 /// A product, stored as the JavaScript version stores it.
 #[derive(Serialize, Deserialize)]
@@ -24,99 +19,90 @@ struct Product {
     price_cents: u64,
 }
 
+/// The body of `POST /products`, checked field by field for the same
+/// messages as the JavaScript version.
+#[derive(Deserialize)]
+struct NewProduct {
+    sku: Option<serde_json::Value>,
+    name: Option<serde_json::Value>,
+    price_cents: Option<serde_json::Value>,
+}
+
+/// The list of `GET /products`.
+#[derive(Serialize)]
+struct Products {
+    products: Vec<Product>,
+}
+
 struct Catalog;
 
-impl Guest for Catalog {
+impl Handler for Catalog {
     fn handle(req: Request) -> Response {
-        route(&req).unwrap_or_else(|resp| resp)
+        respond(route(&req))
     }
 }
 
-export!(Catalog);
+wasmhost_guest::export!(Catalog);
 
-fn route(req: &Request) -> Result<Response, Response> {
-    let segments: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
-    let bucket = store::open("products").map_err(kv_error)?;
-    match (req.method.as_str(), segments.as_slice()) {
+fn route(req: &Request) -> Result {
+    let bucket = kv::open("products")?;
+    match (req.method.as_str(), req.segments().as_slice()) {
         ("GET", ["products"]) => {
             let mut products = Vec::new();
-            let mut cursor = None;
-            loop {
-                let page = bucket.list_keys(cursor).map_err(kv_error)?;
-                for key in &page.keys {
-                    if let Some(p) = product(&bucket, key)? {
-                        products.push(p);
-                    }
-                }
-                match page.cursor {
-                    Some(next) => cursor = Some(next),
-                    None => break,
-                }
+            for key in bucket.keys()? {
+                products.extend(bucket.get_json::<Product>(&key)?);
             }
-            Ok(json(200, &serde_json::json!({ "products": products })))
+            Ok(Response::json(200, &Products { products }))
         }
-        ("POST", ["products"]) => create(&bucket, &req.body),
-        ("GET", ["products", sku]) => match product(&bucket, sku)? {
-            Some(p) => Ok(json(200, &p)),
-            None => Err(error(404, &format!("product {sku} not found"))),
+        ("POST", ["products"]) => create(&bucket, req),
+        ("GET", ["products", sku]) => match bucket.get_json::<Product>(sku)? {
+            Some(p) => Ok(Response::json(200, &p)),
+            None => Err(Error::not_found(format!("product {sku} not found"))),
         },
-        (_, ["products"]) => Err(error(405, "use GET or POST")),
-        _ => Err(error(404, "no such resource")),
+        (_, ["products"]) => Err(Error::new(405, "use GET or POST")),
+        _ => Err(Error::not_found("no such resource")),
     }
 }
 
-fn create(bucket: &store::Bucket, body: &[u8]) -> Result<Response, Response> {
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|_| error(400, "the body must be JSON"))?;
-    let sku = value["sku"].as_str().unwrap_or_default();
+fn create(bucket: &Bucket, req: &Request) -> Result {
+    let new: NewProduct = req
+        .json()
+        .map_err(|_| Error::bad_request("the body must be JSON"))?;
+    let sku = new
+        .sku
+        .as_ref()
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
     if sku.is_empty()
         || sku.len() > 64
         || !sku.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
     {
-        return Err(error(400, "`sku` must be 1-64 letters, digits or `-`"));
+        return Err(Error::bad_request(
+            "`sku` must be 1-64 letters, digits or `-`",
+        ));
     }
-    let name = value["name"].as_str().unwrap_or_default();
+    let name = new
+        .name
+        .as_ref()
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
     if name.is_empty() {
-        return Err(error(400, "`name` must be a non-empty string"));
+        return Err(Error::bad_request("`name` must be a non-empty string"));
     }
-    let price_cents = value["price_cents"]
-        .as_u64()
-        .ok_or_else(|| error(400, "`price_cents` must be a non-negative integer"))?;
-    if product(bucket, sku)?.is_some() {
-        return Err(error(409, &format!("product {sku} already exists")));
+    let price_cents = new
+        .price_cents
+        .as_ref()
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| Error::bad_request("`price_cents` must be a non-negative integer"))?;
+    if bucket.get_json::<Product>(sku)?.is_some() {
+        return Err(Error::conflict(format!("product {sku} already exists")));
     }
     let created = Product {
         sku: sku.to_string(),
         name: name.to_string(),
         price_cents,
     };
-    let bytes = serde_json::to_vec(&created).map_err(|e| error(500, &e.to_string()))?;
-    bucket.set(sku, &bytes).map_err(kv_error)?;
-    log(Level::Info, "catalog", &format!("product {sku} created"));
-    Ok(json(201, &created))
-}
-
-fn product(bucket: &store::Bucket, sku: &str) -> Result<Option<Product>, Response> {
-    match bucket.get(sku).map_err(kv_error)? {
-        Some(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| error(500, &format!("stored product {sku} is invalid: {e}"))),
-        None => Ok(None),
-    }
-}
-
-fn json(status: u16, value: &impl Serialize) -> Response {
-    Response {
-        status,
-        headers: vec![("content-type".into(), "application/json".into())],
-        body: serde_json::to_vec(value).unwrap_or_default(),
-    }
-}
-
-fn error(status: u16, message: &str) -> Response {
-    json(status, &serde_json::json!({ "error": message }))
-}
-
-fn kv_error(e: store::Error) -> Response {
-    error(500, &format!("key-value store error: {e:?}"))
+    bucket.set_json(sku, &created)?;
+    log::info(&format!("product {sku} created"));
+    Ok(Response::json(201, &created))
 }
