@@ -197,7 +197,8 @@ fn dev_loop(
     );
 
     edit(p, file, broken.0, broken.1);
-    let log = host.wait_for_log(&["did not build"], BUILD_TIMEOUT);
+    host.wait_for_log(&["did not build"], BUILD_TIMEOUT);
+    let log = host.log();
     assert!(
         log.contains(points_at),
         "the error names {points_at}:\n{log}"
@@ -247,5 +248,44 @@ fn dev_serves_a_rust_edit_and_keeps_serving_through_a_broken_one() {
             "fn greeting(name: &str) -> String { oops",
         ),
         "src/lib.rs:",
+    );
+}
+
+/// A component built with the guest SDK imports only the interfaces its
+/// code calls: the user service uses the key-value store and nothing else
+/// of the contract (no config, logging, services or messaging).
+#[test]
+fn an_sdk_component_imports_only_what_it_uses() {
+    let mut config = wasmtime::Config::new();
+    config.wasm_component_model(true);
+    let engine = wasmtime::Engine::new(&config).unwrap();
+    let imports = |file: &str| -> Vec<String> {
+        let component = wasmtime::component::Component::from_file(&engine, file).unwrap();
+        component
+            .component_type()
+            .imports(&engine)
+            .map(|(name, _)| name.to_string())
+            .filter(|name| !name.starts_with("wasi:cli/") && !name.starts_with("wasi:io/"))
+            .collect()
+    };
+    assert_eq!(
+        imports(wasmhost_test_support::USER),
+        [
+            "wasi:keyvalue/store@0.2.0-draft",
+            "wasi:keyvalue/atomics@0.2.0-draft",
+            "wasmhost:plugin/types@0.2.0"
+        ]
+    );
+    let order = imports(wasmhost_test_support::ORDER);
+    for wanted in [
+        "wasmhost:plugin/services@0.2.0",
+        "wasmhost:plugin/messaging@0.2.0",
+        "wasi:logging/logging@0.1.0-draft",
+    ] {
+        assert!(order.contains(&wanted.to_string()), "{order:?}");
+    }
+    assert!(
+        !order.iter().any(|i| i.starts_with("wasi:config")),
+        "{order:?}"
     );
 }
