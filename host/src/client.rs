@@ -351,6 +351,26 @@ pub fn table(services: &[ServiceView]) -> String {
     aligned(rows)
 }
 
+/// One log line as `wasmhost logs` prints it.
+fn format_line(line: &crate::logbook::Line) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(line.at_ms);
+    let at = humantime::format_rfc3339_millis(at);
+    let version = line
+        .version
+        .as_deref()
+        .map(|v| format!("@{v}"))
+        .unwrap_or_default();
+    let origin = if line.target == "guest" {
+        ""
+    } else {
+        " (host)"
+    };
+    format!(
+        "{at} {:>5} {}{version}{origin}: {}",
+        line.level, line.service, line.message
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,24 +409,4 @@ mod tests {
             ..Default::default()
         }
     }
-}
-
-/// One log line as `wasmhost logs` prints it.
-fn format_line(line: &crate::logbook::Line) -> String {
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(line.at_ms);
-    let at = humantime::format_rfc3339_millis(at);
-    let version = line
-        .version
-        .as_deref()
-        .map(|v| format!("@{v}"))
-        .unwrap_or_default();
-    let origin = if line.target == "guest" {
-        ""
-    } else {
-        " (host)"
-    };
-    format!(
-        "{at} {:>5} {}{version}{origin}: {}",
-        line.level, line.service, line.message
-    )
 }

@@ -181,7 +181,7 @@ mod tests {
         );
         assert_eq!(
             lines("book-a", 0, 1)[0].message,
-            "second",
+            "second limit=memory",
             "the newest when limited"
         );
         assert_eq!(lines("book-b", 0, 10).len(), 1);

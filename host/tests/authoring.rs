@@ -289,3 +289,38 @@ fn an_sdk_component_imports_only_what_it_uses() {
         "{order:?}"
     );
 }
+
+/// `wasmhost logs NAME`: the service's own lines and the host's about it,
+/// with its version, and no other service's.
+#[test]
+fn logs_show_one_services_lines() {
+    let host = wasmhost_test_support::TestHost::examples().start();
+    host.post_json(
+        "/products",
+        serde_json::json!({"sku": "LOG-1", "name": "Lamp", "price_cents": 1200}),
+    )
+    .expect_status(201);
+    let shown = wait_until(
+        "the catalog's line is kept",
+        Duration::from_secs(10),
+        || {
+            let out = host.cli(&["logs", "catalog"]);
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            text.contains("product LOG-1 created").then_some(text)
+        },
+    );
+    assert!(
+        shown.contains("catalog@1.0.0: product LOG-1 created"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("(host): service loaded"),
+        "the host's line about it: {shown}"
+    );
+    let user = host.cli(&["logs", "user"]);
+    let user = String::from_utf8_lossy(&user.stdout);
+    assert!(
+        !user.contains("LOG-1") && user.contains("user@1.0.0"),
+        "{user}"
+    );
+}

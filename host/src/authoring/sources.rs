@@ -165,6 +165,9 @@ pub fn source_of(dir: &Path) -> Result<Option<Source>> {
 #[serde(default, rename_all = "kebab-case")]
 struct Meta {
     service: Option<String>,
+    /// Why `wasmhost build` leaves this source alone (it is built
+    /// elsewhere, say): said, not built.
+    skip: Option<String>,
     wit: Option<PathBuf>,
     world: Option<String>,
     module: Option<String>,
@@ -215,12 +218,14 @@ fn rust(manifest: &Path) -> Result<Option<(String, String)>> {
         Some(_) => bail!("Cargo.toml's `version` must be written out (not inherited from a workspace): the component is named after it"),
         None => bail!("Cargo.toml has no `version`: the component is named after it"),
     };
-    let service = package
+    let meta = package
         .metadata
         .and_then(|m| m.wasmhost)
-        .and_then(|m| m.service)
-        .unwrap_or(package.name);
-    Ok(Some((service, version)))
+        .unwrap_or_default();
+    if let Some(why) = meta.skip {
+        bail!("skipped ([package.metadata.wasmhost] skip): {why}");
+    }
+    Ok(Some((meta.service.unwrap_or(package.name), version)))
 }
 
 fn python(pyproject: &Path) -> Result<(String, String, PythonBuild)> {
@@ -249,6 +254,9 @@ fn python(pyproject: &Path) -> Result<(String, String, PythonBuild)> {
         bail!("pyproject.toml has no [project] version: the component is named after it");
     };
     let meta = parsed.tool.and_then(|t| t.wasmhost).unwrap_or_default();
+    if let Some(why) = meta.skip {
+        bail!("skipped ([tool.wasmhost] skip): {why}");
+    }
     let defaults = PythonBuild::default();
     let build = PythonBuild {
         wit: meta.wit.unwrap_or(defaults.wit),
@@ -277,9 +285,12 @@ fn js(package: &Path) -> Result<(String, String)> {
     let Some(version) = parsed.version else {
         bail!("package.json has no `version`: the component is named after it");
     };
-    let service = parsed
-        .wasmhost
-        .and_then(|m| m.service)
+    let meta = parsed.wasmhost.unwrap_or_default();
+    if let Some(why) = meta.skip {
+        bail!("skipped (\"wasmhost\": {{\"skip\"}}): {why}");
+    }
+    let service = meta
+        .service
         .or(parsed.name)
         .context("package.json has no `name`")?;
     Ok((service, version))

@@ -160,6 +160,14 @@ pub fn create(plugins: &Path, name: &str, lang: Lang) -> Result<Created> {
             );
         }
     }
+    // A component of that name already served would be replaced, silently,
+    // by the first build.
+    if let Some(component) = component_of(plugins, name) {
+        bail!(
+            "{} is already in the plugins directory: service `{name}` exists, pick another name",
+            component.display()
+        );
+    }
     std::fs::create_dir_all(plugins)
         .with_context(|| format!("cannot create {}", plugins.display()))?;
     let files = match lang {
@@ -181,6 +189,19 @@ pub fn create(plugins: &Path, name: &str, lang: Lang) -> Result<Created> {
     };
     write(&manifest, &MANIFEST.replace(NAME, name), false)?;
     Ok(Created { dir, manifest, sdk })
+}
+
+/// A `NAME.wasm` or `NAME@VERSION.wasm` already in `plugins`.
+fn component_of(plugins: &Path, name: &str) -> Option<PathBuf> {
+    std::fs::read_dir(plugins)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            let file = p.file_name().and_then(|f| f.to_str()).unwrap_or_default();
+            file == format!("{name}.wasm")
+                || (file.starts_with(&format!("{name}@")) && file.ends_with(".wasm"))
+        })
 }
 
 fn write_all(dir: &Path, files: &[File], name: &str) -> Result<()> {
@@ -236,5 +257,12 @@ mod tests {
         assert!(plugins.path().join("sdk/wit/plugin.wit").is_file());
         let second = create(plugins.path(), "third", Lang::Rust).unwrap();
         assert!(second.sdk.is_none(), "the SDK is written once");
+
+        std::fs::write(plugins.path().join("served@1.0.0.wasm"), b"").unwrap();
+        let served = create(plugins.path(), "served", Lang::Js).unwrap_err();
+        assert!(
+            format!("{served:#}").contains("served@1.0.0.wasm is already"),
+            "{served:#}"
+        );
     }
 }
