@@ -84,6 +84,9 @@ pub struct Built {
 /// fault (a compile error); any other is the machine's (a missing tool).
 pub fn build(source: &Source, plugins: &Path) -> Result<Built> {
     let started = Instant::now();
+    let plugins = &plugins
+        .canonicalize()
+        .with_context(|| format!("plugins directory {} is not readable", plugins.display()))?;
     // Built beside the source, in a hidden folder the source watcher skips,
     // never in the plugins directory, where the host would try to load it.
     let scratch_dir = source.dir.join(".wasmhost-build");

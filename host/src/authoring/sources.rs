@@ -101,6 +101,10 @@ pub struct Discovery {
 /// Looks at each folder directly under `plugins` (hidden ones, `target` and
 /// `node_modules` excepted).
 pub fn discover(plugins: &Path) -> Result<Discovery> {
+    // Absolute, so the tools run in a source folder find every path.
+    let plugins = &plugins
+        .canonicalize()
+        .with_context(|| format!("plugins directory {} is not readable", plugins.display()))?;
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(plugins)
         .with_context(|| format!("plugins directory {} is not readable", plugins.display()))?
         .filter_map(|e| e.ok())
@@ -130,6 +134,9 @@ pub fn discover(plugins: &Path) -> Result<Discovery> {
 /// The service `dir` builds: `None` when it holds no build file (or is the
 /// SDK), an error saying what to fix when its build file cannot build one.
 pub fn source_of(dir: &Path) -> Result<Option<Source>> {
+    let dir = &dir
+        .canonicalize()
+        .with_context(|| format!("{} is not readable", dir.display()))?;
     let cargo = dir.join("Cargo.toml");
     let pyproject = dir.join("pyproject.toml");
     let package = dir.join("package.json");
