@@ -77,10 +77,15 @@ fn template_builds_and_answers(lang: &str, source_file: &str) {
     let p = plugins.path();
     assert!(p.join("hello").join(source_file).is_file());
     assert!(p.join("hello.toml").is_file());
-    let out = ok(
-        &wasmhost(&["build", "--plugins", p.to_str().unwrap()]),
-        "wasmhost build",
-    );
+    // From the folder above, with a relative path, as a user types it.
+    let relative = p.file_name().unwrap().to_str().unwrap();
+    let built = Command::new(bin())
+        .args(["build", "--plugins", relative])
+        .current_dir(p.parent().unwrap())
+        .envs(tool_env())
+        .output()
+        .unwrap();
+    let out = ok(&built, "wasmhost build");
     assert!(out.contains("[1/1] building hello 0.1.0"), "{out}");
     assert!(p.join("hello@0.1.0.wasm").is_file(), "{out}");
 

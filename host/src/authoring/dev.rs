@@ -26,8 +26,9 @@ pub const DEBOUNCE: Duration = Duration::from_millis(150);
 /// What `dev` tells the host to stop with.
 pub type Stop = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
-/// Builds every source once, then serves (with `serve`: `wasmhost::run`)
-/// and rebuilds on each save until Ctrl-C or SIGTERM.
+/// Builds every source whose component is older than its files, then
+/// serves (with `serve`: `wasmhost::run`) and rebuilds on each save until
+/// Ctrl-C or SIGTERM.
 pub async fn run<F, Fut>(mut config: ServeConfig, serve: F) -> Result<()>
 where
     F: FnOnce(ServeConfig, Stop) -> Fut,
@@ -53,7 +54,16 @@ where
         );
     }
     for source in found.sources {
-        build_one(source, &plugins).await;
+        if source.is_built(&plugins) {
+            eprintln!(
+                "==> {} {} is up to date ({})",
+                source.service,
+                source.version,
+                source.component_file(&plugins).display()
+            );
+        } else {
+            build_one(source, &plugins).await;
+        }
     }
 
     let (saves_tx, mut saves) = mpsc::unbounded_channel::<PathBuf>();

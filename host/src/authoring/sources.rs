@@ -80,6 +80,40 @@ impl Source {
     }
 }
 
+impl Source {
+    /// Whether `PLUGINS/NAME@VERSION.wasm` is newer than every file of the
+    /// source (build output, dependencies and hidden files aside): then a
+    /// build would only make it again.
+    pub fn is_built(&self, plugins: &Path) -> bool {
+        let Ok(built) = std::fs::metadata(self.component_file(plugins)).and_then(|m| m.modified())
+        else {
+            return false;
+        };
+        newest_change(&self.dir).is_some_and(|newest| newest <= built)
+    }
+}
+
+/// The newest modification time of the files under `dir`, skipping what a
+/// build writes (`target`, `node_modules`, `__pycache__`, hidden entries).
+fn newest_change(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok()) {
+        let name = entry.file_name();
+        let name = name.to_str().unwrap_or(".");
+        if name.starts_with('.') || matches!(name, "target" | "node_modules" | "__pycache__") {
+            continue;
+        }
+        let meta = entry.metadata().ok()?;
+        let time = if meta.is_dir() {
+            newest_change(&entry.path())
+        } else {
+            meta.modified().ok()
+        };
+        newest = newest.max(time);
+    }
+    newest
+}
+
 /// A folder that looks like a service but cannot be built as one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Skipped {
@@ -381,9 +415,14 @@ mod tests {
             skipped[1].1.contains("crate-type = [\"cdylib\"]"),
             "{skipped:?}"
         );
-        assert_eq!(
-            found.sources[1].component_file(p),
-            p.join("hello@0.1.0.wasm")
-        );
+        let hello = &found.sources[1];
+        assert_eq!(hello.component_file(p), p.join("hello@0.1.0.wasm"));
+        assert!(!hello.is_built(p), "never built");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(p.join("hello@0.1.0.wasm"), b"").unwrap();
+        assert!(hello.is_built(p), "built after its last change");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        write(&p.join("hello").join("src"), "lib.rs", "// edited");
+        assert!(!hello.is_built(p), "a source changed since");
     }
 }
