@@ -95,6 +95,8 @@ pub fn build(source: &Source, plugins: &Path) -> Result<Built> {
         std::fs::create_dir_all(&scratch_dir)
             .with_context(|| format!("cannot create {}", scratch_dir.display()))?;
     }
+    // Never mistake a leftover of an earlier build for this one's output.
+    let _ = std::fs::remove_file(&scratch);
     let built = match source.lang {
         Lang::Rust => rust(source)?,
         Lang::Python => {
@@ -387,6 +389,12 @@ fn js(source: &Source, out_file: &Path) -> Result<()> {
     let out = run(command, "npm", hint)?;
     if out.status.success() && out_file.is_file() {
         return Ok(());
+    }
+    if out.status.success() {
+        bail!(
+            "`npm run build -- {}` succeeded but wrote no component there: the build script must write the component to the path it is given",
+            out_file.display()
+        );
     }
     let output = format!(
         "{}{}",
