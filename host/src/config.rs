@@ -73,6 +73,10 @@ pub struct ServeConfig {
     pub pin_token: Option<String>,
     /// How freed instance memory is reset for the next instance.
     pub memory_reset: MemoryResetMode,
+    /// Keep compiled functions in memory, so a recompile of a changed
+    /// component compiles only the functions that changed (`wasmhost dev`
+    /// turns it on; see `function_cache`).
+    pub incremental_compile: bool,
 }
 
 /// `--memory-reset`: how a freed instance slot's memory is cleared.
@@ -106,6 +110,7 @@ impl Default for ServeConfig {
             drain_delay: DEFAULT_DRAIN_DELAY,
             pin_token: None,
             memory_reset: MemoryResetMode::Auto,
+            incremental_compile: false,
         }
     }
 }
@@ -269,6 +274,22 @@ pub struct ServeArgs {
     /// everything (slower; for hosts where swap may be turned on later).
     #[arg(long, value_enum, default_value_t = MemoryResetMode::Auto)]
     pub memory_reset: MemoryResetMode,
+    /// Keep every compiled function in memory (up to 512 MiB), so a new
+    /// build of a component compiles only the functions that changed: a
+    /// rebuilt Python or JavaScript service is an interpreter whose code
+    /// is nearly all the same. `wasmhost dev` keeps them unless this says
+    /// `off`; `serve` only when it says `on`.
+    #[arg(long, value_enum)]
+    pub incremental_compile: Option<Toggle>,
+}
+
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Toggle {
+    /// On.
+    On,
+    /// Off.
+    Off,
 }
 
 impl From<ServeArgs> for ServeConfig {
@@ -285,6 +306,7 @@ impl From<ServeArgs> for ServeConfig {
             cpu_lanes: a.cpu_lanes,
             drain_delay: a.drain_delay.into(),
             memory_reset: a.memory_reset,
+            incremental_compile: a.incremental_compile == Some(Toggle::On),
             ..Default::default()
         };
         config.limits.max_instances = a.max_instances;

@@ -111,7 +111,12 @@ impl MemoryReset {
 }
 
 /// Builds the engine; `cache_dir` holds compiled artifacts between runs.
-pub fn build(limits: &Limits, cache_dir: &Path, reset: &MemoryReset) -> Result<Engine> {
+pub fn build(
+    limits: &Limits,
+    cache_dir: &Path,
+    reset: &MemoryReset,
+    incremental: bool,
+) -> Result<Engine> {
     reset.log();
     let instances = limits.max_instances.max(1);
     let mut pool = PoolingAllocationConfig::default();
@@ -153,6 +158,15 @@ pub fn build(limits: &Limits, cache_dir: &Path, reset: &MemoryReset) -> Result<E
         .epoch_interruption(true)
         .max_wasm_stack(MAX_WASM_STACK)
         .cache(Some(cache));
+    // Recompiles of a changed component reuse its unchanged functions.
+    if incremental {
+        config
+            .enable_incremental_compilation(std::sync::Arc::new(
+                crate::function_cache::FunctionCache::default(),
+            ))
+            .map_err(anyhow::Error::from)
+            .context("failed to enable incremental compilation")?;
+    }
     // For profiling: `perf` can then name the guests' compiled functions.
     if std::env::var_os(PERFMAP_ENV).is_some() {
         config.profiler(wasmtime::ProfilingStrategy::PerfMap);
@@ -261,7 +275,7 @@ mod tests {
                 areas: "/swapfile".into(),
             },
         ] {
-            build(&limits, dir.path(), &reset).unwrap();
+            build(&limits, dir.path(), &reset, false).unwrap();
         }
     }
 }

@@ -83,7 +83,12 @@ impl HostBuilder {
         };
         let guard = Arc::new(crate::cache_guard::CacheGuard::open(&cache_dir)?);
         let reset = crate::engine::MemoryReset::detect(config.memory_reset);
-        let engine = crate::engine::build(&config.limits, &cache_dir, &reset)?;
+        let engine = crate::engine::build(
+            &config.limits,
+            &cache_dir,
+            &reset,
+            config.incremental_compile,
+        )?;
         crate::engine::start_epoch_ticker(&engine)?;
         let loader = Arc::new(
             Loader::new(engine.clone(), config.limits.clone())?

@@ -38,6 +38,7 @@ pub mod engine;
 pub mod error;
 pub mod files;
 pub mod front;
+pub mod function_cache;
 pub mod health;
 mod host;
 pub mod instance;

@@ -218,7 +218,14 @@ async fn real_main() -> Result<()> {
             tokio::task::spawn_blocking(move || wasmhost::authoring::build_all(&plugins, &services))
                 .await?
         }
-        Command::Dev(args) => wasmhost::authoring::dev::run(args.into(), wasmhost::run).await,
+        Command::Dev(args) => {
+            // Rebuilds recompile nearly the same code: keep compiled
+            // functions unless told not to.
+            let incremental = args.incremental_compile != Some(wasmhost::config::Toggle::Off);
+            let mut config: wasmhost::ServeConfig = args.into();
+            config.incremental_compile = incremental;
+            wasmhost::authoring::dev::run(config, wasmhost::run).await
+        }
         Command::Status { admin } => admin.client()?.status().await,
         Command::Release {
             service,

@@ -32,6 +32,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("logbook", 0),
     // L1 — the Wasm runtime
     ("engine", 1),
+    ("function_cache", 1),
     ("cache_guard", 1),
     ("sandbox", 1),
     ("bindings", 1),
