@@ -86,6 +86,10 @@ pub struct LogBookLayer;
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LogBookLayer {
     fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
+        // Most lines name no service: skip them before visiting a field.
+        if event.metadata().fields().field("service").is_none() {
+            return;
+        }
         let mut fields = Fields::default();
         event.record(&mut fields);
         let Some(service) = fields.service else {

@@ -68,6 +68,29 @@ fn summary(diagnostics: &[Diagnostic], output: &str) -> String {
     }
 }
 
+/// Prints why a build failed; the plugins directory keeps its last good
+/// build.
+pub fn report_failure(service: &str, e: &anyhow::Error, took: Duration) {
+    match e.downcast_ref::<BuildFailed>() {
+        Some(failed) => {
+            if !failed.output.trim().is_empty() {
+                eprint!("{}", failed.output);
+            }
+            for d in &failed.diagnostics {
+                eprintln!("error: {service}: {d}");
+            }
+            if failed.diagnostics.is_empty() {
+                eprintln!("error: {e}");
+            }
+            eprintln!(
+                "    {service} did not build ({:.1} s); the plugins directory keeps its last good build",
+                took.as_secs_f64()
+            );
+        }
+        None => eprintln!("error: {service}: {e:#}"),
+    }
+}
+
 /// A component built and dropped in.
 #[derive(Debug, Clone)]
 pub struct Built {
@@ -285,18 +308,23 @@ fn python(source: &Source, out_file: &Path) -> Result<()> {
     if out.status.success() {
         return Ok(());
     }
+    Err(failed(source, &out, python_diagnostics))
+}
+
+/// The [`BuildFailed`] of a tool whose stderr was shown as it came: only
+/// the diagnostics `parse` finds in its output are left to say.
+fn failed(source: &Source, out: &Output, parse: fn(&str) -> Vec<Diagnostic>) -> anyhow::Error {
     let output = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    Err(BuildFailed {
+    BuildFailed {
         service: source.service.clone(),
-        diagnostics: python_diagnostics(&output),
-        // Already shown as it came.
+        diagnostics: parse(&output),
         output: String::new(),
     }
-    .into())
+    .into()
 }
 
 /// Where a Python build error is: componentize-py ends with
@@ -396,18 +424,7 @@ fn js(source: &Source, out_file: &Path) -> Result<()> {
             out_file.display()
         );
     }
-    let output = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Err(BuildFailed {
-        service: source.service.clone(),
-        diagnostics: js_diagnostics(&output),
-        // Already shown as it came.
-        output: String::new(),
-    }
-    .into())
+    Err(failed(source, &out, js_diagnostics))
 }
 
 /// The first `file.js:LINE[:COL]` outside `node_modules` that the output

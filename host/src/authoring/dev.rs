@@ -9,7 +9,7 @@
 //! directory) is untouched. A failed build is shown and the last good build
 //! keeps serving. Ctrl-C stops the host and the source watcher together.
 
-use super::builder::{self, BuildFailed};
+use super::builder;
 use super::sources::{self, Source};
 use crate::config::ServeConfig;
 use anyhow::{Context, Result};
@@ -126,30 +126,8 @@ async fn build_one(source: Source, plugins: &Path) {
             built.took.as_secs_f64(),
             built.bytes / 1024
         ),
-        Ok(Err(e)) => report_failure(&name, &e, started.elapsed()),
+        Ok(Err(e)) => builder::report_failure(&name, &e, started.elapsed()),
         Err(e) => eprintln!("error: the build of {name} stopped: {e}"),
-    }
-}
-
-/// Prints why a build failed and that the last good build still serves.
-pub fn report_failure(service: &str, e: &anyhow::Error, took: Duration) {
-    match e.downcast_ref::<BuildFailed>() {
-        Some(failed) => {
-            if !failed.output.trim().is_empty() {
-                eprint!("{}", failed.output);
-            }
-            for d in &failed.diagnostics {
-                eprintln!("error: {service}: {d}");
-            }
-            if failed.diagnostics.is_empty() {
-                eprintln!("error: {e}");
-            }
-            eprintln!(
-                "    {service} did not build ({:.1} s); the plugins directory keeps its last good build",
-                took.as_secs_f64()
-            );
-        }
-        None => eprintln!("error: {service}: {e:#}"),
     }
 }
 

@@ -78,7 +78,7 @@ pub fn build_all(plugins: &Path, only: &[String]) -> Result<()> {
                 built.took.as_secs_f64()
             ),
             Err(e) => {
-                dev::report_failure(&source.service, &e, started.elapsed());
+                builder::report_failure(&source.service, &e, started.elapsed());
                 failed.push(source.service.clone());
             }
         }

@@ -150,6 +150,10 @@ pub struct Created {
 /// Writes the service `name` in `lang` under `plugins`.
 pub fn create(plugins: &Path, name: &str, lang: Lang) -> Result<Created> {
     validate_service_name(name).with_context(|| format!("`{name}` cannot be a service name"))?;
+    // Folders `build` and `dev` never read as a service.
+    if matches!(name, "sdk" | "target" | "node_modules") {
+        bail!("`{name}` is a folder of its own under the plugins directory: pick another name");
+    }
     let dir = plugins.join(name);
     let manifest = plugins.join(format!("{name}.toml"));
     for taken in [&dir, &manifest] {
@@ -168,6 +172,13 @@ pub fn create(plugins: &Path, name: &str, lang: Lang) -> Result<Created> {
             component.display()
         );
     }
+    let sdk_dir = plugins.join("sdk");
+    if lang == Lang::Rust && sdk_dir.exists() && !sdk_dir.join("Cargo.toml").is_file() {
+        bail!(
+            "{} exists but is not the guest SDK: a Rust service needs the SDK there (move that folder away)",
+            sdk_dir.display()
+        );
+    }
     std::fs::create_dir_all(plugins)
         .with_context(|| format!("cannot create {}", plugins.display()))?;
     let files = match lang {
@@ -179,8 +190,7 @@ pub fn create(plugins: &Path, name: &str, lang: Lang) -> Result<Created> {
     if lang != Lang::Rust {
         write_all(&dir.join("wit"), WIT, name)?;
     }
-    let sdk_dir = plugins.join("sdk");
-    let sdk = if lang == Lang::Rust && !sdk_dir.join("Cargo.toml").exists() {
+    let sdk = if lang == Lang::Rust && !sdk_dir.exists() {
         write_all(&sdk_dir, SDK, name)?;
         write_all(&sdk_dir.join("wit"), WIT, name)?;
         Some(sdk_dir)
@@ -248,6 +258,7 @@ mod tests {
         let again = create(plugins.path(), "hello", Lang::Rust).unwrap_err();
         assert!(format!("{again:#}").contains("already exists"), "{again:#}");
         assert!(create(plugins.path(), "Hello", Lang::Js).is_err());
+        assert!(create(plugins.path(), "sdk", Lang::Python).is_err());
 
         let rust = create(plugins.path(), "greeter", Lang::Rust).unwrap();
         assert_eq!(
@@ -259,6 +270,18 @@ mod tests {
         assert!(second.sdk.is_none(), "the SDK is written once");
 
         std::fs::write(plugins.path().join("served@1.0.0.wasm"), b"").unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(elsewhere.path().join("sdk")).unwrap();
+        let not_sdk = create(elsewhere.path(), "rusty", Lang::Rust).unwrap_err();
+        assert!(
+            format!("{not_sdk:#}").contains("not the guest SDK"),
+            "{not_sdk:#}"
+        );
+        assert!(
+            !elsewhere.path().join("rusty").exists(),
+            "nothing half-written"
+        );
+
         let served = create(plugins.path(), "served", Lang::Js).unwrap_err();
         assert!(
             format!("{served:#}").contains("served@1.0.0.wasm is already"),

@@ -3,7 +3,7 @@
 //!
 //! Invariant: every bucket is the service's own (the host namespaces it), a
 //! write is durable when its call returns, and any failure of the store is a
-//! 500 naming the bucket and the key, never a panic.
+//! 500 naming the bucket or the key, never a panic.
 
 use crate::wasi::keyvalue::{atomics, store};
 use crate::{Error, Result};
@@ -16,7 +16,7 @@ pub use store::Bucket;
 /// Opens the bucket `name` (any name; buckets of different services never
 /// overlap).
 pub fn open(name: &str) -> Result<Bucket> {
-    store::open(name).map_err(|e| failed(name, None, e))
+    store::open(name).map_err(|e| failed(&format!("bucket `{name}`"), e))
 }
 
 /// The helpers on a [`Bucket`].
@@ -58,22 +58,27 @@ impl BucketExt for Bucket {
     }
 
     fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.get(key).map_err(|e| failed("", Some(key), e))
+        self.get(key)
+            .map_err(|e| failed(&format!("key `{key}`"), e))
     }
 
     fn set_bytes(&self, key: &str, value: &[u8]) -> Result<()> {
-        self.set(key, value).map_err(|e| failed("", Some(key), e))
+        self.set(key, value)
+            .map_err(|e| failed(&format!("key `{key}`"), e))
     }
 
     fn remove(&self, key: &str) -> Result<()> {
-        self.delete(key).map_err(|e| failed("", Some(key), e))
+        self.delete(key)
+            .map_err(|e| failed(&format!("key `{key}`"), e))
     }
 
     fn keys(&self) -> Result<Vec<String>> {
         let mut keys = Vec::new();
         let mut cursor = None;
         loop {
-            let page = self.list_keys(cursor).map_err(|e| failed("", None, e))?;
+            let page = self
+                .list_keys(cursor)
+                .map_err(|e| failed("listing keys", e))?;
             keys.extend(page.keys);
             match page.cursor {
                 Some(next) => cursor = Some(next),
@@ -83,21 +88,16 @@ impl BucketExt for Bucket {
     }
 
     fn increment(&self, key: &str, delta: u64) -> Result<u64> {
-        atomics::increment(self, key, delta).map_err(|e| failed("", Some(key), e))
+        atomics::increment(self, key, delta).map_err(|e| failed(&format!("key `{key}`"), e))
     }
 }
 
-/// The 500 of a failed store call.
-fn failed(bucket: &str, key: Option<&str>, e: store::Error) -> Error {
+/// The 500 of a failed store call on `what` (a bucket, a key).
+fn failed(what: &str, e: store::Error) -> Error {
     let detail = match e {
         store::Error::NoSuchStore => "no such store".to_string(),
         store::Error::AccessDenied => "access denied".to_string(),
         store::Error::Other(msg) => msg,
     };
-    let what = match (bucket, key) {
-        ("", Some(key)) => format!(" (key `{key}`)"),
-        (bucket, None) if !bucket.is_empty() => format!(" (bucket `{bucket}`)"),
-        _ => String::new(),
-    };
-    Error::internal(format!("key-value store{what}: {detail}"))
+    Error::internal(format!("key-value store ({what}): {detail}"))
 }
