@@ -23,7 +23,7 @@ NOTIFY_VERSION    := $(shell sed -n 's/^version = "\(.*\)"/\1/p' plugins/notify/
 CATALOG_VERSION   := $(shell sed -n 's/^  "version": "\(.*\)",/\1/p' plugins/catalog-js/package.json)
 crate_version = $(shell sed -n 's/^version = "\(.*\)"/\1/p' $(PLUGIN_DIR)/$(1)/Cargo.toml | head -n1)
 
-.PHONY: help run install test plugins polyglot host setup lint fmt component-check fuzz bench bench-quick bench-guests clean
+.PHONY: help run install test ui-deps plugins polyglot host setup lint fmt component-check fuzz bench bench-quick bench-guests clean
 
 help:
 	@echo "make run              build the example plugins and the host, serve on http://$(LISTEN)"
@@ -119,7 +119,20 @@ install: host $(COMPONENTIZE_PY)
 	ln -sf $(COMPONENTIZE_PY) $(INSTALL_DIR)/componentize-py
 	@echo "    $(INSTALL_DIR)/wasmhost and $(INSTALL_DIR)/componentize-py ($(INSTALL_DIR) must be on PATH: rustup puts it there)"
 
-test: plugins
+## The dashboard's browser test: playwright-core (pinned by its lock file)
+## drives Debian's Chromium. Without npm or chromium, the test says it skipped.
+UI_DEPS := host/tests/ui/node_modules/.package-lock.json
+$(UI_DEPS): host/tests/ui/package.json host/tests/ui/package-lock.json
+	@echo "==> installing playwright-core for the browser test (npm ci in host/tests/ui)"
+	cd host/tests/ui && npm ci --silent --no-audit --no-fund
+
+ui-deps:
+	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory $(UI_DEPS); \
+	else echo "    npm is missing: the browser test will say it skipped"; fi
+	@test -x "$${WASMHOST_CHROMIUM:-/usr/bin/chromium}" || \
+		echo "    chromium is missing (apt-get install -y chromium): the browser test will say it skipped"
+
+test: plugins ui-deps
 	@echo "==> running every test (the first build compiles wasmtime and takes several minutes)"
 	$(CARGO) test --workspace --no-fail-fast
 

@@ -281,6 +281,13 @@ pub struct ServeArgs {
     /// `off`; `serve` only when it says `on`.
     #[arg(long, value_enum)]
     pub incremental_compile: Option<Toggle>,
+    /// Export traces (OpenTelemetry, OTLP/HTTP protobuf) to this collector,
+    /// e.g. http://127.0.0.1:4318 (`/v1/traces` is added). A client's
+    /// `traceparent` is continued; nested calls, outbound requests and
+    /// messages carry it on. Export never holds up a request: spans beyond
+    /// a 4,096-span queue are dropped and counted in /metrics.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp: Option<String>,
 }
 
 /// `on` or `off`.

@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 /// How often the loop looks for ready deliveries without being woken.
 pub const POLL: Duration = Duration::from_millis(100);
@@ -160,8 +161,19 @@ impl Task {
     async fn handle(self, delivery: Delivery) {
         let group = delivery.group.clone();
         let seq = delivery.seq;
+        // A span per delivery, in the trace of the request that published it.
+        let span = tracing::debug_span!(
+            "deliver",
+            service = %self.entry.name,
+            topic = %delivery.topic,
+            %group,
+            attempt = delivery.attempt,
+            otel.name = %format_args!("deliver {} to {}", delivery.topic, self.entry.name),
+            otel.kind = "consumer",
+        );
+        crate::traces::continue_from(&span, crate::traces::Pairs(&delivery.headers));
         let outcome = {
-            let handled = self.run(&delivery);
+            let handled = self.run(&delivery).instrument(span);
             tokio::pin!(handled);
             // Extend the lease while the handler still runs.
             let mut renew = tokio::time::interval(self.lease / 2);

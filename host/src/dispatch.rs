@@ -26,6 +26,7 @@ use crate::resilience::{
 };
 use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
+use tracing::Instrument;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
@@ -283,11 +284,20 @@ impl Dispatcher {
         let mut attempts = 0u32;
         loop {
             attempts += 1;
+            // One span per try, so a trace shows retries and fallbacks.
+            let span = tracing::debug_span!(
+                "attempt",
+                service = %version.service,
+                version = %version.version,
+                attempt = attempts,
+                fallback = fallback_from.is_some(),
+                otel.name = %format_args!("{} {}", version.service, version.version),
+            );
             let tried = match &permit {
                 Some(_) => {
                     let left = left();
                     let limit = policy.per_try_timeout.map_or(left, |t| t.min(left));
-                    attempt(version.clone(), limit).await
+                    attempt(version.clone(), limit).instrument(span).await
                 }
                 None => match slots.clone().try_acquire_owned() {
                     Ok(p) => {
@@ -297,7 +307,7 @@ impl Dispatcher {
                             .map_or(version.sandbox.limits.timeout, |t| {
                                 t.min(version.sandbox.limits.timeout)
                             });
-                        attempt(version.clone(), limit).await
+                        attempt(version.clone(), limit).instrument(span).await
                     }
                     Err(_) => {
                         version

@@ -117,6 +117,7 @@ async fn handle(
             .unwrap_or("-")
     };
     let (method, uri) = (req.method().clone(), req.uri().clone());
+    // The `otel.*` fields name the span in an exported trace (see traces).
     let span = tracing::debug_span!(
         "request",
         %method,
@@ -126,11 +127,19 @@ async fn handle(
         version = Empty,
         status = Empty,
         limit = Empty,
+        attempts = Empty,
+        fallback_from = Empty,
+        otel.kind = "server",
+        otel.status_code = Empty,
     );
+    crate::traces::continue_from(&span, crate::traces::Http(req.headers()));
     let started = Instant::now();
     let (resp, failure) = serve(front, req).instrument(span.clone()).await;
     let status = resp.status().as_u16();
     span.record("status", status);
+    if status >= 500 {
+        span.record("otel.status_code", "error");
+    }
     let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
     let _entered = span.enter();
     match failure {
@@ -198,6 +207,9 @@ async fn serve(
     let span = tracing::Span::current();
     span.record("service", &*version.service);
     span.record("version", &*version.version);
+    if !span.is_disabled() {
+        crate::traces::rename(&span, format!("{} {}", parts.method, version.service));
+    }
     tracing::debug!("request routed; reading its body");
     let origin = Some((&*version.service, &*version.version));
     let limit = version.sandbox.limits.max_request_body;
@@ -378,8 +390,11 @@ fn mark(
         if let Ok(v) = HeaderValue::from_str(from) {
             resp.headers_mut().insert(FALLBACK_HEADER, v);
         }
-        tracing::Span::current().record("version", version);
+        let span = tracing::Span::current();
+        span.record("version", version);
+        span.record("fallback_from", from);
     }
+    tracing::Span::current().record("attempts", attempts);
     if attempts > 1 {
         resp.headers_mut()
             .insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));

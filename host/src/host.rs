@@ -122,6 +122,7 @@ impl HostBuilder {
             loader,
             control,
             dispatcher,
+            timeline: Arc::default(),
         })
     }
 }
@@ -134,6 +135,7 @@ pub struct Host {
     loader: Arc<Loader>,
     control: Arc<Control>,
     dispatcher: Arc<Dispatcher>,
+    timeline: Arc<crate::timeline::Timeline>,
 }
 
 impl Host {
@@ -198,7 +200,17 @@ impl Host {
 
     /// The admin API, every call requiring `token`.
     pub fn admin(&self, token: &str) -> axum::Router {
-        crate::admin::app(self.control.clone(), self.dispatcher.clone(), token)
+        crate::admin::app(
+            self.control.clone(),
+            self.dispatcher.clone(),
+            token,
+            self.timeline.clone(),
+        )
+    }
+
+    /// Each version's recent traffic, as the dashboard charts it.
+    pub fn timeline(&self) -> &Arc<crate::timeline::Timeline> {
+        &self.timeline
     }
 
     /// The control plane.

@@ -60,7 +60,9 @@ pub mod server;
 pub mod shutdown;
 pub mod spec;
 pub mod status;
+pub mod timeline;
 pub mod topics_api;
+pub mod traces;
 pub mod views;
 pub mod watcher;
 
@@ -112,6 +114,10 @@ pub async fn run(
     let host = Host::builder().config(config).build()?;
     let token = admin::token(host.state_dir())?;
     let analyst = tokio::spawn(canary::analyst(host.control().clone()));
+    let sampler = tokio::spawn(admin::ui::sampler(
+        host.control().clone(),
+        host.timeline().clone(),
+    ));
     let delivery = tokio::spawn(delivery::run(host.dispatcher().clone()));
     let ejections = host
         .dispatcher()
@@ -124,6 +130,7 @@ pub async fn run(
         format!("in {}", host.state_dir().join("admin-token").display())
     };
     tracing::info!(token = %token_hint, "admin API on http://{admin_addr}");
+    tracing::info!("release dashboard on http://{admin_addr}/ui (log in with the admin token)");
     let admin_task = tokio::spawn(server::serve(
         admin_listener,
         host.admin(&token),
@@ -166,6 +173,7 @@ pub async fn run(
     server::serve(listener, host.front(), http, stop, DRAIN_TIMEOUT).await?;
     admin_task.abort();
     analyst.abort();
+    sampler.abort();
     delivery.abort();
     if let Some(task) = ejections {
         task.abort();

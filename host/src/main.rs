@@ -203,11 +203,35 @@ async fn real_main() -> Result<()> {
         .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")));
     let kept =
         wasmhost::logbook::layer().with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+    // With --otlp, the host's spans are also exported (OpenTelemetry).
+    let otlp = match &cli.command {
+        Command::Serve(args) | Command::Dev(args) => args.otlp.clone(),
+        _ => None,
+    };
+    let (traces, pipeline) = match &otlp {
+        Some(url) => {
+            let (layer, pipeline) = wasmhost::traces::layer(url)?;
+            (Some(layer), Some(pipeline))
+        }
+        None => (None, None),
+    };
     tracing_subscriber::registry()
         .with(stderr)
         .with(kept)
+        .with(traces)
         .init();
-    match cli.command {
+    if let Some(url) = &otlp {
+        tracing::info!(endpoint = %wasmhost::traces::traces_url(url)?, "exporting traces over OTLP/HTTP");
+    }
+    let result = command(cli.command).await;
+    if let Some(pipeline) = pipeline {
+        pipeline.finish(std::time::Duration::from_secs(3)).await;
+    }
+    result
+}
+
+async fn command(command: Command) -> Result<()> {
+    match command {
         Command::Serve(args) => wasmhost::run(args.into(), wasmhost::shutdown::signal()).await,
         Command::New {
             name,

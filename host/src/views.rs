@@ -58,6 +58,10 @@ pub struct ServiceView {
     /// Versions of it compiling now (`GET /admin/services/NAME` only).
     #[serde(default)]
     pub loading: Vec<LoadingView>,
+    /// The version the release treats as stable: the last promoted
+    /// (`GET /admin/services/NAME` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable: Option<String>,
     /// A canary in progress (`GET /admin/services/NAME` only).
     #[serde(default)]
     pub canary: Option<Canary>,

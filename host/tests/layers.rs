@@ -30,6 +30,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("views", 0),
     ("shutdown", 0),
     ("logbook", 0),
+    ("traces", 0),
+    ("timeline", 0),
     // L1 — the Wasm runtime
     ("engine", 1),
     ("function_cache", 1),

@@ -75,10 +75,12 @@ impl HostState {
         }
         let now = crate::messages::now_ms();
         let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
-        let headers = headers
+        let mut headers: Vec<(String, String)> = headers
             .into_iter()
             .map(|(k, v)| (k.to_ascii_lowercase(), v))
             .collect();
+        // Its delivery continues the trace of the request that published it.
+        crate::traces::inject(&mut headers);
         self.outbox.push(Outgoing {
             id: id.clone(),
             topic,

@@ -83,8 +83,11 @@ async fn call_internal(
         callee = %name,
         depth = depth + 1,
         internal = true,
-        version = tracing::field::Empty
+        version = tracing::field::Empty,
+        otel.name = %format_args!("call {name}"),
+        otel.kind = "client",
     );
+    span.in_scope(|| crate::traces::inject(&mut req.headers));
     let call = calls.call(name.clone(), req, depth + 1);
     let resp = async {
         let result = call.await;
@@ -193,7 +196,15 @@ impl WasiHttpHooks for OutboundHttp {
                 Ok((resp, done))
             });
         }
-        Box::new(async move {
+        // The request carries the trace context of its own span.
+        let span = tracing::debug_span!(
+            "outbound",
+            uri = %request.uri(),
+            otel.name = %format_args!("{} {}", request.method(), request.uri().host().unwrap_or("-")),
+            otel.kind = "client",
+        );
+        span.in_scope(|| crate::traces::inject_http(request.headers_mut()));
+        let send = async move {
             use http_body_util::BodyExt;
             let uri = request.uri().clone();
             match check(&allowed, &uri).await {
@@ -217,7 +228,8 @@ impl WasiHttpHooks for OutboundHttp {
                 res.map(BodyExt::boxed_unsync),
                 Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>,
             ))
-        })
+        };
+        Box::new(send.instrument(span))
     }
 }
 

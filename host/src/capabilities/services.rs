@@ -40,8 +40,16 @@ impl Host for HostState {
             self.touched = true;
         }
         let depth = self.depth + 1;
-        let span =
-            tracing::debug_span!("call", callee = %name, depth, version = tracing::field::Empty);
+        let span = tracing::debug_span!(
+            "call",
+            callee = %name,
+            depth,
+            version = tracing::field::Empty,
+            otel.name = %format_args!("call {name}"),
+            otel.kind = "client",
+        );
+        // The callee sees the call's trace context, as an outside client's.
+        span.in_scope(|| crate::traces::inject(&mut req.headers));
         let call = self.calls.call(name.clone(), req, depth);
         let result = async {
             let result = call.await;

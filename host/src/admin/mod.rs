@@ -7,18 +7,30 @@
 //! - `POST /admin/services/{name}/promote`       `{"version": "1.1.0"}`: it takes 100% and becomes stable
 //! - `POST /admin/services/{name}/rollback`      the stable version takes 100%
 //! - `GET  /admin/logs?service=NAME&after=SEQ`   the service's recent log lines (`wasmhost logs`)
+//! - `GET  /admin/services/{name}/timeline`      the last five minutes, per version: req/s, error rate, p50, p99
 //! - `POST /admin/drain`                          ready turns 503; the host serves for `--drain-delay`, then stops
 //! - `GET  /metrics`                              Prometheus text, labelled by service and version
+//! - `/ui`                                        the release dashboard (see [`ui`])
+//!
+//! The dashboard's session cookie stands in for the token (see
+//! [`session`]); a change made with it must also carry `x-wasmhost-ui: 1`,
+//! which no cross-site form can send.
 //!
 //! Invariant: reads load the snapshot and never wait (not even behind a
 //! compile); every change goes to the control plane, whose typed error
 //! gives the status — bad input is a 4xx with a JSON error and changes
 //! nothing, and an accepted change is persisted before it takes effect.
 
+mod prometheus;
+pub mod session;
+pub mod ui;
+
 use crate::control::{Change, Control};
 use crate::front::error_response;
 use crate::registry::{LoadError, Loading, ServiceEntry};
 use crate::resilience::Standing;
+use crate::timeline::Timeline;
+use session::Session;
 use crate::views::{
     LimitsView, LoadErrorView, LoadingView, LogsView, ServiceView, ServicesView, VersionView,
 };
@@ -30,7 +42,6 @@ use axum::routing::{get, post, put};
 use axum::Json;
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
@@ -40,19 +51,23 @@ struct Admin {
     control: Arc<Control>,
     dispatcher: Arc<crate::dispatch::Dispatcher>,
     token: Arc<str>,
+    timeline: Arc<Timeline>,
 }
 
-/// The admin app; every route requires `token`.
+/// The admin app; every route but the dashboard's login requires `token`
+/// (or a dashboard session made with it).
 pub fn app(
     control: Arc<Control>,
     dispatcher: Arc<crate::dispatch::Dispatcher>,
     token: &str,
+    timeline: Arc<Timeline>,
 ) -> axum::Router {
     let topics = crate::topics_api::routes(control.clone(), dispatcher.kv().clone());
     let state = Admin {
         control,
         dispatcher,
         token: token.into(),
+        timeline,
     };
     axum::Router::new()
         .route("/admin/services", get(list))
@@ -62,12 +77,14 @@ pub fn app(
         .route("/admin/services/{name}/rollback", post(rollback))
         .route("/admin/services/{name}/pause", post(pause))
         .route("/admin/services/{name}/resume", post(resume))
+        .route("/admin/services/{name}/timeline", get(timeline_of))
         .route("/admin/logs", get(logs))
         .route("/admin/drain", post(drain))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(prometheus::metrics))
         .with_state(state.clone())
         .merge(topics)
-        .layer(axum::middleware::from_fn_with_state(state, authorize))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
+        .merge(ui::routes(state))
 }
 
 async fn authorize(State(admin): State<Admin>, req: Request, next: Next) -> Response {
@@ -78,12 +95,50 @@ async fn authorize(State(admin): State<Admin>, req: Request, next: Next) -> Resp
         .and_then(|v| v.strip_prefix("Bearer "));
     match presented {
         Some(t) if bool::from(t.as_bytes().ct_eq(admin.token.as_bytes())) => next.run(req).await,
-        _ => error_response(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong admin token (Authorization: Bearer TOKEN)",
-            None,
-        ),
+        Some(_) => unauthorized(),
+        None => match ui::session_of(&admin.token, req.headers()) {
+            Session::Valid if reads(&req) || req.headers().contains_key(UI_HEADER) => {
+                next.run(req).await
+            }
+            Session::Valid => error_response(
+                StatusCode::FORBIDDEN,
+                "a change made with a dashboard session must carry the header x-wasmhost-ui: 1",
+                None,
+            ),
+            Session::Expired => error_response(
+                StatusCode::UNAUTHORIZED,
+                "the dashboard session expired: log in again",
+                None,
+            ),
+            Session::Missing | Session::Invalid => unauthorized(),
+        },
     }
+}
+
+/// The header a dashboard change carries (a cross-site form cannot).
+const UI_HEADER: &str = "x-wasmhost-ui";
+
+fn reads(req: &Request) -> bool {
+    matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    )
+}
+
+fn unauthorized() -> Response {
+    error_response(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong admin token (Authorization: Bearer TOKEN)",
+        None,
+    )
+}
+
+/// `GET /admin/services/NAME/timeline`.
+async fn timeline_of(State(admin): State<Admin>, Path(name): Path<String>) -> Response {
+    if admin.control.snapshot().registry.service(&name).is_none() {
+        return not_found(&name);
+    }
+    Json(admin.timeline.view(&name)).into_response()
 }
 
 /// The query of `GET /admin/logs`.
@@ -171,6 +226,7 @@ async fn show(State(admin): State<Admin>, Path(name): Path<String>) -> Response 
         .cloned()
         .unwrap_or_default();
     view.loading = loading;
+    view.stable = release.stable.clone();
     view.canary = release.canary;
     view.history = release.history;
     view.load_errors = registry
@@ -364,149 +420,6 @@ fn describe(service: &ServiceEntry) -> ServiceView {
         limits: sandbox.map(|s| LimitsView::from(&s.limits)),
         grants: sandbox.map(|s| s.grants_view()),
         ..ServiceView::default()
-    }
-}
-
-async fn metrics(State(admin): State<Admin>) -> Response {
-    let snapshot = admin.control.snapshot();
-    let registry = &snapshot.registry;
-    let mut out = String::new();
-    let families = [
-        ("wasmhost_requests_total", "counter", "Requests finished."),
-        (
-            "wasmhost_errors_total",
-            "counter",
-            "Requests answered with a 5xx.",
-        ),
-        (
-            "wasmhost_traps_total",
-            "counter",
-            "Requests that trapped or hit a deadline.",
-        ),
-        ("wasmhost_in_flight", "gauge", "Requests running now."),
-        ("wasmhost_weight_percent", "gauge", "Share of new traffic."),
-    ];
-    let snapshots: Vec<_> = registry
-        .services()
-        .flat_map(|s| s.versions.iter().map(move |v| (s, v, v.metrics.snapshot())))
-        .collect();
-    for (family, kind, help) in families {
-        let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} {kind}");
-        for (s, v, m) in &snapshots {
-            let value = match family {
-                "wasmhost_requests_total" => m.requests,
-                "wasmhost_errors_total" => m.errors,
-                "wasmhost_traps_total" => m.traps,
-                "wasmhost_in_flight" => m.in_flight,
-                _ => u64::from(
-                    s.policy
-                        .weights
-                        .iter()
-                        .find(|(n, _)| **n == *v.version)
-                        .map(|(_, w)| *w)
-                        .unwrap_or(0),
-                ),
-            };
-            let _ = writeln!(
-                out,
-                "{family}{{service=\"{}\",version=\"{}\"}} {value}",
-                s.name, v.version
-            );
-        }
-    }
-    let _ = writeln!(out, "# HELP wasmhost_request_duration_seconds Request latency.\n# TYPE wasmhost_request_duration_seconds histogram");
-    for (s, v, m) in &snapshots {
-        for (bound, count) in crate::metrics::BUCKETS_US.iter().zip(&m.cumulative) {
-            let le = if *bound == u64::MAX {
-                "+Inf".to_string()
-            } else {
-                format!("{}", *bound as f64 / 1e6)
-            };
-            let _ = writeln!(out, "wasmhost_request_duration_seconds_bucket{{service=\"{}\",version=\"{}\",le=\"{le}\"}} {count}", s.name, v.version);
-        }
-        let _ = writeln!(
-            out,
-            "wasmhost_request_duration_seconds_sum{{service=\"{}\",version=\"{}\"}} {}",
-            s.name, v.version, m.sum_seconds
-        );
-        let _ = writeln!(
-            out,
-            "wasmhost_request_duration_seconds_count{{service=\"{}\",version=\"{}\"}} {}",
-            s.name,
-            v.version,
-            m.cumulative.last().copied().unwrap_or(0)
-        );
-    }
-    resilience_metrics(&mut out, &snapshots);
-    crate::topics_api::metrics(&mut out, &admin.dispatcher, &snapshot).await;
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
-}
-
-/// The resilience families: retries by reason, fallbacks by target,
-/// ejections, budget refusals and each version's state.
-fn resilience_metrics(
-    out: &mut String,
-    snapshots: &[(
-        &crate::registry::ServiceEntry,
-        &std::sync::Arc<crate::registry::Version>,
-        crate::metrics::Snapshot,
-    )],
-) {
-    let _ = writeln!(out, "# HELP wasmhost_retries_total Failed attempts tried again, by what failed.\n# TYPE wasmhost_retries_total counter");
-    for (s, v, _) in snapshots {
-        for (reason, n) in v.counters.retries() {
-            let _ = writeln!(
-                out,
-                "wasmhost_retries_total{{service=\"{}\",version=\"{}\",reason=\"{reason}\"}} {n}",
-                s.name, v.version
-            );
-        }
-    }
-    let _ = writeln!(out, "# HELP wasmhost_fallbacks_total Requests a version failed that another answered.\n# TYPE wasmhost_fallbacks_total counter");
-    for (s, v, _) in snapshots {
-        for (to, n) in v.counters.fallbacks() {
-            let _ = writeln!(
-                out,
-                "wasmhost_fallbacks_total{{service=\"{}\",from=\"{}\",to=\"{to}\"}} {n}",
-                s.name, v.version
-            );
-        }
-    }
-    let _ = writeln!(out, "# HELP wasmhost_ejections_total Times a version was taken out of selection.\n# TYPE wasmhost_ejections_total counter");
-    for (s, v, _) in snapshots {
-        let _ = writeln!(
-            out,
-            "wasmhost_ejections_total{{service=\"{}\",version=\"{}\"}} {}",
-            s.name,
-            v.version,
-            v.outlier.ejections()
-        );
-    }
-    let _ = writeln!(out, "# HELP wasmhost_retry_budget_exhausted_total Retries refused because the service's budget was spent.\n# TYPE wasmhost_retry_budget_exhausted_total counter");
-    let mut seen = std::collections::BTreeSet::new();
-    for (s, _, _) in snapshots {
-        if seen.insert(&s.name) {
-            let _ = writeln!(
-                out,
-                "wasmhost_retry_budget_exhausted_total{{service=\"{}\"}} {}",
-                s.name,
-                s.budget.exhausted()
-            );
-        }
-    }
-    let _ = writeln!(out, "# HELP wasmhost_version_state Whether a version is serving, ejected or on probation (1 for its state).\n# TYPE wasmhost_version_state gauge");
-    let now = tokio::time::Instant::now();
-    for (s, v, _) in snapshots {
-        let state = v.outlier.standing(now).name();
-        for name in ["serving", "ejected", "probation"] {
-            let _ = writeln!(
-                out,
-                "wasmhost_version_state{{service=\"{}\",version=\"{}\",state=\"{name}\"}} {}",
-                s.name,
-                v.version,
-                u8::from(state == name)
-            );
-        }
     }
 }
 
