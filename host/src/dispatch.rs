@@ -26,10 +26,10 @@ use crate::resilience::{
 };
 use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
-use tracing::Instrument;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
 use wasmtime::{Engine, Store};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 

@@ -156,7 +156,10 @@ mod tests {
             m.start().finish(200, false, Duration::from_micros(300));
         }
         t.sample(1_000, [("user", "1.0.0", m.snapshot())]);
-        assert!(t.view("user").versions[0].points.is_empty(), "a baseline only");
+        assert!(
+            t.view("user").versions[0].points.is_empty(),
+            "a baseline only"
+        );
         for _ in 0..3 {
             m.start().finish(200, false, Duration::from_micros(300));
         }

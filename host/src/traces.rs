@@ -153,7 +153,14 @@ where
             meta.target().starts_with("wasmhost")
                 && (meta.is_span() || *meta.level() <= tracing::Level::WARN)
         }));
-    Ok((layer, Pipeline { provider, stop, task }))
+    Ok((
+        layer,
+        Pipeline {
+            provider,
+            stop,
+            task,
+        },
+    ))
 }
 
 /// Hands finished spans to the export task, never waiting.

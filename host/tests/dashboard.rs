@@ -60,6 +60,11 @@ fn the_dashboard_drives_a_canary_in_a_real_browser() {
         .add(USER, "user@1.0.0.wasm")
         .manifest("user", MANIFEST)
         .start();
+    host.post_json(
+        "/users",
+        serde_json::json!({"name": "Ada", "email": "ada@example.com"}),
+    )
+    .expect_status(201);
     host.plugins().deploy(USER_V2, "user@1.1.0.wasm");
     wait_until("the canary to start", Duration::from_secs(30), || {
         let svc: ServiceView = host.view("/admin/services/user");
@@ -74,7 +79,10 @@ fn the_dashboard_drives_a_canary_in_a_real_browser() {
             let client = reqwest::blocking::Client::new();
             let mut sent = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let _ = client.get(&url).header("x-user-id", sent.to_string()).send();
+                let _ = client
+                    .get(&url)
+                    .header("x-user-id", sent.to_string())
+                    .send();
                 sent += 1;
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -113,7 +121,11 @@ fn the_dashboard_drives_a_canary_in_a_real_browser() {
     assert_eq!(svc.version("1.1.0").unwrap().weight, 100, "{svc:?}");
     assert!(svc.canary.is_none(), "{svc:?}");
     let actions: Vec<&str> = svc.history.iter().map(|h| h.action.as_str()).collect();
-    assert_eq!(actions, ["canary", "pause", "release", "promote"], "{svc:?}");
+    assert_eq!(
+        actions,
+        ["canary", "pause", "release", "promote"],
+        "{svc:?}"
+    );
     assert!(shots.join("dashboard-canary.png").exists());
 }
 
@@ -128,14 +140,20 @@ fn the_grafana_dashboard_asks_only_for_what_the_host_exports() {
     let mut ids = std::collections::BTreeSet::new();
     let mut exprs = Vec::new();
     for panel in panels {
-        assert!(ids.insert(panel["id"].as_u64().unwrap()), "duplicate id: {panel}");
+        assert!(
+            ids.insert(panel["id"].as_u64().unwrap()),
+            "duplicate id: {panel}"
+        );
         for target in panel["targets"].as_array().into_iter().flatten() {
             exprs.push(target["expr"].as_str().unwrap().to_string());
         }
     }
     assert!(exprs.len() >= 12, "{exprs:?}");
 
-    let host = TestHost::empty().add(USER, "user@1.0.0.wasm").start();
+    let host = TestHost::empty()
+        .add(USER, "user@1.0.0.wasm")
+        .manifest("user", "routes = [\"/users\"]\n")
+        .start();
     for _ in 0..5 {
         host.get("/users").expect_status(200);
     }

@@ -51,7 +51,10 @@ impl Receiver {
                             spans.extend(scope.spans);
                         }
                     }
-                    ([("content-type", "application/x-protobuf")], Vec::<u8>::new())
+                    (
+                        [("content-type", "application/x-protobuf")],
+                        Vec::<u8>::new(),
+                    )
                 }
             }),
         );
@@ -131,7 +134,10 @@ fn one_order_is_one_trace_across_four_services_and_its_message() {
             let spans = receiver.of_trace(&trace);
             spans
                 .iter()
-                .any(|s| attribute(s, "service").as_deref() == Some("notify") && s.name.starts_with("deliver"))
+                .any(|s| {
+                    attribute(s, "service").as_deref() == Some("notify")
+                        && s.name.starts_with("deliver")
+                })
                 .then_some(spans)
         },
     );
@@ -177,9 +183,14 @@ fn one_order_is_one_trace_across_four_services_and_its_message() {
     // The message's delivery continues the trace of the request that published it.
     let deliver = spans
         .iter()
-        .find(|s| attribute(s, "service").as_deref() == Some("notify") && s.name.starts_with("deliver"))
+        .find(|s| {
+            attribute(s, "service").as_deref() == Some("notify") && s.name.starts_with("deliver")
+        })
         .unwrap();
-    assert_eq!(attribute(deliver, "topic").as_deref(), Some("orders.created"));
+    assert_eq!(
+        attribute(deliver, "topic").as_deref(),
+        Some("orders.created")
+    );
     let services: std::collections::BTreeSet<String> = spans
         .iter()
         .filter_map(|s| attribute(s, "service"))
@@ -217,7 +228,8 @@ fn a_collector_that_is_down_costs_no_request() {
         "the failed exports to be counted",
         Duration::from_secs(30),
         || {
-            let metrics = String::from_utf8(host.admin("GET", "/metrics", None, None).body).unwrap();
+            let metrics =
+                String::from_utf8(host.admin("GET", "/metrics", None, None).body).unwrap();
             let line = metrics
                 .lines()
                 .find(|l| l.starts_with("wasmhost_trace_spans_total{outcome=\"failed\"}"))?
@@ -226,6 +238,9 @@ fn a_collector_that_is_down_costs_no_request() {
             (n > 0).then_some(n)
         },
     );
-    assert!(failed >= 50, "every request's span was lost and counted: {failed}");
+    assert!(
+        failed >= 50,
+        "every request's span was lost and counted: {failed}"
+    );
     host.wait_for_log(&["span export failed"], Duration::from_secs(5));
 }

@@ -30,7 +30,6 @@ use crate::front::error_response;
 use crate::registry::{LoadError, Loading, ServiceEntry};
 use crate::resilience::Standing;
 use crate::timeline::Timeline;
-use session::Session;
 use crate::views::{
     LimitsView, LoadErrorView, LoadingView, LogsView, ServiceView, ServicesView, VersionView,
 };
@@ -41,6 +40,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Json;
 use serde::Deserialize;
+use session::Session;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
@@ -83,7 +83,10 @@ pub fn app(
         .route("/metrics", get(prometheus::metrics))
         .with_state(state.clone())
         .merge(topics)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize,
+        ))
         .merge(ui::routes(state))
 }
 

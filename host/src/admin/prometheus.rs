@@ -164,6 +164,9 @@ fn trace_metrics(out: &mut String) {
         ("dropped", s.dropped),
         ("failed", s.failed),
     ] {
-        let _ = writeln!(out, "wasmhost_trace_spans_total{{outcome=\"{outcome}\"}} {n}");
+        let _ = writeln!(
+            out,
+            "wasmhost_trace_spans_total{{outcome=\"{outcome}\"}} {n}"
+        );
     }
 }

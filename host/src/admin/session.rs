@@ -123,7 +123,10 @@ mod tests {
     #[test]
     fn the_cookie_is_http_only_and_same_site() {
         let c = set_cookie("1.ab");
-        assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict"), "{c}");
+        assert!(
+            c.contains("HttpOnly") && c.contains("SameSite=Strict"),
+            "{c}"
+        );
         assert!(clear_cookie().contains("Max-Age=0"));
     }
 }

@@ -40,7 +40,10 @@ pub(super) fn routes(state: Admin) -> axum::Router {
         .route("/ui/", get(index))
         .route("/ui/login", get(login_form).post(login))
         .route("/ui/logout", post(logout))
-        .route("/ui/app.js", get(|| async { asset(APP_JS, "text/javascript") }))
+        .route(
+            "/ui/app.js",
+            get(|| async { asset(APP_JS, "text/javascript") }),
+        )
         .route(
             "/ui/charts.js",
             get(|| async { asset(CHARTS_JS, "text/javascript") }),
@@ -91,7 +94,10 @@ pub(super) fn session_of(token: &str, headers: &HeaderMap) -> Session {
         .filter_map(|v| v.to_str().ok())
         .collect::<Vec<_>>()
         .join("; ");
-    session::check(token, Some(&cookies).filter(|c| !c.is_empty()).map(|c| c.as_str()))
+    session::check(
+        token,
+        Some(&cookies).filter(|c| !c.is_empty()).map(|c| c.as_str()),
+    )
 }
 
 async fn index(State(admin): State<Admin>, headers: HeaderMap) -> Response {
@@ -148,8 +154,7 @@ async fn login(State(admin): State<Admin>, form: axum::extract::RawForm) -> Resp
     }
     tracing::info!("dashboard login");
     let mut resp = Redirect::to("/ui").into_response();
-    if let Ok(cookie) = HeaderValue::from_str(&session::set_cookie(&session::issue(&admin.token)))
-    {
+    if let Ok(cookie) = HeaderValue::from_str(&session::set_cookie(&session::issue(&admin.token))) {
         resp.headers_mut().insert(header::SET_COOKIE, cookie);
     }
     resp

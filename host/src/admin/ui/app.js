@@ -198,9 +198,12 @@ function charts(svc, timeline, r) {
     ["p99 latency", p => p.p99_ms, v => `${v.toFixed(v >= 10 ? 0 : 1)} ms`],
     ["p50 latency", p => p.p50_ms, v => `${v.toFixed(v >= 10 ? 0 : 2)} ms`],
   ];
+  // The x axis spans what there is to show: from one to five minutes.
+  const first = Math.min(...timeline.versions.flatMap(s => s.points.map(p => p.at_ms)), Date.now());
+  const span = Math.min(WINDOW_MS, Math.max(60000, Date.now() - first + 2000));
   for (const [title, f, format] of specs) {
     const box = el("div", { class: "card chart", dataset: { chart: title } });
-    window.lineChart(box, { title, series: series(f), window: WINDOW_MS, format });
+    window.lineChart(box, { title, series: series(f), window: span, format });
     wrap.appendChild(box);
   }
   return wrap;
@@ -234,7 +237,7 @@ async function refresh() {
     weights.id = "weights-card";
     state.versionsKey = key;
     const sticky = svc.sticky ? el("span", { class: "tag" }, `sticky by ${svc.sticky}`) : null;
-    section.replaceChildren(
+    section.replaceChildren(...[
       el("div", { class: "card" }, el("h2", {}, svc.name, sticky),
         el("p", { class: "empty" }, `Routes ${svc.routes.join(", ") || "—"} · ${svc.running} running now`),
         versionsTable(svc, r, live)),
@@ -242,7 +245,7 @@ async function refresh() {
       el("div", { class: "row" }, weights),
       canaryCard(svc),
       deadLetters(svc, topics),
-      historyCard(svc));
+      historyCard(svc)].filter(Boolean));
     $("#updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
   } catch (e) {
     if (!$("#error").textContent) showError(`The admin API did not answer: ${e.message}`);

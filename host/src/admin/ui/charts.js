@@ -3,7 +3,7 @@
 "use strict";
 
 const SVG = "http://www.w3.org/2000/svg";
-const W = 560, H = 170, PAD = { left: 44, right: 10, top: 10, bottom: 22 };
+const W = 520, H = 190, PAD = { left: 58, right: 10, top: 10, bottom: 22 };
 
 function svg(tag, attrs, parent) {
   const el = document.createElementNS(SVG, tag);
@@ -38,10 +38,11 @@ function lineChart(el, { title, series, window, format }) {
     svg("line", { x1: PAD.left, x2: W - PAD.right, y1: y(v), y2: y(v), class: "axis" }, root);
     svg("text", { x: PAD.left - 4, y: y(v) + 3, "text-anchor": "end", class: "tick" }, root).textContent = format(v);
   }
-  const minutes = Math.round(window / 60000);
-  for (let m = minutes; m >= 0; m--) {
-    const t = now - m * 60000;
-    svg("text", { x: x(t), y: H - 6, "text-anchor": "middle", class: "tick" }, root).textContent = m === 0 ? "now" : `-${m}m`;
+  // Four ticks on the x axis, in seconds or minutes ago.
+  for (let i = 4; i >= 0; i--) {
+    const ago = window * i / 4;
+    const label = i === 0 ? "now" : ago < 120000 ? `-${Math.round(ago / 1000)}s` : `-${(ago / 60000).toFixed(ago % 60000 ? 1 : 0)}m`;
+    svg("text", { x: x(now - ago), y: H - 6, "text-anchor": i === 4 ? "start" : i === 0 ? "end" : "middle", class: "tick" }, root).textContent = label;
   }
   for (const s of series) {
     const pts = s.points.filter(p => p[0] >= x0);
