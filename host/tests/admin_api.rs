@@ -290,3 +290,162 @@ async fn a_json_body_sent_with_a_form_content_type_is_accepted() {
     let weights = user(&host).await.weights();
     assert!(weights.contains(&("1.0.0".to_string(), 100)), "{weights:?}");
 }
+
+/// Sends `req` to the admin app; the status, the headers and the body.
+async fn raw(host: &InProcess, req: http::Request<Body>) -> (u16, http::HeaderMap, String) {
+    let resp = host.host.admin(TOKEN).oneshot(req).await.unwrap();
+    let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
+fn with_cookie(method: &str, path: &str, cookie: &str, ui_header: bool) -> http::Request<Body> {
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("cookie", cookie);
+    if ui_header {
+        req = req.header("x-wasmhost-ui", "1");
+    }
+    req.body(Body::empty()).unwrap()
+}
+
+/// The dashboard's sessions: a login sets a cookie that stands in for the
+/// token; a change made with it needs the dashboard's header; an expired or
+/// foreign cookie is refused with its reason, and nothing changes.
+#[tokio::test]
+async fn dashboard_sessions_stand_in_for_the_token_and_nothing_more() {
+    let host = host().await;
+    // Without a session, the page is a redirect to the login form.
+    let req = http::Request::get("/ui").body(Body::empty()).unwrap();
+    let (status, headers, _) = raw(&host, req).await;
+    assert_eq!(
+        (status, headers["location"].to_str().unwrap()),
+        (303, "/ui/login")
+    );
+    // A wrong token: 401, the form again, no cookie.
+    let login = |token: &str| {
+        http::Request::post("/ui/login")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::from(format!("token={token}")))
+            .unwrap()
+    };
+    let (status, headers, page) = raw(&host, login("nope")).await;
+    assert_eq!(status, 401);
+    assert!(page.contains("Wrong admin token"), "{page}");
+    assert!(!headers.contains_key("set-cookie"));
+    // The right one: a session cookie, HttpOnly and SameSite=Strict.
+    let (status, headers, _) = raw(&host, login(TOKEN)).await;
+    assert_eq!(status, 303);
+    let set = headers["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().unwrap().to_string();
+
+    // It reads, and it reaches the page.
+    let (status, _, body) = raw(
+        &host,
+        with_cookie("GET", "/admin/services/user", &cookie, false),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, headers, page) = raw(&host, with_cookie("GET", "/ui", &cookie, false)).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("/ui/app.js"));
+    assert!(headers["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .starts_with("default-src 'self'"));
+    // A change needs the dashboard's header, which a cross-site form cannot send.
+    let before = user_view(&host, &cookie).await;
+    let weights = json!({"weights": {"1.0.0": 50, "1.1.0": 50}}).to_string();
+    let mut put = with_cookie("PUT", "/admin/services/user/release", &cookie, false);
+    *put.body_mut() = Body::from(weights.clone());
+    let (status, _, body) = raw(&host, put).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("x-wasmhost-ui"), "{body}");
+    let after = user_view(&host, &cookie).await;
+    assert_eq!(
+        (after.weights(), after.history.len()),
+        (before.weights(), before.history.len())
+    );
+    let mut put = with_cookie("PUT", "/admin/services/user/release", &cookie, true);
+    *put.body_mut() = Body::from(weights);
+    let (status, _, body) = raw(&host, put).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        user_view(&host, &cookie)
+            .await
+            .version("1.1.0")
+            .unwrap()
+            .weight,
+        50
+    );
+
+    // A cookie of another token, a forged one and an expired one.
+    let other = wasmhost::admin::session::issue("another-token");
+    let (status, _, _) = raw(
+        &host,
+        with_cookie(
+            "GET",
+            "/admin/services",
+            &format!("wasmhost_session={other}"),
+            false,
+        ),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, _, body) = raw(
+        &host,
+        with_cookie("GET", "/admin/services", "wasmhost_session=1.00", false),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(body.contains("admin token"), "{body}");
+    let expired = expired_cookie(TOKEN);
+    let (status, _, body) = raw(
+        &host,
+        with_cookie("GET", "/admin/services", &expired, false),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(body.contains("session expired"), "{body}");
+    let (status, headers, _) = raw(&host, with_cookie("GET", "/ui", &expired, false)).await;
+    assert_eq!(
+        (status, headers["location"].to_str().unwrap()),
+        (303, "/ui/login?why=expired")
+    );
+    let (status, _, _) = raw(
+        &host,
+        with_cookie("PUT", "/admin/services/user/release", &expired, true),
+    )
+    .await;
+    assert_eq!(status, 401);
+}
+
+async fn user_view(host: &InProcess, cookie: &str) -> ServiceView {
+    let req = with_cookie("GET", "/admin/services/user", cookie, false);
+    serde_json::from_str(&raw(host, req).await.2).unwrap()
+}
+
+/// A session cookie made the way the host makes one, expired a minute ago.
+fn expired_cookie(token: &str) -> String {
+    use hmac::Mac;
+    let expiry = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 60;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(token.as_bytes()).unwrap();
+    mac.update(format!("wasmhost-session:{expiry}").as_bytes());
+    format!(
+        "wasmhost_session={expiry}.{}",
+        hex::encode(mac.finalize().into_bytes())
+    )
+}
