@@ -199,7 +199,8 @@ impl WasiHttpHooks for OutboundHttp {
         // The request carries the trace context of its own span.
         let span = tracing::debug_span!(
             "outbound",
-            uri = %request.uri(),
+            host = request.uri().host().unwrap_or("-"),
+            path = request.uri().path(),
             otel.name = %format_args!("{} {}", request.method(), request.uri().host().unwrap_or("-")),
             otel.kind = "client",
         );
