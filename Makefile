@@ -108,6 +108,7 @@ run: plugins host
 	@echo "    try:      curl http://$(LISTEN)/users/1; curl http://$(LISTEN)/products"
 	@echo "    the CLI:  ./target/release/wasmhost status   (make install puts wasmhost on PATH)"
 	@echo "    admin:    http://127.0.0.1:9090, its token in $(STATE)/admin-token (the CLI reads it there)"
+	@echo "    dashboard: http://127.0.0.1:9090/ui (log in with that token)"
 	@echo "    your own: wasmhost new hello --lang rust|python|js, then wasmhost dev (README, \"Write a service\")"
 	./target/release/wasmhost serve --plugins $(PLUGIN_DIR) --listen $(LISTEN) --state $(STATE)
 

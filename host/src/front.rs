@@ -151,7 +151,9 @@ async fn handle(
             if let Some(limit) = limit {
                 span.record("limit", limit);
             }
-            if span.is_disabled() {
+            // Only the exporter may see the span (with --otlp, at the
+            // default level): the event then names everything itself.
+            if span.is_disabled() || crate::traces::enabled() {
                 let (service, version) = match &e {
                     DispatchError::Failed {
                         service, version, ..

@@ -36,7 +36,9 @@ enum Command {
     /// publish; see SECURITY.md), retries and fallback ([resilience]) and
     /// the topics it consumes ([[subscribe]]). Each service is served as soon as its version
     /// has compiled; until then its routes answer 503 with retry-after.
-    /// Set RUST_LOG=wasmhost=debug to see every request as a span tree.
+    /// Set RUST_LOG=wasmhost=debug to see every request as a span tree, or
+    /// --otlp URL to send the spans to an OpenTelemetry collector. The admin
+    /// listener also serves the release dashboard at /ui.
     Serve(ServeArgs),
     /// Create a service from a template: its source, build file, the WIT it
     /// needs, a manifest and a test.

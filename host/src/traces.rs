@@ -369,6 +369,36 @@ mod tests {
     }
 
     #[test]
+    fn a_full_queue_drops_and_counts_without_waiting() {
+        use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status};
+        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+        let queue = Queue(tx);
+        let span = || SpanData {
+            span_context: SpanContext::empty_context(),
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Internal,
+            name: "request".into(),
+            start_time: std::time::SystemTime::now(),
+            end_time: std::time::SystemTime::now(),
+            attributes: Vec::new(),
+            dropped_attributes_count: 0,
+            events: Default::default(),
+            links: Default::default(),
+            status: Status::Unset,
+            instrumentation_scope: Default::default(),
+        };
+        let before = stats().dropped;
+        for _ in 0..5 {
+            queue.on_end(span());
+        }
+        // Other tests may drop too: at least these three were counted.
+        assert!(stats().dropped >= before + 3);
+        assert!(rx.try_recv().is_ok() && rx.try_recv().is_ok());
+        assert!(rx.try_recv().is_err(), "the queue held two");
+    }
+
+    #[test]
     fn pairs_find_headers_in_any_case() {
         let h = vec![("TraceParent".to_string(), "00-x".to_string())];
         assert_eq!(Pairs(&h).get("traceparent"), Some("00-x"));
