@@ -195,7 +195,7 @@ function charts(svc, timeline, r) {
   const specs = [
     ["Requests per second", p => p.rps, v => v.toFixed(v >= 10 ? 0 : 1)],
     ["Error rate (5xx)", p => p.error_rate, v => `${(v * 100).toFixed(0)}%`],
-    ["p99 latency", p => p.p99_ms, v => `${v.toFixed(v >= 10 ? 0 : 1)} ms`],
+    ["p99 latency", p => p.p99_ms, v => `${v.toFixed(v >= 10 ? 0 : 2)} ms`],
     ["p50 latency", p => p.p50_ms, v => `${v.toFixed(v >= 10 ? 0 : 2)} ms`],
   ];
   // The x axis spans what there is to show: from one to five minutes.
