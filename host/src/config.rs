@@ -285,7 +285,8 @@ pub struct ServeArgs {
     /// e.g. http://127.0.0.1:4318 (`/v1/traces` is added). A client's
     /// `traceparent` is continued; nested calls, outbound requests and
     /// messages carry it on. Export never holds up a request: spans beyond
-    /// a 4,096-span queue are dropped and counted in /metrics.
+    /// a 4,096-span queue are dropped and counted in /metrics. The SDK's
+    /// OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG choose a sampler.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
     pub otlp: Option<String>,
 }
