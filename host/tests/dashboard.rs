@@ -66,6 +66,7 @@ fn the_dashboard_drives_a_canary_in_a_real_browser() {
     )
     .expect_status(201);
     host.plugins().deploy(USER_V2, "user@1.1.0.wasm");
+    host.plugins().write("broken@1.0.0.wasm", "not a component");
     wait_until("the canary to start", Duration::from_secs(30), || {
         let svc: ServiceView = host.view("/admin/services/user");
         svc.canary.is_some().then_some(())

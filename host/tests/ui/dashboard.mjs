@@ -73,6 +73,9 @@ try {
   assert.equal(await row("1.1.0").locator(".weight").textContent(), "10%");
   assert.equal(await row("1.0.0").locator(".weight").textContent(), "90%");
 
+  step("a file that did not load is shown with the loader's reason");
+  await page.locator("#load-errors li").filter({ hasText: "broken@1.0.0.wasm did not load" }).waitFor(STEP);
+
   step("the numbers move while traffic flows");
   const requests = async v => Number(await row(v).locator(".requests").textContent());
   const before = { stable: await requests("1.0.0"), candidate: await requests("1.1.0") };

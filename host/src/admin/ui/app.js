@@ -95,6 +95,18 @@ function color(role) {
   return COLORS.other[Number(role.slice(5)) % COLORS.other.length];
 }
 
+// Files that did not load, and versions compiling now: above everything.
+function renderProblems(list) {
+  const box = $("#problems");
+  const items = [
+    ...list.load_errors.map(e => el("li", { class: "bad" }, el("code", {}, e.file), ` did not load: ${e.error}`)),
+    ...(list.warnings || []).map(e => el("li", {}, el("code", {}, e.file), ` ${e.error}`)),
+    ...(list.loading || []).map(l => el("li", {}, el("code", {}, l.file), ` compiling (${(l.elapsed_ms / 1000).toFixed(1)} s)`)),
+  ];
+  box.hidden = items.length === 0;
+  box.replaceChildren(el("h3", {}, "Plugins directory"), el("ul", { id: "load-errors" }, ...items));
+}
+
 function renderNav(list) {
   const nav = $("#services");
   nav.replaceChildren(...list.services.map(s => {
@@ -217,6 +229,7 @@ async function refresh() {
       state.selected = pick ? pick.name : null;
     }
     renderNav(list);
+    renderProblems(list);
     const section = $("#service");
     if (!state.selected) {
       section.replaceChildren(el("p", { class: "empty" }, "No service is loaded: drop NAME@VERSION.wasm into the plugins directory."));
