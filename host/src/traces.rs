@@ -146,6 +146,11 @@ where
     ENABLED.store(true, Ordering::Relaxed);
     let layer = tracing_opentelemetry::layer()
         .with_tracer(tracer)
+        // Nothing per poll: no busy/idle clock on every enter and exit, no
+        // OpenTelemetry context made current (the host asks a span for its
+        // context when it propagates one).
+        .with_tracked_inactivity(false)
+        .with_context_activation(false)
         .with_location(false)
         .with_threads(false)
         .with_target(false)
