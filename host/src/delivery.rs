@@ -164,9 +164,9 @@ impl Task {
         // A span per delivery, in the trace of the request that published it.
         let span = tracing::debug_span!(
             "deliver",
-            service = %self.entry.name,
-            topic = %delivery.topic,
-            %group,
+            service = self.entry.name.as_str(),
+            topic = delivery.topic.as_str(),
+            group = group.as_str(),
             attempt = delivery.attempt,
             otel.name = %format_args!("deliver {} to {}", delivery.topic, self.entry.name),
             otel.kind = "consumer",

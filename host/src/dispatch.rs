@@ -287,8 +287,8 @@ impl Dispatcher {
             // One span per try, so a trace shows retries and fallbacks.
             let span = tracing::debug_span!(
                 "attempt",
-                service = %version.service,
-                version = %version.version,
+                service = &*version.service,
+                version = &*version.version,
                 attempt = attempts,
                 fallback = fallback_from.is_some(),
                 otel.name = %format_args!("{} {}", version.service, version.version),

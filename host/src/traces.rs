@@ -154,10 +154,9 @@ where
         .with_location(false)
         .with_threads(false)
         .with_target(false)
-        .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-            meta.target().starts_with("wasmhost")
-                && (meta.is_span() || *meta.level() <= tracing::Level::WARN)
-        }));
+        // (FilterFn caches each callsite's verdict: a debug event on the
+        // request path stays free.)
+        .with_filter(tracing_subscriber::filter::filter_fn(exported));
     Ok((
         layer,
         Pipeline {
@@ -166,6 +165,12 @@ where
             task,
         },
     ))
+}
+
+/// What becomes OTLP data: the host's spans, and its warnings (as span events).
+fn exported(meta: &tracing::Metadata<'_>) -> bool {
+    meta.target().starts_with("wasmhost")
+        && (meta.is_span() || *meta.level() <= tracing::Level::WARN)
 }
 
 /// Hands finished spans to the export task, never waiting.
