@@ -120,7 +120,7 @@ async fn handle(
     // The `otel.*` fields name the span in an exported trace (see traces).
     let span = tracing::debug_span!(
         "request",
-        method = method.as_str(),
+        %method,
         path = uri.path(),
         request_id = id(),
         service = Empty,

@@ -80,7 +80,7 @@ async fn call_internal(
     pass_request_id(&mut req.headers, &request_id);
     let span = tracing::debug_span!(
         "call",
-        callee = name.as_str(),
+        callee = %name,
         depth = depth + 1,
         internal = true,
         version = tracing::field::Empty,

@@ -42,7 +42,7 @@ impl Host for HostState {
         let depth = self.depth + 1;
         let span = tracing::debug_span!(
             "call",
-            callee = name.as_str(),
+            callee = %name,
             depth,
             version = tracing::field::Empty,
             otel.name = %format_args!("call {name}"),
