@@ -14,11 +14,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 use wasmhost::views::ServiceView;
-use wasmhost_test_support::{wait_until, TestHost, ADMIN_TOKEN, USER, USER_V2};
+use wasmhost_test_support::{wait_until, TestHost, Traffic, ADMIN_TOKEN, USER, USER_V2};
 
 const MANIFEST: &str = "routes = [\"/users\", \"/user\"]\nrollout = \"canary\"\nsteps = [10, 50, 100]\nstep-interval-secs = 3600\n";
 
@@ -72,24 +70,9 @@ fn the_dashboard_drives_a_canary_in_a_real_browser() {
         svc.canary.is_some().then_some(())
     });
 
-    // Light, steady traffic: both versions' numbers move.
-    let stop = Arc::new(AtomicBool::new(false));
-    let traffic = {
-        let (stop, url) = (stop.clone(), host.url("/users/1"));
-        std::thread::spawn(move || {
-            let client = reqwest::blocking::Client::new();
-            let mut sent = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let _ = client
-                    .get(&url)
-                    .header("x-user-id", sent.to_string())
-                    .send();
-                sent += 1;
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            sent
-        })
-    };
+    // Steady traffic, one client: both versions' numbers move, and not one
+    // request fails through the page's pause, weight changes and promote.
+    let traffic = Traffic::start(host.url("/users/1"), 1);
 
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ui");
     let out = Command::new("node")
@@ -101,8 +84,7 @@ fn the_dashboard_drives_a_canary_in_a_real_browser() {
         .env("SHOTS", &shots)
         .output()
         .expect("run node");
-    stop.store(true, Ordering::Relaxed);
-    let sent = traffic.join().unwrap();
+    let served = traffic.finish();
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
@@ -115,7 +97,7 @@ fn the_dashboard_drives_a_canary_in_a_real_browser() {
         host.log()
     );
     assert!(stdout.contains("dashboard: all steps passed"), "{stdout}");
-    assert!(sent > 100, "traffic ran: {sent} requests");
+    assert!(served > 100, "traffic ran: {served} requests");
 
     // The host is where the page left it.
     let svc: ServiceView = host.view("/admin/services/user");

@@ -83,20 +83,6 @@ fn bad_input_gets_a_json_400() {
 }
 
 /// Stocks the catalog (JavaScript) and the inventory (Python).
-fn stock(host: &Host, sku: &str, name: &str, price_cents: u64, quantity: u64) {
-    host.post_json(
-        "/products",
-        json!({"sku": sku, "name": name, "price_cents": price_cents}),
-    )
-    .expect_status(201);
-    host.send(
-        "PUT",
-        &format!("/inventory/{sku}"),
-        json!({ "quantity": quantity }).to_string(),
-    )
-    .expect_status(200);
-}
-
 fn available(host: &Host, sku: &str) -> u64 {
     host.get(&format!("/inventory/{sku}"))
         .expect_status(200)
@@ -116,8 +102,8 @@ fn an_order_crosses_three_languages() {
         json!({"name": "Grace", "email": "grace@example.com"}),
     )
     .expect_status(201);
-    stock(&host, "KB-1", "Keyboard", 4999, 10);
-    stock(&host, "MS-7", "Mouse", 2500, 1);
+    host.stock("KB-1", "Keyboard", 4999, 10);
+    host.stock("MS-7", "Mouse", 2500, 1);
     assert_eq!(
         host.get("/products/KB-1").header("x-wasmhost-service"),
         Some("catalog")
@@ -213,7 +199,7 @@ fn data_survives_a_restart() {
     let mut host = TestHost::examples().start();
     host.post_json("/users", json!({"name": "Ada", "email": "ada@example.com"}))
         .expect_status(201);
-    stock(&host, "A", "Anvil", 5, 3);
+    host.stock("A", "Anvil", 5, 3);
     host.post_json(
         "/orders",
         json!({"user_id": 1, "items": [{"sku": "A", "quantity": 1}]}),
@@ -263,7 +249,7 @@ fn private_routes_are_reachable_only_from_other_services() {
     let host = TestHost::examples().start();
     host.post_json("/users", json!({"name": "Ada", "email": "ada@example.com"}))
         .expect_status(201);
-    stock(&host, "KB-1", "Keyboard", 4999, 10);
+    host.stock("KB-1", "Keyboard", 4999, 10);
     for path in [
         "/inventory/releases",
         "/inventory/reservations",
@@ -323,7 +309,7 @@ fn orders_whose_clients_hang_up_leak_no_stock() {
     let host = TestHost::examples().start();
     host.post_json("/users", json!({"name": "Ada", "email": "ada@example.com"}))
         .expect_status(201);
-    stock(&host, "KB-1", "Keyboard", 4999, 1000);
+    host.stock("KB-1", "Keyboard", 4999, 1000);
     let body = json!({"user_id": 1, "items": [{"sku": "KB-1", "quantity": 2}]}).to_string();
     let request = format!(
         "POST /orders HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",

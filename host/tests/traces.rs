@@ -17,7 +17,7 @@ use prost::Message as _;
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use wasmhost_test_support::{wait_until, Host, TestHost};
+use wasmhost_test_support::{wait_until, TestHost};
 
 /// The spans a receiver got, with the addresses to send them to.
 struct Receiver {
@@ -91,20 +91,6 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
         })
 }
 
-fn stock(host: &Host, sku: &str, price_cents: u64, quantity: u64) {
-    host.post_json(
-        "/products",
-        json!({"sku": sku, "name": sku, "price_cents": price_cents}),
-    )
-    .expect_status(201);
-    host.send(
-        "PUT",
-        &format!("/inventory/{sku}"),
-        json!({ "quantity": quantity }).to_string(),
-    )
-    .expect_status(200);
-}
-
 #[test]
 fn one_order_is_one_trace_across_four_services_and_its_message() {
     let receiver = Receiver::start();
@@ -113,7 +99,7 @@ fn one_order_is_one_trace_across_four_services_and_its_message() {
         .start();
     host.post_json("/users", json!({"name": "Ada", "email": "ada@example.com"}))
         .expect_status(201);
-    stock(&host, "KB-1", 4999, 10);
+    host.stock("KB-1", "Keyboard", 4999, 10);
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let client_span = "00f067aa0ba902b7";

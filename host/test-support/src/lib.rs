@@ -478,6 +478,22 @@ impl Host {
         self.send("POST", path, value.to_string())
     }
 
+    /// Puts a product in the example catalog at `price_cents` and gives the
+    /// example inventory `quantity` of it.
+    pub fn stock(&self, sku: &str, name: &str, price_cents: u64, quantity: u64) {
+        self.post_json(
+            "/products",
+            serde_json::json!({"sku": sku, "name": name, "price_cents": price_cents}),
+        )
+        .expect_status(201);
+        self.send(
+            "PUT",
+            &format!("/inventory/{sku}"),
+            serde_json::json!({ "quantity": quantity }).to_string(),
+        )
+        .expect_status(200);
+    }
+
     /// Every log line so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")

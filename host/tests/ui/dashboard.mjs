@@ -125,7 +125,9 @@ try {
   await page.fill('#weights input[name="1.1.0"]', "30");
   await page.click("#apply-weights");
   await page.locator("#error").filter({ hasText: `Weight change refused: ${message}` }).waitFor(STEP);
-  await page.waitForTimeout(2500); // a poll later, still the old split
+  // The next poll still shows the old split.
+  const polled = await page.locator("#updated").textContent();
+  await page.waitForFunction(t => document.querySelector("#updated").textContent !== t, polled, STEP);
   assert.equal(await row("1.1.0").locator(".weight").textContent(), "10%");
 
   step("a change without the dashboard header is refused, even with the session");

@@ -7,7 +7,11 @@ const POLL_MS = 2000;
 const WINDOW_MS = 5 * 60 * 1000;
 const COLORS = { stable: "#2563eb", candidate: "#ea580c", other: ["#16a34a", "#7c3aed", "#0891b2", "#a16207"] };
 
-const state = { selected: decodeURIComponent(location.hash.slice(1)) || null, versionsKey: "", weightsDirty: false };
+// The service named in the address (#NAME), if it is one; a malformed one is ignored.
+function hashService() {
+  try { return decodeURIComponent(location.hash.slice(1)) || null; } catch (_) { return null; }
+}
+const state = { selected: hashService(), versionsKey: "", weightsDirty: false };
 
 const $ = sel => document.querySelector(sel);
 function el(tag, attrs = {}, ...children) {
