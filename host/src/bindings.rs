@@ -1,7 +1,7 @@
 //! Rust bindings of the `wasmhost:plugin/service` world (`wit/`).
 //!
-//! Imports that write to the disk or call other services are async so they
-//! never block a runtime thread (key-value reads are plain calls); every import is trappable so a host fault becomes a
+//! Imports that reach the key-value store or other services are async so
+//! they never block a runtime thread; every import is trappable so a host fault becomes a
 //! trap of that one request, never a panic. The key-value resource and
 //! error types the bindings map to live here too, beside the generated code,
 //! so the bindings depend on no capability.
@@ -11,12 +11,9 @@ wasmtime::component::bindgen!({
     world: "wasmhost:plugin/service",
     imports: {
         "wasmhost:plugin/services": async | trappable,
-        // Reads are plain calls: redb serves them from its cache without
-        // blocking, so they need no future, no box and no poll.
+        // Opening a bucket touches no store. Reads are async too: on
+        // Redis (`--cluster`) they go over the network.
         "wasi:keyvalue/store.open": trappable,
-        "wasi:keyvalue/store.[method]bucket.get": trappable,
-        "wasi:keyvalue/store.[method]bucket.exists": trappable,
-        "wasi:keyvalue/store.[method]bucket.list-keys": trappable,
         "wasi:keyvalue": async | trappable,
         default: trappable,
     },

@@ -77,6 +77,10 @@ pub struct ServeConfig {
     /// component compiles only the functions that changed (`wasmhost dev`
     /// turns it on; see `function_cache`).
     pub incremental_compile: bool,
+    /// The cluster's Redis (`redis://HOST:PORT`): the services' key-value
+    /// data lives there, shared by every replica, instead of in
+    /// `STATE/kv.redb`.
+    pub cluster: Option<String>,
 }
 
 /// `--memory-reset`: how a freed instance slot's memory is cleared.
@@ -111,6 +115,7 @@ impl Default for ServeConfig {
             pin_token: None,
             memory_reset: MemoryResetMode::Auto,
             incremental_compile: false,
+            cluster: None,
         }
     }
 }
@@ -289,6 +294,12 @@ pub struct ServeArgs {
     /// OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG choose a sampler.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
     pub otlp: Option<String>,
+    /// Run as one replica of a cluster on this Redis
+    /// (redis://[:PASSWORD@]HOST:PORT[/DB]): the services' key-value data
+    /// lives there, shared by every replica (increments stay exact),
+    /// instead of in STATE/kv.redb. `wasmhost kv export|import` moves it.
+    #[arg(long, env = "WASMHOST_CLUSTER", value_name = "URL")]
+    pub cluster: Option<String>,
 }
 
 /// `on` or `off`.
@@ -315,6 +326,7 @@ impl From<ServeArgs> for ServeConfig {
             drain_delay: a.drain_delay.into(),
             memory_reset: a.memory_reset,
             incremental_compile: a.incremental_compile == Some(Toggle::On),
+            cluster: a.cluster.filter(|u| !u.is_empty()),
             ..Default::default()
         };
         config.limits.max_instances = a.max_instances;

@@ -37,7 +37,11 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 pub struct Dispatcher {
     engine: Engine,
     snapshot: Arc<ArcSwap<Snapshot>>,
+    /// The host's own database: the message log (and, embedded, the
+    /// services' key-value data).
     kv: KvStore,
+    /// Where the services' key-value data lives.
+    store: crate::store::Store,
     /// How the services this dispatcher runs reach each other.
     calls: Arc<dyn Calls>,
     /// Where the request path reports the versions it ejects.
@@ -53,12 +57,18 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// A dispatcher serving whatever `snapshot` holds (written by the
     /// control plane).
-    pub fn new(engine: Engine, snapshot: Arc<ArcSwap<Snapshot>>, kv: KvStore) -> Arc<Self> {
+    pub fn new(
+        engine: Engine,
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        kv: KvStore,
+        store: crate::store::Store,
+    ) -> Arc<Self> {
         let (ejections, ejected) = tokio::sync::mpsc::unbounded_channel();
         Arc::new_cyclic(|me: &Weak<Dispatcher>| Self {
             engine,
             snapshot,
             kv,
+            store,
             calls: Arc::new(DispatchCalls(me.clone())),
             ejections,
             published: tokio::sync::Notify::new(),
@@ -78,9 +88,14 @@ impl Dispatcher {
         self.snapshot.load_full()
     }
 
-    /// The key-value store.
+    /// The host's own database (the message log).
     pub fn kv(&self) -> &KvStore {
         &self.kv
+    }
+
+    /// Where the services' key-value data lives.
+    pub fn store(&self) -> &crate::store::Store {
+        &self.store
     }
 
     /// A fresh store for one request to `version`, `depth` calls deep,
@@ -98,7 +113,7 @@ impl Dispatcher {
         let state = HostState::new(
             id,
             version.sandbox.clone(),
-            self.kv.clone(),
+            self.store.clone(),
             self.calls.clone(),
             request_id,
             depth,
@@ -114,7 +129,10 @@ impl Dispatcher {
         ))
     }
 
-    /// Whether the key-value store is failing writes now.
+    /// Whether the host's own database is failing writes now. (A shared
+    /// Redis that fails does not count: every replica shares it, and
+    /// taking them all out of the load balancer would stop the requests
+    /// that need no key-value data too.)
     pub fn store_failing(&self) -> bool {
         self.kv.is_failing()
     }
@@ -754,8 +772,26 @@ impl Dispatcher {
         let kv = self.kv.clone();
         let published = !outbox.is_empty();
         let topics: Vec<String> = outbox.iter().map(|m| m.topic.clone()).collect();
+        // Embedded, the writes and the messages are one transaction. On the
+        // cluster's Redis the writes go first (one MULTI/EXEC), then the
+        // messages into the local log: a message never tells of a write
+        // that did not happen.
+        let local_writes = match (&self.store, pending) {
+            (crate::store::Store::Redis(_), Some(pending)) => {
+                self.store
+                    .commit(pending)
+                    .await
+                    .map_err(|e| format!("{e:#}"))?;
+                None
+            }
+            (_, pending) => pending,
+        };
+        if local_writes.is_none() && outbox.is_empty() {
+            return Ok(());
+        }
         let committed =
-            tokio::task::spawn_blocking(move || kv.commit_request(pending.as_ref(), &outbox)).await;
+            tokio::task::spawn_blocking(move || kv.commit_request(local_writes.as_ref(), &outbox))
+                .await;
         match committed {
             Ok(Ok(())) => {
                 if published {

@@ -69,6 +69,10 @@ impl HostBuilder {
             )
         })?;
         let kv = crate::kv::KvStore::open(&state_dir.join("kv.redb"))?;
+        let store = match &config.cluster {
+            Some(url) => crate::store::Store::Redis(crate::redis_kv::RedisKv::open(url)?),
+            None => crate::store::Store::Embedded(kv.clone()),
+        };
         crate::engine::size_compile_pool();
         let cache_dir = match &config.cache_dir {
             Some(dir) => {
@@ -93,7 +97,7 @@ impl HostBuilder {
         let loader = Arc::new(
             Loader::new(engine.clone(), config.limits.clone())?
                 .follow_outside_symlinks(config.follow_symlinks)
-                .trial_instantiation(kv.clone())
+                .trial_instantiation(store.clone())
                 .compile_timeout(config.compile_timeout)
                 .cache_guard(guard)
                 .cpu_lanes(
@@ -114,7 +118,7 @@ impl HostBuilder {
             release,
             state_dir.clone(),
         ));
-        let dispatcher = Dispatcher::new(engine, control.handle(), kv);
+        let dispatcher = Dispatcher::new(engine, control.handle(), kv, store);
         Ok(Host {
             config,
             state_dir,
@@ -184,6 +188,22 @@ impl Host {
             drop(turn);
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
+    }
+
+    /// Checks that the services' key-value store answers: on the cluster's
+    /// Redis, a wrong address or a server that is down stops the start with
+    /// an error naming it, instead of failing every request later.
+    pub async fn check_store(&self) -> Result<()> {
+        if let crate::store::Store::Redis(redis) = self.dispatcher.store() {
+            redis.ping().await.with_context(|| {
+                format!(
+                    "cannot start as a cluster replica: the Redis at {} does not answer (is it running? is --cluster right?)",
+                    redis.addr()
+                )
+            })?;
+            tracing::info!(redis = %redis.addr(), "key-value data on the cluster's Redis, shared by every replica");
+        }
+        Ok(())
     }
 
     /// The app serving the services (plugin traffic).

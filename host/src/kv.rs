@@ -118,10 +118,22 @@ impl Namespace {
     }
 
     fn key(&self, key: &str) -> Result<String> {
+        self.check_key(key)?;
+        Ok(format!("{}{key}", self.prefix))
+    }
+
+    /// Refuses a key no store may hold.
+    pub fn check_key(&self, key: &str) -> Result<()> {
         if key.len() > MAX_KEY_LEN {
             bail!("key longer than {MAX_KEY_LEN} bytes");
         }
-        Ok(format!("{}{key}", self.prefix))
+        Ok(())
+    }
+
+    /// The service and the bucket.
+    pub fn parts(&self) -> (&str, &str) {
+        let inner = &self.prefix[..self.prefix.len() - 1];
+        inner.split_once('\0').unwrap_or((inner, ""))
     }
 
     /// The first string after every key of this namespace.
@@ -336,6 +348,30 @@ impl WriteSet {
         self.writes.get(&full).map(|v| v.as_deref())
     }
 
+    /// Every held write as (service, bucket, key, `Some(value)` to set or
+    /// `None` to delete).
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &str, &str, Option<&[u8]>)> {
+        self.writes.iter().filter_map(|(full, value)| {
+            let mut parts = full.splitn(3, '\0');
+            let (service, bucket, key) = (parts.next()?, parts.next()?, parts.next()?);
+            Some((service, bucket, key, value.as_deref()))
+        })
+    }
+
+    /// The keys of `ns` as this set would leave `stored` (the keys in the
+    /// store), in key order.
+    pub fn merged(&self, ns: &Namespace, stored: Vec<String>) -> Vec<String> {
+        let mut all: std::collections::BTreeSet<String> = stored.into_iter().collect();
+        for (full, value) in self.writes.range(ns.prefix.clone()..ns.end()) {
+            let key = full[ns.prefix.len()..].to_string();
+            match value {
+                Some(_) => all.insert(key),
+                None => all.remove(&key),
+            };
+        }
+        all.into_iter().collect()
+    }
+
     /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
         self.writes.is_empty()
@@ -398,29 +434,83 @@ impl KvStore {
         if !pending.touches(ns) {
             return self.list_keys(ns, cursor);
         }
-        let mut all = std::collections::BTreeSet::new();
+        let mut stored = Vec::new();
         let mut page = None;
         loop {
             let (keys, next) = self.list_keys(ns, page)?;
-            all.extend(keys);
+            stored.extend(keys);
             match next {
                 Some(n) => page = Some(n),
                 None => break,
             }
         }
-        for (full, value) in pending.writes.range(ns.prefix.clone()..ns.end()) {
-            let key = full[ns.prefix.len()..].to_string();
-            match value {
-                Some(_) => all.insert(key),
-                None => all.remove(&key),
-            };
+        Ok(page_of(pending.merged(ns, stored), cursor))
+    }
+}
+
+/// The page of `keys` (all of a bucket, in order) that starts `cursor`
+/// keys in; the returned cursor is `None` on the last page.
+pub fn page_of(keys: Vec<String>, cursor: Option<u64>) -> (Vec<String>, Option<u64>) {
+    let skip = usize::try_from(cursor.unwrap_or(0)).unwrap_or(usize::MAX);
+    let mut page: Vec<String> = keys.into_iter().skip(skip).take(LIST_PAGE + 1).collect();
+    let more = page.len() > LIST_PAGE;
+    page.truncate(LIST_PAGE);
+    let next = more.then(|| (skip + page.len()) as u64);
+    (page, next)
+}
+
+/// One key and its value, as `wasmhost kv export` writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The service whose namespace holds it.
+    pub service: String,
+    /// Its bucket.
+    pub bucket: String,
+    /// Its key.
+    pub key: String,
+    /// Its value.
+    pub value: Vec<u8>,
+}
+
+impl KvStore {
+    /// Every key-value entry of every service, in key order, handed to
+    /// `each` (the message log, in its own tables, is not part of it).
+    pub fn export(&self, mut each: impl FnMut(Entry) -> Result<()>) -> Result<u64> {
+        self.with(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(TABLE)?;
+            let mut count = 0;
+            for entry in table.iter()? {
+                let (k, v) = entry?;
+                let mut parts = k.value().splitn(3, '\0');
+                let (Some(service), Some(bucket), Some(key)) =
+                    (parts.next(), parts.next(), parts.next())
+                else {
+                    continue;
+                };
+                each(Entry {
+                    service: service.to_string(),
+                    bucket: bucket.to_string(),
+                    key: key.to_string(),
+                    value: v.value().to_vec(),
+                })?;
+                count += 1;
+            }
+            Ok(count)
+        })
+    }
+
+    /// Stores `entries` in one transaction (each checked as a guest's write).
+    pub fn import(&self, entries: &[Entry]) -> Result<()> {
+        let mut set = WriteSet::default();
+        for e in entries {
+            set.set(
+                &Namespace::new(&e.service, &e.bucket)?,
+                &e.key,
+                e.value.clone(),
+            )?;
         }
-        let skip = usize::try_from(cursor.unwrap_or(0)).unwrap_or(usize::MAX);
-        let keys: Vec<String> = all.into_iter().skip(skip).take(LIST_PAGE + 1).collect();
-        let more = keys.len() > LIST_PAGE;
-        let keys: Vec<String> = keys.into_iter().take(LIST_PAGE).collect();
-        let next = more.then(|| (skip + keys.len()) as u64);
-        Ok((keys, next))
+        self.commit(&set)
     }
 }
 
@@ -509,5 +599,38 @@ mod tests {
         // Another service's namespace is not touched by the set.
         let other = Namespace::new("t", "b").unwrap();
         assert!(!set.touches(&other));
+        assert_eq!(
+            set.entries().collect::<Vec<_>>(),
+            vec![("s", "b", "gone", None), ("s", "b", "new", Some(&b"2"[..]))]
+        );
+        assert_eq!(ns.parts(), ("s", "b"));
+    }
+
+    #[test]
+    fn exports_what_it_imports() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = KvStore::open(&dir.path().join("kv.redb")).unwrap();
+        let entries = vec![
+            Entry {
+                service: "order".into(),
+                bucket: "orders".into(),
+                key: "next-id".into(),
+                value: b"7".to_vec(),
+            },
+            Entry {
+                service: "user".into(),
+                bucket: "a:b".into(),
+                key: "k\0x".into(),
+                value: vec![0, 255],
+            },
+        ];
+        kv.import(&entries).unwrap();
+        let mut out = Vec::new();
+        let count = kv.export(|e| {
+            out.push(e);
+            Ok(())
+        });
+        assert_eq!(count.unwrap(), 2);
+        assert_eq!(out, entries);
     }
 }

@@ -13,12 +13,12 @@ use crate::capabilities::calls::{CallError, Calls, ServiceId};
 use crate::capabilities::{self, HostState};
 use crate::config::Limits;
 use crate::instance::{classify, new_store, CpuLanes, Failure};
-use crate::kv::KvStore;
 use crate::manifest::Manifest;
 use crate::plugin::PluginName;
 use crate::registry::{FileStamp, LoadError, Loading, Pre, Registry, Version};
 use crate::release_state::ReleaseState;
 use crate::sandbox::Sandbox;
+use crate::store::Store;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -76,7 +76,7 @@ pub struct Loader {
     defaults: Limits,
     outside_symlinks: bool,
     /// The store a trial instantiation writes to, when trials are on.
-    kv: Option<KvStore>,
+    kv: Option<Store>,
     /// Longest a component may take to compile.
     compile_timeout: Duration,
     /// CPU lanes of each version (0: none, requests of a version all run).
@@ -162,7 +162,7 @@ impl Loader {
     /// Instantiates every version once, under its service's limits, before
     /// it may take traffic (see [`Loader::trial`]); `kv` is the store the
     /// instance sees (its start code runs with the service's own grants).
-    pub fn trial_instantiation(mut self, kv: KvStore) -> Self {
+    pub fn trial_instantiation(mut self, kv: Store) -> Self {
         self.kv = Some(kv);
         self
     }

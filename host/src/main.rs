@@ -153,6 +153,31 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Copy the services' key-value data out of a store, or into one, as
+    /// JSON lines: from a host's STATE/kv.redb to the cluster's Redis and
+    /// back, or for a backup.
+    ///
+    /// Each line is {"service","bucket","key","value"}, or "value_base64"
+    /// for a value that is not UTF-8 text. With --cluster the store is that
+    /// Redis; without it, STATE/kv.redb (stop the host first: one process
+    /// opens the file at a time). Import writes over keys that exist.
+    ///
+    /// Example: wasmhost kv export --state .wasmhost > kv.jsonl;
+    /// wasmhost kv import --cluster redis://10.0.0.5:6379 < kv.jsonl
+    Kv {
+        /// export or import.
+        #[arg(value_parser = ["export", "import"])]
+        action: String,
+        /// The cluster's Redis (redis://HOST:PORT) instead of STATE/kv.redb.
+        #[arg(long, env = "WASMHOST_CLUSTER", value_name = "URL")]
+        cluster: Option<String>,
+        /// The host's state directory.
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state: PathBuf,
+        /// Read or write this file instead of stdin or stdout.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
     /// Give the stable (last promoted, else previous) version all the traffic.
     Rollback {
         /// The service.
@@ -265,6 +290,12 @@ async fn command(command: Command) -> Result<()> {
             admin,
         } => admin.client()?.promote(&service, &version).await,
         Command::Rollback { service, admin } => admin.client()?.rollback(&service).await,
+        Command::Kv {
+            action,
+            cluster,
+            state,
+            file,
+        } => transfer_kv(&action, cluster.as_deref(), &state, file.as_deref()).await,
         Command::Logs {
             service,
             follow,
@@ -295,6 +326,52 @@ async fn command(command: Command) -> Result<()> {
                 .await
         }
     }
+}
+
+/// `wasmhost kv export|import`; the count goes to stderr, so an export to
+/// stdout stays clean.
+async fn transfer_kv(
+    action: &str,
+    cluster: Option<&str>,
+    state: &std::path::Path,
+    file: Option<&std::path::Path>,
+) -> Result<()> {
+    use anyhow::Context as _;
+    use wasmhost::kv_transfer::{export, import, Place};
+    let place = match cluster.filter(|u| !u.is_empty()) {
+        Some(url) => Place::Redis(url),
+        None => Place::State(state),
+    };
+    let shown = match &place {
+        Place::Redis(url) => wasmhost::redis_kv::redacted(url),
+        Place::State(dir) => dir.join("kv.redb").display().to_string(),
+    };
+    if action == "export" {
+        let count = match file {
+            Some(path) => {
+                let mut out = std::io::BufWriter::new(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("failed to create {}", path.display()))?,
+                );
+                export(place, &mut out).await?
+            }
+            None => export(place, &mut std::io::stdout().lock()).await?,
+        };
+        eprintln!("exported {count} keys from {shown}");
+    } else {
+        let count = match file {
+            Some(path) => {
+                let mut input = std::io::BufReader::new(
+                    std::fs::File::open(path)
+                        .with_context(|| format!("failed to open {}", path.display()))?,
+                );
+                import(place, &mut input).await?
+            }
+            None => import(place, &mut std::io::stdin().lock()).await?,
+        };
+        eprintln!("imported {count} keys into {shown}");
+    }
+    Ok(())
 }
 
 /// `wasmhost new`: writes the service and says what to do next.

@@ -95,13 +95,8 @@ where
                 if let Some(pending) = store.data_mut().pending.take().filter(|p| !p.is_empty()) {
                     let kv = store.data().kv.clone();
                     let id = store.data().id.clone();
-                    let committed = tokio::task::spawn_blocking(move || kv.commit(&pending)).await;
-                    let error = match committed {
-                        Ok(Ok(())) => None,
-                        Ok(Err(e)) => Some(format!("{e:#}")),
-                        Err(e) => Some(e.to_string()),
-                    };
-                    if let Some(error) = error {
+                    if let Err(e) = kv.commit(pending).await {
+                        let error = format!("{e:#}");
                         tracing::error!(service = %id.service, version = %id.version, %error, "the key-value writes of a request could not be committed");
                         return Err(Failure::Internal(format!(
                             "its key-value writes could not be committed: {error}"

@@ -1,8 +1,8 @@
-//! `wasi:keyvalue/store` and `wasi:keyvalue/atomics` over the embedded store.
+//! `wasi:keyvalue/store` and `wasi:keyvalue/atomics` over the host's store
+//! ([`crate::store::Store`]: embedded, or the cluster's Redis).
 //!
 //! `open(name)` hands out a bucket inside the calling service's own namespace
-//! (see [`crate::kv::Namespace`]); the guest cannot name another's. Writes
-//! run on the blocking pool, since each one waits for the disk.
+//! (see [`crate::kv::Namespace`]); the guest cannot name another's.
 //!
 //! Every write marks the attempt as touched before it starts (a write cut
 //! off by a timeout may still commit). With `transactional-kv` sets and
@@ -18,21 +18,6 @@ use wasmtime::component::Resource;
 impl HostState {
     fn bucket_ns(&self, bucket: &Resource<Bucket>) -> Result<Namespace, KvError> {
         Ok(self.table.get(bucket)?.ns.clone())
-    }
-
-    /// Runs a blocking store operation off the async runtime. (The future
-    /// must not borrow `self`, which is not `Sync`.)
-    fn blocking<R: Send + 'static>(
-        &self,
-        op: impl FnOnce(&crate::kv::KvStore) -> anyhow::Result<R> + Send + 'static,
-    ) -> impl std::future::Future<Output = Result<R, KvError>> + Send + 'static {
-        let kv = self.kv.clone();
-        async move {
-            tokio::task::spawn_blocking(move || op(&kv))
-                .await
-                .map_err(|e| KvError::Other(format!("key-value task failed: {e}")))?
-                .map_err(KvError::from)
-        }
     }
 }
 
@@ -51,12 +36,16 @@ impl store::Host for HostState {
 }
 
 impl store::HostBucket for HostState {
-    fn get(&mut self, bucket: Resource<Bucket>, key: String) -> Result<Option<Vec<u8>>, KvError> {
+    async fn get(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+    ) -> Result<Option<Vec<u8>>, KvError> {
         let ns = self.bucket_ns(&bucket)?;
         if let Some(held) = self.pending.as_ref().and_then(|p| p.lookup(&ns, &key)) {
             return Ok(held.map(<[u8]>::to_vec));
         }
-        Ok(self.kv.get(&ns, &key)?)
+        Ok(self.kv.get(&ns, &key).await?)
     }
 
     async fn set(
@@ -70,7 +59,7 @@ impl store::HostBucket for HostState {
             return Ok(pending.set(&ns, &key, value)?);
         }
         self.touched = true;
-        self.blocking(move |kv| kv.set(&ns, &key, &value)).await
+        Ok(self.kv.set(ns, key, value).await?)
     }
 
     async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> Result<(), KvError> {
@@ -79,27 +68,27 @@ impl store::HostBucket for HostState {
             return Ok(pending.delete(&ns, &key)?);
         }
         self.touched = true;
-        self.blocking(move |kv| kv.delete(&ns, &key)).await
+        Ok(self.kv.delete(ns, key).await?)
     }
 
-    fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Result<bool, KvError> {
+    async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Result<bool, KvError> {
         let ns = self.bucket_ns(&bucket)?;
         if let Some(held) = self.pending.as_ref().and_then(|p| p.lookup(&ns, &key)) {
             return Ok(held.is_some());
         }
-        Ok(self.kv.exists(&ns, &key)?)
+        Ok(self.kv.exists(&ns, &key).await?)
     }
 
-    fn list_keys(
+    async fn list_keys(
         &mut self,
         bucket: Resource<Bucket>,
         cursor: Option<u64>,
     ) -> Result<store::KeyResponse, KvError> {
         let ns = self.bucket_ns(&bucket)?;
-        let (keys, cursor) = match &self.pending {
-            Some(pending) => self.kv.list_keys_with(&ns, cursor, pending)?,
-            None => self.kv.list_keys(&ns, cursor)?,
-        };
+        let (keys, cursor) = self
+            .kv
+            .list_keys(&ns, cursor, self.pending.as_ref())
+            .await?;
         Ok(store::KeyResponse { keys, cursor })
     }
 
@@ -127,7 +116,6 @@ impl atomics::Host for HostState {
             )));
         }
         self.touched = true;
-        self.blocking(move |kv| kv.increment(&ns, &key, delta))
-            .await
+        Ok(self.kv.increment(ns, key, delta).await?)
     }
 }

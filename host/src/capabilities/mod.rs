@@ -27,8 +27,8 @@ pub mod wasi_messaging;
 pub use calls::{CallError, Calls, ServiceId};
 
 use crate::bindings::Service;
-use crate::kv::KvStore;
 use crate::sandbox::Sandbox;
+use crate::store::Store;
 use anyhow::{Context, Result};
 use std::sync::Arc;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
@@ -52,7 +52,7 @@ pub struct HostState {
     /// Its limits, grants and config.
     pub(crate) sandbox: Arc<Sandbox>,
     /// The key-value store (the service sees its own namespace only).
-    pub(crate) kv: KvStore,
+    pub(crate) kv: Store,
     /// The way to other services (`services.call`, `http://NAME.internal`).
     pub(crate) calls: Arc<dyn Calls>,
     /// The id of the outside request this one serves, passed on to nested calls.
@@ -102,7 +102,7 @@ impl HostState {
     pub fn new(
         id: ServiceId,
         sandbox: Arc<Sandbox>,
-        kv: KvStore,
+        kv: Store,
         calls: Arc<dyn Calls>,
         request_id: Arc<str>,
         depth: u32,

@@ -177,7 +177,15 @@ mod tests {
             service: "order".into(),
             version: "1.0.0".into(),
         };
-        let state = HostState::new(id, Arc::new(sandbox), kv, fake, "req-7".into(), depth).unwrap();
+        let state = HostState::new(
+            id,
+            Arc::new(sandbox),
+            crate::store::Store::Embedded(kv),
+            fake,
+            "req-7".into(),
+            depth,
+        )
+        .unwrap();
         (state, dir)
     }
 
