@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 include!(concat!(env!("OUT_DIR"), "/components.rs"));
 
+pub mod servers;
+
 /// The admin token every test host uses.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 

@@ -1,0 +1,368 @@
+//! Replicas on one Redis (`--cluster`): the key-value contract on a real
+//! `redis-server`, exact increments from three real replicas, data moved
+//! from a host's own store into the cluster, and a Redis that goes away.
+//!
+//! Each test starts its own `redis-server` on a random loopback port
+//! (`test-support`'s `servers`); without one installed the test says it
+//! skipped and why, and under `CI=true` it fails instead.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+use wasmhost::kv::{Namespace, WriteSet, LIST_PAGE};
+use wasmhost::redis_kv::RedisKv;
+use wasmhost_test_support::servers::{free_port, or_skip, Redis};
+use wasmhost_test_support::{bin, serve_command, wait_until, TestHost, USER};
+
+fn redis(test: &str) -> Option<Redis> {
+    or_skip(test, Redis::start())
+}
+
+/// A host with the user service (and its manifest: routes /users).
+fn user_host() -> wasmhost_test_support::TestHostBuilder {
+    TestHost::empty().add(USER, "user@1.0.0.wasm").with(|p| {
+        p.copy_manifest("user.toml");
+    })
+}
+
+fn replica(redis: &Redis) -> TestHost {
+    user_host().args(&["--cluster", &redis.url()]).start()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_keeps_the_key_value_contract() {
+    let Some(mut server) = redis("redis_keeps_the_key_value_contract") else {
+        return;
+    };
+    let kv = RedisKv::open(&server.url()).unwrap();
+    kv.ping().await.unwrap();
+    let user = Namespace::new("user", "data").unwrap();
+    let order = Namespace::new("order", "data").unwrap();
+    let colon = Namespace::new("user", "data:x").unwrap();
+
+    // Namespaces: a service never sees another's keys, nor a bucket
+    // another bucket's, even one whose name extends it with a colon.
+    kv.set(&user, "x:k", b"secret").await.unwrap();
+    kv.set(&colon, "k", b"other").await.unwrap();
+    assert_eq!(kv.get(&order, "x:k").await.unwrap(), None);
+    assert_eq!(
+        kv.get(&user, "x:k").await.unwrap().as_deref(),
+        Some(&b"secret"[..])
+    );
+    assert_eq!(kv.all_keys(&user).await.unwrap(), vec!["x:k".to_string()]);
+    assert_eq!(kv.all_keys(&colon).await.unwrap(), vec!["k".to_string()]);
+    assert!(kv.all_keys(&order).await.unwrap().is_empty());
+    assert_eq!(
+        server.command("EXISTS wh:{user}:data:x:k").as_deref(),
+        Some(":1\r\n")
+    );
+    assert!(kv.exists(&user, "x:k").await.unwrap());
+    kv.delete(&user, "x:k").await.unwrap();
+    kv.delete(&user, "never-there").await.unwrap();
+    assert!(!kv.exists(&user, "x:k").await.unwrap());
+    assert!(kv.set(&user, &"k".repeat(5000), b"").await.is_err());
+
+    // Listing walks SCAN: every key once, in pages.
+    let many = Namespace::new("user", "many").unwrap();
+    let mut set = WriteSet::default();
+    for i in 0..(2 * LIST_PAGE + 500) {
+        set.set(&many, &format!("k{i:05}"), b"v".to_vec()).unwrap();
+    }
+    kv.commit(&set).await.unwrap();
+    let (mut seen, mut pages, mut cursor) = (BTreeSet::new(), 0, None);
+    loop {
+        let (keys, next) = kv.list_keys(&many, cursor).await.unwrap();
+        assert!(keys.len() <= 2 * LIST_PAGE, "a page of {}", keys.len());
+        pages += 1;
+        seen.extend(keys);
+        match next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 2 * LIST_PAGE + 500);
+    assert!(pages > 1, "{pages} pages");
+
+    // Increments are INCRBY: exact under concurrency.
+    let counter = Namespace::new("order", "orders").unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (kv, ns) = (kv.clone(), counter.clone());
+            tokio::spawn(async move {
+                for _ in 0..250 {
+                    kv.increment(&ns, "next-id", 1).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(kv.increment(&counter, "next-id", 0).await.unwrap(), 2000);
+    kv.set(&counter, "word", b"abc").await.unwrap();
+    let err = kv.increment(&counter, "word", 1).await.unwrap_err();
+    assert!(err.to_string().contains("not a decimal"), "{err}");
+
+    // A server that goes away: a clear error naming it, within the
+    // response timeout, and service again once it is back.
+    server.stop();
+    let started = std::time::Instant::now();
+    let err = kv.get(&user, "k").await.unwrap_err();
+    assert!(
+        started.elapsed() < wasmhost::redis_kv::RESPONSE_TIMEOUT * 3,
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(format!("{err:#}").contains("unreachable"), "{err:#}");
+    assert!(kv.is_failing());
+    server.restart();
+    let back = wait_until("the connection recovers", Duration::from_secs(10), || {
+        block_on_ok(kv.set(&user, "k", b"again"))
+    });
+    assert!(back);
+    assert!(!kv.is_failing());
+}
+
+/// Polls an async call from a blocking `wait_until` (the test's runtime
+/// is multi-threaded, so blocking in place is allowed).
+fn block_on_ok(call: impl std::future::Future<Output = anyhow::Result<()>>) -> Option<bool> {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(call))
+        .ok()
+        .map(|()| true)
+}
+
+#[test]
+fn three_replicas_count_exactly_and_share_their_data() {
+    let Some(server) = redis("three_replicas_count_exactly_and_share_their_data") else {
+        return;
+    };
+    let replicas: Vec<TestHost> = (0..3).map(|_| replica(&server)).collect();
+    for r in &replicas {
+        assert!(
+            r.log().contains("key-value data on the cluster's Redis"),
+            "{}",
+            r.log()
+        );
+    }
+    // 3 replicas × 4 clients create 10,000 users: every id is given once.
+    const TOTAL: usize = 10_000;
+    const CLIENTS: usize = 4;
+    let urls: Vec<String> = replicas.iter().map(|r| r.url("/users")).collect();
+    let ids: Vec<Vec<u64>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..replicas.len() * CLIENTS)
+            .map(|w| {
+                let url = urls[w % urls.len()].clone();
+                let workers = urls.len() * CLIENTS;
+                scope.spawn(move || {
+                    let client = reqwest::blocking::Client::new();
+                    let share = TOTAL / workers + usize::from(w < TOTAL % workers);
+                    (0..share)
+                        .map(|i| {
+                            let reply = client
+                                .post(&url)
+                                .header("content-type", "application/json")
+                                .body(format!(
+                                    r#"{{"name":"u{w}-{i}","email":"u{w}-{i}@example.com"}}"#
+                                ))
+                                .send()
+                                .unwrap();
+                            assert_eq!(reply.status().as_u16(), 201, "{:?}", reply.text());
+                            let user: serde_json::Value = reply.json().unwrap();
+                            user["id"].as_u64().unwrap()
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let all: BTreeSet<u64> = ids.iter().flatten().copied().collect();
+    assert_eq!(ids.iter().map(Vec::len).sum::<usize>(), TOTAL);
+    assert_eq!(all.len(), TOTAL, "an id was given twice");
+    assert_eq!(all.first(), Some(&1));
+    assert_eq!(all.last(), Some(&(TOTAL as u64)));
+    assert_eq!(
+        server.command("GET wh:{user}:users:next-id").as_deref(),
+        Some("$5\r\n10000\r\n")
+    );
+
+    // A user created through one replica is read through the others.
+    let created = replicas[0]
+        .post_json(
+            "/users",
+            serde_json::json!({"name": "ada", "email": "ada@example.com"}),
+        )
+        .json();
+    let id = created["id"].as_u64().unwrap();
+    for r in &replicas[1..] {
+        let seen = r.get(&format!("/users/{id}"));
+        seen.expect_status(200);
+        assert_eq!(seen.json()["name"], "ada");
+    }
+}
+
+#[test]
+fn a_hosts_data_moves_into_the_cluster() {
+    let Some(server) = redis("a_hosts_data_moves_into_the_cluster") else {
+        return;
+    };
+    // One host on its own store makes three users, then stops.
+    let alone = user_host().start();
+    for name in ["ada", "grace", "edsger"] {
+        alone
+            .post_json(
+                "/users",
+                serde_json::json!({"name": name, "email": format!("{name}@example.com")}),
+            )
+            .expect_status(201);
+    }
+    let state = alone.state().to_path_buf();
+    let plugins = tempfile::tempdir().unwrap();
+    let file = plugins.path().join("kv.jsonl");
+    let kept = tempfile::tempdir().unwrap();
+    copy_dir(&state, kept.path());
+    drop(alone);
+
+    let export = std::process::Command::new(bin())
+        .args(["kv", "export", "--state"])
+        .arg(kept.path())
+        .arg("--file")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&export.stderr);
+    assert!(export.status.success(), "{said}");
+    assert!(said.contains("exported 4 keys"), "{said}");
+    let import = std::process::Command::new(bin())
+        .args(["kv", "import", "--cluster", &server.url(), "--file"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&import.stderr);
+    assert!(import.status.success(), "{said}");
+    assert!(said.contains("imported 4 keys"), "{said}");
+
+    // A replica on the cluster serves them and carries on the ids.
+    let replica = replica(&server);
+    let listed = replica.get("/users").json();
+    let names: BTreeSet<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, BTreeSet::from(["ada", "edsger", "grace"]));
+    let next = replica
+        .post_json(
+            "/users",
+            serde_json::json!({"name": "barbara", "email": "barbara@example.com"}),
+        )
+        .json();
+    assert_eq!(next["id"], 4);
+
+    // And the cluster exports what it holds, on stdout.
+    let back = std::process::Command::new(bin())
+        .args(["kv", "export", "--cluster", &server.url()])
+        .output()
+        .unwrap();
+    assert!(back.status.success());
+    let lines = String::from_utf8(back.stdout).unwrap();
+    assert_eq!(lines.lines().count(), 5, "{lines}");
+    assert!(lines.contains(r#""key":"next-id","value":"4""#), "{lines}");
+
+    // A bad line stops the import before anything is written.
+    std::fs::write(&file, "{\"service\":\"user\"}\n").unwrap();
+    let bad = std::process::Command::new(bin())
+        .args(["kv", "import", "--cluster", &server.url(), "--file"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(said.contains("line 1 is not an exported entry"), "{said}");
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_replica_outlives_its_redis_going_away() {
+    let Some(mut server) = redis("a_replica_outlives_its_redis_going_away") else {
+        return;
+    };
+    let replica = replica(&server);
+    replica
+        .post_json(
+            "/users",
+            serde_json::json!({"name": "ada", "email": "ada@example.com"}),
+        )
+        .expect_status(201);
+    server.stop();
+    let failed = replica.get("/users/1");
+    assert_eq!(
+        failed.status,
+        500,
+        "{}",
+        String::from_utf8_lossy(&failed.body)
+    );
+    let body = String::from_utf8_lossy(&failed.body).into_owned();
+    assert!(body.contains("unreachable"), "{body}");
+    // It stays ready (every replica shares the Redis: failing readiness
+    // would take them all out) and says once what is wrong.
+    replica
+        .get("/.well-known/wasmhost/ready")
+        .expect_status(200);
+    replica.get("/users/1");
+    replica.wait_for_log(
+        &["the shared key-value store is unreachable"],
+        Duration::from_secs(5),
+    );
+    assert_eq!(
+        replica
+            .log()
+            .matches("the shared key-value store is unreachable")
+            .count(),
+        1
+    );
+    server.restart();
+    // The restarted server is empty (it saves nothing): the id starts again.
+    let again = wait_until("the replica writes again", Duration::from_secs(15), || {
+        let reply = replica.post_json(
+            "/users",
+            serde_json::json!({"name": "grace", "email": "grace@example.com"}),
+        );
+        (reply.status == 201).then(|| reply.json())
+    });
+    assert_eq!(again["id"], 1);
+    replica.wait_for_log(
+        &["the shared key-value store answers again"],
+        Duration::from_secs(5),
+    );
+}
+
+#[test]
+fn a_replica_without_its_redis_does_not_start() {
+    let plugins = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let url = format!("redis://127.0.0.1:{}", free_port());
+    let out = serve_command(plugins.path(), state.path())
+        .args(["--cluster", &url])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("does not answer"), "{said}");
+    assert!(said.contains("127.0.0.1"), "{said}");
+    let out = serve_command(plugins.path(), state.path())
+        .args(["--cluster", "http://not-redis"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("is not a Redis URL"), "{said}");
+}
