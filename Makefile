@@ -178,6 +178,7 @@ bench: bench-guests host
 	$(CARGO) build --release -p wasmhost-bench
 	bench/run.sh full
 	bench/messages.sh full
+	bench/cluster.sh full
 	bench/instructions.sh full
 	$(CARGO) bench -p wasmhost --bench request
 	bench/figures.py
@@ -190,6 +191,7 @@ bench-quick: bench-guests
 	$(CARGO) build --workspace --all-targets
 	BIN_DIR=target/debug CACHE_DIR=$(TEST_CACHE) bench/run.sh quick
 	BIN_DIR=target/debug CACHE_DIR=$(TEST_CACHE) bench/messages.sh quick
+	BIN_DIR=target/debug CACHE_DIR=$(TEST_CACHE) bench/cluster.sh quick
 	BIN_DIR=target/debug CACHE_DIR=$(TEST_CACHE) bench/instructions.sh quick
 	$(CARGO) test -p wasmhost --bench request
 	BIN_DIR=target/debug bench/figures.py --quick

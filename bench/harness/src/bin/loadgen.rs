@@ -1,9 +1,11 @@
 //! A closed-loop HTTP/1.1 load generator: `loadgen URL CONNECTIONS SECONDS`.
 //! Each connection sends GET URL, waits for the whole response, and sends
 //! the next; prints one JSON line: requests, errors, rps, p50_ms, p99_ms.
+//! With `LOADGEN_BODY=JSON` set it sends `POST URL` with that JSON body
+//! instead (a write per request).
 
 use anyhow::{bail, Context, Result};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use std::time::{Duration, Instant};
 
@@ -23,11 +25,12 @@ async fn main() -> Result<()> {
     );
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let body = std::env::var("LOADGEN_BODY").ok().map(bytes::Bytes::from);
     let mut tasks = Vec::new();
     for _ in 0..connections {
-        let (addr, path) = (addr.clone(), path.clone());
+        let (addr, path, body) = (addr.clone(), path.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
-            connection(&addr, &path, deadline).await
+            connection(&addr, &path, body, deadline).await
         }));
     }
     let started = Instant::now();
@@ -53,7 +56,12 @@ async fn main() -> Result<()> {
 }
 
 /// One keep-alive connection sending requests until `deadline`.
-async fn connection(addr: &str, path: &str, deadline: Instant) -> Result<(Vec<u32>, u64)> {
+async fn connection(
+    addr: &str,
+    path: &str,
+    body: Option<bytes::Bytes>,
+    deadline: Instant,
+) -> Result<(Vec<u32>, u64)> {
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .with_context(|| format!("connect {addr}"))?;
@@ -62,9 +70,15 @@ async fn connection(addr: &str, path: &str, deadline: Instant) -> Result<(Vec<u3
     tokio::spawn(conn);
     let (mut latencies, mut errors) = (Vec::new(), 0u64);
     while Instant::now() < deadline {
-        let req = hyper::Request::get(path)
-            .header("host", addr)
-            .body(Empty::<bytes::Bytes>::new())?;
+        let req = match &body {
+            Some(b) => hyper::Request::post(path)
+                .header("host", addr)
+                .header("content-type", "application/json")
+                .body(Full::new(b.clone()))?,
+            None => hyper::Request::get(path)
+                .header("host", addr)
+                .body(Full::new(bytes::Bytes::new()))?,
+        };
         let t0 = Instant::now();
         match sender.send_request(req).await {
             Ok(resp) => {
