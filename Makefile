@@ -23,7 +23,7 @@ NOTIFY_VERSION    := $(shell sed -n 's/^version = "\(.*\)"/\1/p' plugins/notify/
 CATALOG_VERSION   := $(shell sed -n 's/^  "version": "\(.*\)",/\1/p' plugins/catalog-js/package.json)
 crate_version = $(shell sed -n 's/^version = "\(.*\)"/\1/p' $(PLUGIN_DIR)/$(1)/Cargo.toml | head -n1)
 
-.PHONY: help run install test ui-deps plugins polyglot host setup lint fmt component-check fuzz bench bench-quick bench-guests clean
+.PHONY: help run install test ui-deps cluster-deps plugins polyglot host setup lint fmt component-check fuzz bench bench-quick bench-guests clean
 
 help:
 	@echo "make run              build the example plugins and the host, serve on http://$(LISTEN)"
@@ -133,7 +133,15 @@ ui-deps:
 	@test -x "$${WASMHOST_CHROMIUM:-/usr/bin/chromium}" || \
 		echo "    chromium is missing (apt-get install -y chromium): the browser test will say it skipped"
 
-test: plugins ui-deps
+## The cluster tests start their own redis-server (Debian's package); the
+## benchmark also haproxy. Without them the tests say they skipped.
+cluster-deps:
+	@command -v redis-server >/dev/null || \
+		echo "    redis-server is missing (apt-get install -y redis-server): the cluster tests (tests/cluster.rs) skip, each saying why"
+	@command -v haproxy >/dev/null || \
+		echo "    haproxy is missing (apt-get install -y haproxy): make bench skips the replicas figure"
+
+test: plugins ui-deps cluster-deps
 	@echo "==> running every test (the first build compiles wasmtime and takes several minutes)"
 	$(CARGO) test --workspace --no-fail-fast
 

@@ -8,6 +8,10 @@
 //! is a [`Change::Canary`] for the control plane, which applies it only if
 //! the canary is still at the step the analyst saw, persists it, and swaps
 //! it in like any other release change.
+//!
+//! On a cluster (`--cluster`) no replica decides on its own numbers: until
+//! one decider judges the replicas' merged metrics, analysis holds there,
+//! and says so once per canary; operators step, promote or roll back.
 
 use crate::control::{Change, Control};
 use crate::manifest::Manifest;
@@ -38,9 +42,24 @@ struct Window {
 /// (never waiting on a writer) and hands its decisions to the control plane.
 pub async fn analyst(control: Arc<Control>) {
     let mut windows: HashMap<String, Window> = HashMap::new();
+    let mut held = std::collections::BTreeSet::new();
     loop {
         tokio::time::sleep(TICK).await;
         let snapshot = control.snapshot();
+        if control.shared().is_some() {
+            for (service, release) in &snapshot.release.services {
+                if let Some(canary) = &release.canary {
+                    if held.insert((service.clone(), canary.candidate.clone())) {
+                        tracing::warn!(
+                            service = %service,
+                            version = %canary.candidate,
+                            "canary analysis holds on a cluster replica (no replica acts on its own numbers): set weights, promote or roll back through the admin API"
+                        );
+                    }
+                }
+            }
+            continue;
+        }
         if !snapshot
             .release
             .services

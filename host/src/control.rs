@@ -79,6 +79,9 @@ pub enum Change {
         /// Why and for how long, for the history.
         detail: String,
     },
+    /// The cluster's release document, written by another replica: in
+    /// effect here if its epoch is newer than the one applied.
+    Remote(ReleaseState),
 }
 
 /// The end of a scan: the release rules compare what it started from with
@@ -114,6 +117,9 @@ pub struct Control {
     state_dir: PathBuf,
     /// Whether the host is ready for traffic, or draining.
     health: Arc<crate::health::Health>,
+    /// On a cluster, the release document every replica serves: changes
+    /// are written there (compare-and-set on its epoch), not to the file.
+    shared: Option<crate::shared_release::SharedRelease>,
 }
 
 impl Control {
@@ -133,7 +139,19 @@ impl Control {
             watch_events: Default::default(),
             state_dir,
             health: Arc::default(),
+            shared: None,
         }
+    }
+
+    /// Keeps the release state in the cluster's release document.
+    pub fn with_shared(mut self, shared: crate::shared_release::SharedRelease) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    /// The cluster's release document, on a cluster.
+    pub fn shared(&self) -> Option<&crate::shared_release::SharedRelease> {
+        self.shared.as_ref()
     }
 
     /// The host's readiness and drain state.
@@ -172,9 +190,38 @@ impl Control {
     /// Applies `change`: on success the new snapshot is in effect (and a
     /// release change persisted); on error nothing changed.
     pub async fn apply(&self, change: Change) -> Result<Applied, ReleaseError> {
+        self.apply_based_on(change, None).await
+    }
+
+    /// [`Control::apply`] of an operator's change made after reading the
+    /// release at epoch `based_on` (`If-Match`): refused with
+    /// [`ReleaseError::Stale`] unless that is still the epoch.
+    pub async fn apply_based_on(
+        &self,
+        change: Change,
+        based_on: Option<u64>,
+    ) -> Result<Applied, ReleaseError> {
         let _writer = self.write.lock().await;
         let before = self.snapshot.load_full();
         let mut release = before.release.clone();
+        if let Change::Remote(remote) = change {
+            if remote.epoch > before.release.epoch {
+                release = remote;
+                tracing::info!(
+                    epoch = release.epoch,
+                    "applied the cluster's release document"
+                );
+            }
+            let (loading, scans) = (before.loading.clone(), before.scans);
+            return Ok(self.publish(before, release, None, loading, scans, String::new()));
+        }
+        let epoch = before.release.epoch;
+        if let Some(based_on) = based_on.filter(|b| *b != epoch) {
+            return Err(ReleaseError::Stale {
+                current: epoch,
+                based_on,
+            });
+        }
         let scans =
             before.scans + u64::from(matches!(change, Change::Rescan { done: Some(_), .. }));
         let (registry, loading, detail, persist) = match change {
@@ -220,16 +267,59 @@ impl Control {
             }
         };
         if persist {
-            if let Err(e) = release.save(&self.state_dir) {
-                let error = ReleaseError::Persist(format!("{e:#}"));
+            if let Err(error) = self.persist(&mut release, epoch).await {
                 if registry.is_none() {
                     return Err(error);
                 }
-                // A rescan still takes effect, without its release change.
-                tracing::error!(%error, "serving the rescan without its release change");
+                // A rescan still takes effect, without its release change
+                // (on a cluster: another replica wrote it first, and its
+                // document arrives as a notice).
+                match &error {
+                    ReleaseError::Stale { .. } => {
+                        tracing::info!(%error, "serving the rescan with the cluster's release, not this replica's change")
+                    }
+                    _ => tracing::error!(%error, "serving the rescan without its release change"),
+                }
                 release = before.release.clone();
             }
         }
+        Ok(self.publish(before, release, registry, loading, scans, detail))
+    }
+
+    /// Writes `release` as the change after epoch `epoch`: to the cluster's
+    /// document (compare-and-set), or to the state file.
+    async fn persist(&self, release: &mut ReleaseState, epoch: u64) -> Result<(), ReleaseError> {
+        match &self.shared {
+            Some(shared) => match shared.save(release, epoch).await {
+                Ok(crate::shared_release::Saved::Stored(next)) => {
+                    release.epoch = next;
+                    Ok(())
+                }
+                Ok(crate::shared_release::Saved::Stale(current)) => Err(ReleaseError::Stale {
+                    current,
+                    based_on: epoch,
+                }),
+                Err(e) => Err(ReleaseError::Persist(format!("{e:#}"))),
+            },
+            None => {
+                release.epoch = epoch + 1;
+                release
+                    .save(&self.state_dir)
+                    .map_err(|e| ReleaseError::Persist(format!("{e:#}")))
+            }
+        }
+    }
+
+    /// Puts `release` (with `registry`, or the one served) in effect.
+    fn publish(
+        &self,
+        before: Arc<Snapshot>,
+        release: ReleaseState,
+        registry: Option<Registry>,
+        loading: Vec<Loading>,
+        scans: u64,
+        detail: String,
+    ) -> Applied {
         let registry = registry
             .as_ref()
             .unwrap_or(&before.registry)
@@ -241,11 +331,11 @@ impl Control {
             scans,
         });
         self.snapshot.store(after.clone());
-        Ok(Applied {
+        Applied {
             before,
             after,
             detail,
-        })
+        }
     }
 }
 

@@ -113,11 +113,15 @@ impl HostBuilder {
             .plugins_dir
             .canonicalize()
             .unwrap_or_else(|_| config.plugins_dir.clone());
-        let control = Arc::new(Control::new(
+        let mut control = Control::new(
             crate::registry::Registry::default(),
             release,
             state_dir.clone(),
-        ));
+        );
+        if let crate::store::Store::Redis(redis) = &store {
+            control = control.with_shared(crate::shared_release::SharedRelease::new(redis.clone()));
+        }
+        let control = Arc::new(control);
         let dispatcher = Dispatcher::new(engine, control.handle(), kv, store);
         Ok(Host {
             config,
@@ -192,7 +196,8 @@ impl Host {
 
     /// Checks that the services' key-value store answers: on the cluster's
     /// Redis, a wrong address or a server that is down stops the start with
-    /// an error naming it, instead of failing every request later.
+    /// an error naming it, instead of failing every request later. On a
+    /// cluster it then takes up the cluster's release document.
     pub async fn check_store(&self) -> Result<()> {
         if let crate::store::Store::Redis(redis) = self.dispatcher.store() {
             redis.ping().await.with_context(|| {
@@ -202,6 +207,11 @@ impl Host {
                 )
             })?;
             tracing::info!(redis = %redis.addr(), "key-value data on the cluster's Redis, shared by every replica");
+        }
+        if let Some(shared) = self.control.shared() {
+            crate::release_follower::join(&self.control, shared)
+                .await
+                .context("cannot read the cluster's release document")?;
         }
         Ok(())
     }

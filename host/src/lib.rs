@@ -54,11 +54,13 @@ pub mod proxy;
 pub mod redis_kv;
 pub mod registry;
 pub mod release;
+pub mod release_follower;
 pub mod release_state;
 pub mod resilience;
 pub mod router;
 pub mod sandbox;
 pub mod server;
+pub mod shared_release;
 pub mod shutdown;
 pub mod spec;
 pub mod status;
@@ -123,6 +125,11 @@ pub async fn run(
         host.timeline().clone(),
     ));
     let delivery = tokio::spawn(delivery::run(host.dispatcher().clone()));
+    let follower = host
+        .control()
+        .shared()
+        .cloned()
+        .map(|shared| tokio::spawn(release_follower::follow(host.control().clone(), shared)));
     let ejections = host
         .dispatcher()
         .take_ejections()
@@ -179,6 +186,9 @@ pub async fn run(
     analyst.abort();
     sampler.abort();
     delivery.abort();
+    if let Some(task) = follower {
+        task.abort();
+    }
     if let Some(task) = ejections {
         task.abort();
     }

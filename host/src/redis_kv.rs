@@ -33,6 +33,7 @@ const SCAN_COUNT: usize = 1000;
 #[derive(Clone)]
 pub struct RedisKv {
     conn: ConnectionManager,
+    client: redis::Client,
     shared: Arc<Shared>,
 }
 
@@ -99,10 +100,11 @@ impl RedisKv {
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .with_context(|| format!("cannot use the Redis at {addr}"))?;
         Ok(Self {
             conn,
+            client,
             shared: Arc::new(Shared {
                 addr,
                 failing: AtomicBool::new(false),
@@ -113,6 +115,16 @@ impl RedisKv {
     /// The server's address (no credentials).
     pub fn addr(&self) -> &str {
         &self.shared.addr
+    }
+
+    /// The shared connection, for another user of the same server.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// The client, for a connection of its own (a subscription).
+    pub fn client(&self) -> &redis::Client {
+        &self.client
     }
 
     /// Whether the last operation could not reach the server.
@@ -129,7 +141,7 @@ impl RedisKv {
 
     /// `result`, with an error that names the server, and the episode of
     /// failures logged once (and its end).
-    fn checked<T>(&self, result: redis::RedisResult<T>) -> Result<T> {
+    pub fn checked<T>(&self, result: redis::RedisResult<T>) -> Result<T> {
         match result {
             Ok(v) => {
                 if self.shared.failing.swap(false, Ordering::AcqRel) {

@@ -28,6 +28,10 @@ pub const MAX_HISTORY: usize = 100;
 /// The release state of every service.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ReleaseState {
+    /// Changes persisted so far: on a cluster, the release document's
+    /// epoch (a write based on an older one is refused).
+    #[serde(default)]
+    pub epoch: u64,
     /// Per service.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceRelease>,
@@ -136,32 +140,31 @@ impl ReleaseState {
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(FILE);
         match std::fs::read(&path) {
-            Ok(bytes) => {
-                let state: Self = serde_json::from_slice(&bytes).with_context(|| {
-                    format!(
-                        "release state {} is corrupt; move it aside to start afresh",
-                        path.display()
-                    )
-                })?;
-                // Weights that cannot apply would send the traffic somewhere
-                // nobody chose: refuse them here, naming the service.
-                for (service, entry) in &state.services {
-                    if let Some(weights) = &entry.weights {
-                        crate::spec::validate_weights(weights).with_context(|| {
-                            format!(
-                                "release state {}: the weights of `{service}` are invalid; fix them or move the file aside to start afresh",
-                                path.display()
-                            )
-                        })?;
-                    }
-                }
-                Ok(state)
-            }
+            Ok(bytes) => Self::parse(&bytes, &format!("release state {}", path.display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(e) => {
                 Err(e).with_context(|| format!("failed to read release state {}", path.display()))
             }
         }
+    }
+
+    /// The state encoded in `bytes`, refused (naming `origin`) when it is
+    /// not JSON of this shape or its weights cannot apply.
+    pub fn parse(bytes: &[u8], origin: &str) -> Result<Self> {
+        let state: Self = serde_json::from_slice(bytes)
+            .with_context(|| format!("{origin} is corrupt; move it aside to start afresh"))?;
+        // Weights that cannot apply would send the traffic somewhere
+        // nobody chose: refuse them here, naming the service.
+        for (service, entry) in &state.services {
+            if let Some(weights) = &entry.weights {
+                crate::spec::validate_weights(weights).with_context(|| {
+                    format!(
+                        "{origin}: the weights of `{service}` are invalid; fix them or move it aside to start afresh"
+                    )
+                })?;
+            }
+        }
+        Ok(state)
     }
 
     /// Writes the state to `dir` atomically and durably.
@@ -207,6 +210,15 @@ pub enum ReleaseError {
     /// The new state could not be written; the old one stays in effect.
     #[error("could not persist the release state: {0}")]
     Persist(String),
+    /// The change was based on an older epoch than the release's own
+    /// (another replica, or another operator, changed it first).
+    #[error("the release changed first (it is at epoch {current}, this change was based on epoch {based_on}): read it again and retry")]
+    Stale {
+        /// The epoch now.
+        current: u64,
+        /// The epoch the change was based on.
+        based_on: u64,
+    },
 }
 
 impl ReleaseError {
@@ -215,6 +227,7 @@ impl ReleaseError {
         match self {
             ReleaseError::UnknownService(_) => http::StatusCode::NOT_FOUND,
             ReleaseError::Persist(_) => http::StatusCode::INTERNAL_SERVER_ERROR,
+            ReleaseError::Stale { .. } => http::StatusCode::CONFLICT,
             ReleaseError::UnknownVersion { .. }
             | ReleaseError::Invalid(_)
             | ReleaseError::NoStable(_)

@@ -62,6 +62,11 @@ pub struct ServiceView {
     /// (`GET /admin/services/NAME` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stable: Option<String>,
+    /// The epoch of the release state in effect on this host: on a
+    /// cluster, of the release document it applied last. Send it back as
+    /// `If-Match` to change the release only if nobody changed it since.
+    #[serde(default)]
+    pub release_epoch: u64,
     /// A canary in progress (`GET /admin/services/NAME` only).
     #[serde(default)]
     pub canary: Option<Canary>,

@@ -366,3 +366,182 @@ fn a_replica_without_its_redis_does_not_start() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("is not a Redis URL"), "{said}");
 }
+
+/// Replicas with user 1.0.0 and 1.1.0 (the same build under two versions).
+fn two_version_replicas(redis: &Redis, n: usize) -> Vec<TestHost> {
+    (0..n)
+        .map(|_| {
+            TestHost::empty()
+                .add(USER, "user@1.0.0.wasm")
+                .add(USER, "user@1.1.0.wasm")
+                .with(|p| {
+                    p.copy_manifest("user.toml");
+                })
+                .args(&["--cluster", &redis.url()])
+                .start()
+        })
+        .collect()
+}
+
+/// The release epoch a replica serves.
+fn epoch_of(host: &TestHost) -> u64 {
+    host.admin("GET", "/admin/services/user", None, None).json()["release_epoch"]
+        .as_u64()
+        .unwrap()
+}
+
+/// `PUT /admin/services/user/release` on `host`, with `If-Match` when given.
+fn put_weights(host: &TestHost, old: u32, if_match: Option<u64>) -> (u16, serde_json::Value) {
+    let mut req = reqwest::blocking::Client::new()
+        .put(format!(
+            "http://{}/admin/services/user/release",
+            host.admin_addr()
+        ))
+        .bearer_auth(wasmhost_test_support::ADMIN_TOKEN)
+        .body(
+            serde_json::json!({
+                "weights": {"1.0.0": old, "1.1.0": 100 - old},
+                "sticky": "header:x-user-id",
+            })
+            .to_string(),
+        );
+    if let Some(epoch) = if_match {
+        req = req.header("if-match", format!("\"{epoch}\""));
+    }
+    let reply = req.send().unwrap();
+    let status = reply.status().as_u16();
+    (status, reply.json().unwrap())
+}
+
+/// Waits until every replica serves epoch `epoch` or later.
+fn all_at(replicas: &[TestHost], epoch: u64) {
+    wait_until(
+        "every replica applies the epoch",
+        Duration::from_secs(10),
+        || replicas.iter().all(|r| epoch_of(r) >= epoch).then_some(()),
+    );
+}
+
+#[test]
+fn one_release_document_for_every_replica() {
+    let Some(server) = redis("one_release_document_for_every_replica") else {
+        return;
+    };
+    let replicas = two_version_replicas(&server, 3);
+    let start = replicas.iter().map(epoch_of).max().unwrap();
+    all_at(&replicas, start);
+
+    // A change on any replica is applied by the others (pub/sub), p99 ≤ 1 s
+    // over 50 changes.
+    let mut delays = Vec::new();
+    for trial in 0..50usize {
+        let writer = &replicas[trial % 3];
+        let (status, view) = put_weights(writer, if trial % 2 == 0 { 90 } else { 80 }, None);
+        assert_eq!(status, 200, "{view}");
+        let epoch = view["release_epoch"].as_u64().unwrap();
+        let started = std::time::Instant::now();
+        for (i, other) in replicas.iter().enumerate() {
+            if i == trial % 3 {
+                continue;
+            }
+            wait_until(
+                "a replica applies the change",
+                Duration::from_secs(5),
+                || (epoch_of(other) >= epoch).then_some(()),
+            );
+            delays.push(started.elapsed());
+        }
+    }
+    delays.sort();
+    let p99 = delays[delays.len() * 99 / 100 - 1];
+    eprintln!(
+        "release propagation over {} applications: p50 {:?}, p99 {:?}, max {:?}",
+        delays.len(),
+        delays[delays.len() / 2],
+        p99,
+        delays[delays.len() - 1]
+    );
+    assert!(p99 <= Duration::from_secs(1), "p99 {p99:?}");
+
+    // With the notices cut (Redis drops every subscriber), the 2 s poll
+    // still brings each change, within 2.5 s.
+    let mut slowest = Duration::ZERO;
+    for trial in 0..5usize {
+        let killed = server.command("CLIENT KILL TYPE pubsub").unwrap();
+        assert!(killed.starts_with(':'), "{killed}");
+        let (status, view) = put_weights(&replicas[0], if trial % 2 == 0 { 90 } else { 80 }, None);
+        assert_eq!(status, 200, "{view}");
+        let epoch = view["release_epoch"].as_u64().unwrap();
+        let started = std::time::Instant::now();
+        for other in &replicas[1..] {
+            wait_until("a replica polls the change", Duration::from_secs(5), || {
+                (epoch_of(other) >= epoch).then_some(())
+            });
+        }
+        slowest = slowest.max(started.elapsed());
+    }
+    eprintln!("release propagation with the notices cut: slowest of 5 {slowest:?}");
+    assert!(slowest <= Duration::from_millis(2500), "{slowest:?}");
+    replicas[1].wait_for_log(&["the release notices stopped"], Duration::from_secs(1));
+
+    // Two writers that read the same epoch: one wins, the other gets 409.
+    let epoch = epoch_of(&replicas[0]);
+    all_at(&replicas, epoch);
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| put_weights(&replicas[1], 70, Some(epoch)));
+        let b = s.spawn(|| put_weights(&replicas[2], 60, Some(epoch)));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let mut statuses = [a.0, b.0];
+    statuses.sort();
+    assert_eq!(statuses, [200, 409], "{a:?} {b:?}");
+    let refused = if a.0 == 409 { &a.1 } else { &b.1 };
+    assert!(
+        refused["error"].as_str().unwrap().contains("changed first"),
+        "{refused}"
+    );
+    // A stale If-Match on one replica is refused too, and changes nothing.
+    let (status, _) = put_weights(&replicas[0], 50, Some(epoch));
+    assert_eq!(status, 409);
+    all_at(&replicas, epoch + 1);
+    for r in &replicas {
+        assert_eq!(epoch_of(r), epoch + 1);
+    }
+}
+
+#[test]
+fn a_sticky_user_sees_one_version_on_every_replica() {
+    let Some(server) = redis("a_sticky_user_sees_one_version_on_every_replica") else {
+        return;
+    };
+    let replicas = two_version_replicas(&server, 3);
+    let (status, view) = put_weights(&replicas[0], 90, None);
+    assert_eq!(status, 200, "{view}");
+    all_at(&replicas, view["release_epoch"].as_u64().unwrap());
+
+    let client = reqwest::blocking::Client::new();
+    let version = |r: &TestHost, user: &str| -> String {
+        let reply = client
+            .get(r.url("/users"))
+            .header("x-user-id", user)
+            .send()
+            .unwrap();
+        assert_eq!(reply.status(), 200);
+        reply.headers()["x-wasmhost-version"]
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    // 1,000 users × 3 replicas × 3 requests.
+    let mut on_candidate = 0;
+    for u in 0..1000 {
+        let user = format!("user-{u}");
+        let seen: BTreeSet<String> = (0..9).map(|i| version(&replicas[i % 3], &user)).collect();
+        assert_eq!(seen.len(), 1, "{user} saw {seen:?}");
+        on_candidate += usize::from(seen.contains("1.1.0"));
+    }
+    assert!(
+        (80..=120).contains(&on_candidate),
+        "expected 10% ± 2 of users on 1.1.0, got {on_candidate} of 1000"
+    );
+}

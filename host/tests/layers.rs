@@ -25,6 +25,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("kv", 0),
     ("redis_kv", 0),
     ("store", 0),
+    ("shared_release", 0),
     ("messages", 0),
     ("plugin", 0),
     ("files", 0),
@@ -53,6 +54,7 @@ const LAYERS: &[(&str, u8)] = &[
     // L4 — the edges
     ("control", 4),
     ("canary", 4),
+    ("release_follower", 4),
     ("ejections", 4),
     ("delivery", 4),
     ("watcher", 4),

@@ -229,6 +229,7 @@ async fn show(State(admin): State<Admin>, Path(name): Path<String>) -> Response 
         .cloned()
         .unwrap_or_default();
     view.loading = loading;
+    view.release_epoch = snapshot.release.epoch;
     view.stable = release.stable.clone();
     view.canary = release.canary;
     view.history = release.history;
@@ -241,7 +242,36 @@ async fn show(State(admin): State<Admin>, Path(name): Path<String>) -> Response 
         })
         .map(load_error_view)
         .collect();
-    Json(view).into_response()
+    with_etag(Json(view).into_response(), snapshot.release.epoch)
+}
+
+/// `response` with the release epoch as its entity tag.
+fn with_etag(mut response: Response, epoch: u64) -> Response {
+    if let Ok(value) = header::HeaderValue::from_str(&format!("\"{epoch}\"")) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    response
+}
+
+/// The epoch an `If-Match` header names (`"12"` or `12`), `Ok(None)`
+/// without one, or a 400.
+fn if_match(headers: &header::HeaderMap) -> Result<Option<u64>, Box<Response>> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .map(|v| v.trim().trim_start_matches("W/").trim_matches('"'))
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            Box::new(error_response(
+                StatusCode::BAD_REQUEST,
+                "If-Match must be a release epoch (the ETag or `release_epoch` of GET /admin/services/NAME)",
+                None,
+            ))
+        })
 }
 
 /// The body of `PUT …/release`.
@@ -263,6 +293,7 @@ struct PromoteBody {
 async fn release(
     State(admin): State<Admin>,
     Path(name): Path<String>,
+    headers: header::HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     let body = match json_body::<ReleaseBody>(&body) {
@@ -274,12 +305,13 @@ async fn release(
         weights: body.weights,
         sticky: body.sticky,
     };
-    respond(&admin, &name, "release", change).await
+    respond(&admin, &name, "release", &headers, change).await
 }
 
 async fn promote(
     State(admin): State<Admin>,
     Path(name): Path<String>,
+    headers: header::HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     let body = match json_body::<PromoteBody>(&body) {
@@ -290,30 +322,42 @@ async fn promote(
         service: name.clone(),
         version: body.version,
     };
-    respond(&admin, &name, "promote", change).await
+    respond(&admin, &name, "promote", &headers, change).await
 }
 
-async fn rollback(State(admin): State<Admin>, Path(name): Path<String>) -> Response {
+async fn rollback(
+    State(admin): State<Admin>,
+    Path(name): Path<String>,
+    headers: header::HeaderMap,
+) -> Response {
     let change = Change::Rollback {
         service: name.clone(),
     };
-    respond(&admin, &name, "rollback", change).await
+    respond(&admin, &name, "rollback", &headers, change).await
 }
 
-async fn pause(State(admin): State<Admin>, Path(name): Path<String>) -> Response {
+async fn pause(
+    State(admin): State<Admin>,
+    Path(name): Path<String>,
+    headers: header::HeaderMap,
+) -> Response {
     let change = Change::Pause {
         service: name.clone(),
         paused: true,
     };
-    respond(&admin, &name, "pause", change).await
+    respond(&admin, &name, "pause", &headers, change).await
 }
 
-async fn resume(State(admin): State<Admin>, Path(name): Path<String>) -> Response {
+async fn resume(
+    State(admin): State<Admin>,
+    Path(name): Path<String>,
+    headers: header::HeaderMap,
+) -> Response {
     let change = Change::Pause {
         service: name.clone(),
         paused: false,
     };
-    respond(&admin, &name, "resume", change).await
+    respond(&admin, &name, "resume", &headers, change).await
 }
 
 /// `POST /admin/drain`: ready turns 503 at once; the host serves for the
@@ -342,12 +386,27 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Box<Respo
 
 /// Applies `change` and answers with the service as it is now, or with the
 /// error's own status.
-async fn respond(admin: &Admin, name: &str, action: &str, change: Change) -> Response {
-    match admin.control.apply(change).await {
+async fn respond(
+    admin: &Admin,
+    name: &str,
+    action: &str,
+    headers: &header::HeaderMap,
+    change: Change,
+) -> Response {
+    let based_on = match if_match(headers) {
+        Ok(epoch) => epoch,
+        Err(resp) => return *resp,
+    };
+    match admin.control.apply_based_on(change, based_on).await {
         Ok(applied) => {
-            tracing::info!(service = %name, action, detail = %applied.detail, "release changed");
+            let epoch = applied.after.release.epoch;
+            tracing::info!(service = %name, action, epoch, detail = %applied.detail, "release changed");
             match applied.after.registry.service(name) {
-                Some(s) => Json(describe(s)).into_response(),
+                Some(s) => {
+                    let mut view = describe(s);
+                    view.release_epoch = epoch;
+                    with_etag(Json(view).into_response(), epoch)
+                }
                 None => not_found(name),
             }
         }
