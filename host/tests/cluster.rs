@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 use wasmhost::kv::{Namespace, WriteSet, LIST_PAGE};
 use wasmhost::redis_kv::RedisKv;
-use wasmhost_test_support::servers::{free_port, or_skip, Redis};
+use wasmhost_test_support::servers::{free_port, or_skip, Paced, Redis};
 use wasmhost_test_support::{bin, serve_command, wait_until, TestHost, USER};
 
 fn redis(test: &str) -> Option<Redis> {
@@ -544,4 +544,79 @@ fn a_sticky_user_sees_one_version_on_every_replica() {
         (80..=120).contains(&on_candidate),
         "expected 10% ± 2 of users on 1.1.0, got {on_candidate} of 1000"
     );
+}
+
+/// Whether something listens on `addr` (a replica that exited is a
+/// zombie until reaped, so its pid says nothing).
+fn listening(addr: &str) -> bool {
+    std::net::TcpStream::connect(addr).is_ok()
+}
+
+fn signal(pid: u32, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {sig} {pid}");
+}
+
+#[test]
+fn a_replica_that_stops_or_dies_fails_no_get() {
+    let Some(server) = redis("a_replica_that_stops_or_dies_fails_no_get") else {
+        return;
+    };
+    let replicas: Vec<TestHost> = (0..3)
+        .map(|_| {
+            user_host()
+                .args(&["--cluster", &server.url(), "--drain-delay", "1s"])
+                .start()
+        })
+        .collect();
+    replicas[0]
+        .post_json(
+            "/users",
+            serde_json::json!({"name": "ada", "email": "ada@example.com"}),
+        )
+        .expect_status(201);
+    let addrs: Vec<&str> = replicas.iter().map(|r| r.addr()).collect();
+    let Some(proxy) = or_skip(
+        "a_replica_that_stops_or_dies_fails_no_get",
+        wasmhost_test_support::servers::Haproxy::start(&addrs),
+    ) else {
+        return;
+    };
+    wait_until("the proxy serves", Duration::from_secs(10), || {
+        reqwest::blocking::get(proxy.url("/users/1"))
+            .ok()
+            .filter(|r| r.status() == 200)
+    });
+    let traffic = Paced::start("GET", proxy.url("/users/1"), "", 200, 8);
+    let after = |traffic: &Paced, n: u64| {
+        let until = traffic.sent() + n;
+        wait_until("the traffic goes on", Duration::from_secs(30), || {
+            (traffic.sent() >= until).then_some(())
+        });
+    };
+    after(&traffic, 400);
+    // SIGTERM: ready turns 503, the proxy takes it out, it finishes what it has.
+    let (first, second) = (replicas[0].pid(), replicas[1].pid());
+    signal(first, "-TERM");
+    let stopped = replicas[0].addr().to_string();
+    wait_until("the replica stops", Duration::from_secs(15), || {
+        (!listening(&stopped)).then_some(())
+    });
+    after(&traffic, 400);
+    // SIGKILL: what it was answering is lost, and retried elsewhere.
+    signal(second, "-KILL");
+    after(&traffic, 600);
+    let (ok, failed) = traffic.finish();
+    assert!(ok >= 1400, "{ok} answered");
+    assert!(
+        failed.is_empty(),
+        "{} of {} GETs failed: {:?}",
+        failed.len(),
+        ok + failed.len() as u64,
+        &failed[..failed.len().min(5)]
+    );
+    eprintln!("failover: {ok} GETs through haproxy at 200/s, a replica stopped (SIGTERM) and one killed (SIGKILL): 0 failed");
 }

@@ -127,3 +127,154 @@ impl Drop for Redis {
         self.stop();
     }
 }
+
+/// An `haproxy` of the test's own: round robin over `backends`, each
+/// checked on the readiness path every 200 ms, a request retried on
+/// another replica when its connection fails or it gets no answer (what
+/// the README's "Run N replicas" configures).
+pub struct Haproxy {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+/// The configuration [`Haproxy`] runs, also shown in the README.
+pub fn haproxy_config(port: u16, backends: &[&str]) -> String {
+    let mut cfg = format!(
+        "global\n  maxconn 4096\n\
+         defaults\n  mode http\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n\
+         \x20 retries 3\n  option redispatch 1\n\
+         \x20 retry-on conn-failure empty-response response-timeout\n\
+         frontend wasmhost\n  bind 127.0.0.1:{port}\n  default_backend replicas\n\
+         backend replicas\n  balance roundrobin\n\
+         \x20 option httpchk GET /.well-known/wasmhost/ready\n\
+         \x20 default-server check inter 200ms fall 1 rise 2\n"
+    );
+    for (i, addr) in backends.iter().enumerate() {
+        cfg.push_str(&format!("  server r{i} {addr}\n"));
+    }
+    cfg
+}
+
+impl Haproxy {
+    /// Starts one in front of `backends` (`HOST:PORT`), or says why it cannot.
+    pub fn start(backends: &[&str]) -> Result<Self, String> {
+        let bin =
+            installed("haproxy").ok_or("haproxy is not installed (apt-get install -y haproxy)")?;
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let port = free_port();
+        let cfg = dir.path().join("haproxy.cfg");
+        std::fs::write(&cfg, haproxy_config(port, backends)).map_err(|e| e.to_string())?;
+        let child = Command::new(bin)
+            .arg("-db")
+            .arg("-f")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start haproxy: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err(format!("haproxy did not listen on port {port}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self {
+            child,
+            port,
+            _dir: dir,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Requests at a steady rate in the background (an open loop: a slow
+/// answer does not slow the rate), counted by outcome.
+pub struct Paced {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    answered: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<(u64, Vec<String>)>>,
+}
+
+impl Paced {
+    /// `rate` requests per second of `method url` (with `body`), spread
+    /// over `threads` clients.
+    pub fn start(method: &str, url: String, body: &str, rate: u32, threads: u32) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let interval = Duration::from_secs_f64(f64::from(threads) / f64::from(rate));
+        let threads = (0..threads)
+            .map(|t| {
+                let (stop, url, body) = (stop.clone(), url.clone(), body.to_string());
+                let answered = answered.clone();
+                let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+                std::thread::spawn(move || {
+                    let client = reqwest::blocking::Client::builder()
+                        .timeout(Duration::from_secs(30))
+                        .build()
+                        .expect("client");
+                    let (mut ok, mut failed) = (0, Vec::new());
+                    let mut next = Instant::now() + interval.mul_f64(f64::from(t) / 8.0);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let now = Instant::now();
+                        if next > now {
+                            std::thread::sleep(next - now);
+                        }
+                        next += interval;
+                        let mut req = client.request(method.clone(), &url);
+                        if !body.is_empty() {
+                            req = req
+                                .header("content-type", "application/json")
+                                .body(body.clone());
+                        }
+                        answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        match req.send() {
+                            Ok(r) if r.status().is_success() => ok += 1,
+                            Ok(r) => failed.push(format!(
+                                "{}: {}",
+                                r.status(),
+                                r.text().unwrap_or_default()
+                            )),
+                            Err(e) => failed.push(e.to_string()),
+                        }
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            answered,
+            threads,
+        }
+    }
+
+    /// Requests sent so far.
+    pub fn sent(&self) -> u64 {
+        self.answered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops, and returns the answers that were a success and the failures.
+    pub fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (mut ok, mut failed) = (0, Vec::new());
+        for t in self.threads {
+            let (o, f) = t.join().expect("client thread");
+            ok += o;
+            failed.extend(f);
+        }
+        (ok, failed)
+    }
+}
