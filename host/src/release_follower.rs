@@ -96,8 +96,14 @@ async fn catch_up(control: &Control, shared: &SharedRelease) {
             }
         }
         Ok(_) => {}
-        Err(error) => {
-            tracing::debug!(error = %format!("{error:#}"), "the release document could not be read")
+        // Unreachable is logged once by the connection; a document that
+        // does not parse is an operator's to fix, and said each time.
+        Err(error) if shared.unreachable() => {
+            tracing::debug!(error = %format!("{error:#}"), "the release document could not be read");
         }
+        Err(error) => tracing::error!(
+            error = %format!("{error:#}"),
+            "the cluster's release document is refused; serving the last one applied"
+        ),
     }
 }

@@ -68,7 +68,12 @@ impl SharedRelease {
         self.redis.addr()
     }
 
-    /// The document and its epoch, if one was ever written.
+    /// Whether the server could not be reached last time.
+    pub fn unreachable(&self) -> bool {
+        self.redis.is_failing()
+    }
+
+    /// The document, if one was ever written.
     pub async fn load(&self) -> Result<Option<ReleaseState>> {
         let mut conn = self.redis.connection();
         let doc: Option<Vec<u8>> = self

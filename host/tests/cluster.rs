@@ -620,3 +620,34 @@ fn a_replica_that_stops_or_dies_fails_no_get() {
     );
     eprintln!("failover: {ok} GETs through haproxy at 200/s, a replica stopped (SIGTERM) and one killed (SIGKILL): 0 failed");
 }
+
+#[test]
+fn a_bad_release_document_changes_nothing() {
+    let Some(server) = redis("a_bad_release_document_changes_nothing") else {
+        return;
+    };
+    let replicas = two_version_replicas(&server, 2);
+    let (status, view) = put_weights(&replicas[0], 90, None);
+    assert_eq!(status, 200, "{view}");
+    let epoch = view["release_epoch"].as_u64().unwrap();
+    all_at(&replicas, epoch);
+    // Someone writes junk with a newer epoch.
+    let next = epoch + 1;
+    assert!(server
+        .command("SET wh:{release} not-json")
+        .unwrap()
+        .starts_with("+OK"));
+    assert!(server
+        .command(&format!("SET wh:{{release}}:epoch {next}"))
+        .unwrap()
+        .starts_with("+OK"));
+    replicas[1].wait_for_log(
+        &["the cluster's release document is refused", "is corrupt"],
+        Duration::from_secs(5),
+    );
+    // Both still serve the 90/10 release they had.
+    for r in &replicas {
+        assert_eq!(epoch_of(r), epoch);
+        r.get("/users").expect_status(200);
+    }
+}
