@@ -9,10 +9,12 @@
 //! the canary is still at the step the analyst saw, persists it, and swaps
 //! it in like any other release change.
 //!
-//! On a cluster (`--cluster`) no replica decides on its own numbers: until
-//! one decider judges the replicas' merged metrics, analysis holds there,
-//! and says so once per canary; operators step, promote or roll back.
+//! On a cluster (`--cluster`) one replica decides, the holder of the lease
+//! in `cluster_metrics`, over every replica's metrics summed; the others
+//! flush their counters and hold. Without the lease nobody decides: no
+//! replica acts on its own numbers.
 
+use crate::cluster_metrics::{self, ClusterMetrics};
 use crate::control::{Change, Control};
 use crate::manifest::Manifest;
 use crate::metrics::Snapshot;
@@ -40,25 +42,21 @@ struct Window {
 
 /// Runs forever, analysing canaries every [`TICK`]: it reads the snapshot
 /// (never waiting on a writer) and hands its decisions to the control plane.
-pub async fn analyst(control: Arc<Control>) {
+///
+/// On a cluster (`cluster`) it judges the replicas' merged metrics, and
+/// only while this replica holds the canary lease; without the lease (or
+/// without Redis) it holds, never acting on its own replica's numbers.
+pub async fn analyst(control: Arc<Control>, cluster: Option<ClusterMetrics>) {
     let mut windows: HashMap<String, Window> = HashMap::new();
-    let mut held = std::collections::BTreeSet::new();
+    let mut lease = Lease::default();
     loop {
         tokio::time::sleep(TICK).await;
         let snapshot = control.snapshot();
-        if control.shared().is_some() {
-            for (service, release) in &snapshot.release.services {
-                if let Some(canary) = &release.canary {
-                    if held.insert((service.clone(), canary.candidate.clone())) {
-                        tracing::warn!(
-                            service = %service,
-                            version = %canary.candidate,
-                            "canary analysis holds on a cluster replica (no replica acts on its own numbers): set weights, promote or roll back through the admin API"
-                        );
-                    }
-                }
+        if let Some(cluster) = &cluster {
+            if !lease.held(cluster).await {
+                windows.clear();
+                continue;
             }
-            continue;
         }
         if !snapshot
             .release
@@ -69,11 +67,30 @@ pub async fn analyst(control: Arc<Control>) {
             windows.clear();
             continue;
         }
+        let merged = match &cluster {
+            Some(cluster) => match merged_metrics(cluster, &snapshot.release).await {
+                Ok(m) => Some(m),
+                Err(error) => {
+                    tracing::debug!(error = %format!("{error:#}"), "merged metrics unavailable: analysis holds");
+                    windows.clear();
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let metrics_of = |service: &str, version: &crate::registry::Version| match &merged {
+            Some(m) => m
+                .get(&(service.to_string(), version.version.to_string()))
+                .cloned()
+                .unwrap_or_default(),
+            None => version.metrics.snapshot(),
+        };
         let decisions = analyse(
             &snapshot.registry,
             &snapshot.release,
             &mut windows,
             Instant::now(),
+            &metrics_of,
         );
         if decisions.is_empty() {
             continue;
@@ -83,6 +100,80 @@ pub async fn analyst(control: Arc<Control>) {
         }
         if let Err(error) = control.apply(Change::Canary(decisions)).await {
             tracing::error!(%error, "canary analysis could not be applied");
+        }
+    }
+}
+
+/// Whether this replica holds the canary lease, renewed every
+/// [`cluster_metrics::RENEW`]; changes are logged.
+#[derive(Default)]
+struct Lease {
+    held: bool,
+    checked: Option<Instant>,
+}
+
+impl Lease {
+    async fn held(&mut self, cluster: &ClusterMetrics) -> bool {
+        if self
+            .checked
+            .is_some_and(|at| at.elapsed() < cluster_metrics::RENEW)
+        {
+            return self.held;
+        }
+        self.checked = Some(Instant::now());
+        let now = cluster.lead().await.unwrap_or(false);
+        if now != self.held {
+            if now {
+                tracing::info!(replica = %cluster.replica(), "this replica leads canary analysis (over every replica's metrics)");
+            } else {
+                tracing::warn!(replica = %cluster.replica(), "this replica no longer leads canary analysis");
+            }
+        }
+        self.held = now;
+        now
+    }
+}
+
+/// The merged metrics of both sides of every canary in `release`.
+async fn merged_metrics(
+    cluster: &ClusterMetrics,
+    release: &ReleaseState,
+) -> anyhow::Result<HashMap<(String, String), Snapshot>> {
+    let mut merged = HashMap::new();
+    for (service, entry) in &release.services {
+        if let Some(canary) = &entry.canary {
+            for version in [&canary.candidate, &canary.stable] {
+                let m = cluster.merged(service, version).await?;
+                merged.insert((service.clone(), version.clone()), m);
+            }
+        }
+    }
+    Ok(merged)
+}
+
+/// Every replica's part: writes this replica's counters of every version
+/// every [`cluster_metrics::FLUSH`].
+pub async fn flusher(control: Arc<Control>, cluster: ClusterMetrics) {
+    let mut tick = tokio::time::interval(cluster_metrics::FLUSH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let snapshot = control.snapshot();
+        let rows: Vec<(String, String, Snapshot)> = snapshot
+            .registry
+            .services()
+            .flat_map(|s| {
+                s.versions.iter().map(|v| {
+                    (
+                        s.name.to_string(),
+                        v.version.to_string(),
+                        v.metrics.snapshot(),
+                    )
+                })
+            })
+            .collect();
+        if let Err(error) = cluster.flush(&rows).await {
+            tracing::debug!(error = %format!("{error:#}"), "the metrics flush failed");
         }
     }
 }
@@ -112,6 +203,7 @@ fn analyse(
     state: &ReleaseState,
     windows: &mut HashMap<String, Window>,
     now: Instant,
+    metrics_of: &dyn Fn(&str, &crate::registry::Version) -> Snapshot,
 ) -> Vec<CanaryDecision> {
     let mut decisions = Vec::new();
     windows.retain(|name, _| state.services.get(name).is_some_and(|s| s.canary.is_some()));
@@ -140,8 +232,8 @@ fn analyse(
         let current = Window {
             started: now,
             step: canary.step,
-            candidate: cand.metrics.snapshot(),
-            stable: stable.metrics.snapshot(),
+            candidate: metrics_of(name, cand),
+            stable: metrics_of(name, stable),
         };
         let window = windows
             .entry(name.clone())

@@ -450,6 +450,16 @@ pub fn on_new_versions(previous: &Registry, next: &Registry, state: &mut Release
         }
         let first = manifest.steps[0];
         let entry = state.services.entry(service.name.clone()).or_default();
+        // On a cluster another replica may have started it already, or
+        // even rolled it back, before this one had loaded the version.
+        if entry
+            .canary
+            .as_ref()
+            .is_some_and(|c| c.candidate == candidate)
+            || entry.rolled_back.contains(&candidate)
+        {
+            continue;
+        }
         release_state::start_canary(entry, &stable, &candidate, first);
         tracing::info!(service = %service.name, version = %candidate, %stable, weight = first, "canary started");
         changed = true;

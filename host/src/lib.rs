@@ -28,6 +28,7 @@ pub mod cache_guard;
 pub mod canary;
 mod capabilities;
 pub mod client;
+pub mod cluster_metrics;
 pub mod config;
 pub mod contract;
 pub mod control;
@@ -119,7 +120,14 @@ pub async fn run(
     let host = Host::builder().config(config).build()?;
     host.check_store().await?;
     let token = admin::token(host.state_dir())?;
-    let analyst = tokio::spawn(canary::analyst(host.control().clone()));
+    let cluster = match host.dispatcher().store() {
+        store::Store::Redis(redis) => Some(cluster_metrics::ClusterMetrics::new(redis.clone())),
+        store::Store::Embedded(_) => None,
+    };
+    let flusher = cluster
+        .clone()
+        .map(|c| tokio::spawn(canary::flusher(host.control().clone(), c)));
+    let analyst = tokio::spawn(canary::analyst(host.control().clone(), cluster));
     let sampler = tokio::spawn(admin::ui::sampler(
         host.control().clone(),
         host.timeline().clone(),
@@ -186,7 +194,7 @@ pub async fn run(
     analyst.abort();
     sampler.abort();
     delivery.abort();
-    if let Some(task) = follower {
+    for task in [follower, flusher].into_iter().flatten() {
         task.abort();
     }
     if let Some(task) = ejections {

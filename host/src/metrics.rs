@@ -102,6 +102,30 @@ impl VersionMetrics {
 }
 
 impl Snapshot {
+    /// The counts of several snapshots added up (the replicas of one
+    /// version, whose histograms share [`BUCKETS_US`]), percentiles
+    /// recomputed from the summed buckets.
+    pub fn sum<'a>(parts: impl IntoIterator<Item = &'a Snapshot>) -> Snapshot {
+        let mut total = Snapshot {
+            cumulative: vec![0; BUCKETS_US.len()],
+            ..Snapshot::default()
+        };
+        for p in parts {
+            total.requests += p.requests;
+            total.errors += p.errors;
+            total.traps += p.traps;
+            total.in_flight += p.in_flight;
+            total.sum_seconds += p.sum_seconds;
+            for (t, c) in total.cumulative.iter_mut().zip(&p.cumulative) {
+                *t += c;
+            }
+        }
+        total.p50_ms = percentile(&total.cumulative, 0.50);
+        total.p90_ms = percentile(&total.cumulative, 0.90);
+        total.p99_ms = percentile(&total.cumulative, 0.99);
+        total
+    }
+
     /// Requests and errors between `earlier` and `self`.
     pub fn delta(&self, earlier: &Snapshot) -> (u64, u64) {
         (

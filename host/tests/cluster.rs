@@ -651,3 +651,103 @@ fn a_bad_release_document_changes_nothing() {
         r.get("/users").expect_status(200);
     }
 }
+
+const CANARY: &str = "routes = [\"/users\", \"/user\"]\nrollout = \"canary\"\nsteps = [50, 100]\nstep-interval-secs = 1\nmin-requests = 5\n[resilience]\neject = { consecutive = 0 }\n";
+
+/// Which of `replicas` says it leads canary analysis, once one does.
+fn leader(replicas: &[TestHost], except: Option<usize>) -> usize {
+    wait_until(
+        "a replica leads canary analysis",
+        Duration::from_secs(15),
+        || {
+            replicas
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| Some(*i) != except)
+                .find(|(_, r)| r.log().contains("this replica leads canary analysis"))
+                .map(|(i, _)| i)
+        },
+    )
+}
+
+#[test]
+fn one_replica_decides_a_canary_over_every_replicas_metrics() {
+    let Some(server) = redis("one_replica_decides_a_canary_over_every_replicas_metrics") else {
+        return;
+    };
+    let replicas: Vec<TestHost> = (0..3)
+        .map(|_| {
+            TestHost::empty()
+                .add(USER, "user@1.0.0.wasm")
+                .manifest("user", CANARY)
+                .args(&["--cluster", &server.url()])
+                .start()
+        })
+        .collect();
+    let first = leader(&replicas, None);
+    // The probe fixture as user 1.1.0 traps on GET /users/trap, where the
+    // stable version answers 400: 100% errors against 0% (clients get the
+    // stable answer by fallback).
+    for r in &replicas {
+        r.plugins()
+            .deploy(wasmhost_test_support::PROBE, "user@1.1.0.wasm");
+    }
+    let view = wait_until(
+        "one rollback, on every replica",
+        Duration::from_secs(60),
+        || {
+            for r in &replicas {
+                for _ in 0..10 {
+                    r.get("/users/trap");
+                }
+            }
+            let view = replicas[0]
+                .admin("GET", "/admin/services/user", None, None)
+                .json();
+            let rolled_back = view["history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h["action"] == "rollback");
+            rolled_back.then_some(view)
+        },
+    );
+    let history = view["history"].as_array().unwrap();
+    let rollbacks = history.iter().filter(|h| h["action"] == "rollback").count();
+    assert_eq!(rollbacks, 1, "{history:?}");
+    let canaries = history.iter().filter(|h| h["action"] == "canary").count();
+    assert_eq!(canaries, 1, "{history:?}");
+    // Every replica serves the rollback, and only the leader decided it.
+    let epoch = view["release_epoch"].as_u64().unwrap();
+    all_at(&replicas, epoch);
+    for r in &replicas {
+        let v = r.admin("GET", "/admin/services/user", None, None).json();
+        let candidate = v["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["version"] == "1.1.0")
+            .unwrap()
+            .clone();
+        assert_eq!(candidate["weight"], 0, "{v}");
+    }
+    let deciders: Vec<usize> = (0..3)
+        .filter(|i| replicas[*i].log().contains("canary rolled back"))
+        .collect();
+    assert_eq!(deciders, vec![first], "only the leader decides");
+
+    // The leader dies: another takes the lease within its 10 s (+ a renewal).
+    signal(replicas[first].pid(), "-KILL");
+    let started = std::time::Instant::now();
+    let next = leader(&replicas, Some(first));
+    assert_ne!(next, first);
+    assert!(
+        started.elapsed() <= Duration::from_secs(14),
+        "{:?}",
+        started.elapsed()
+    );
+    eprintln!(
+        "canary leader: replica {next} took over {:?} after the leader was killed",
+        started.elapsed()
+    );
+}

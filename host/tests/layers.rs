@@ -26,6 +26,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("redis_kv", 0),
     ("store", 0),
     ("shared_release", 0),
+    ("cluster_metrics", 0),
     ("messages", 0),
     ("plugin", 0),
     ("files", 0),
