@@ -178,6 +178,23 @@ enum Command {
         #[arg(long)]
         file: Option<PathBuf>,
     },
+    /// Compile every component of a plugins directory into the cache, so
+    /// a host started on it later serves at once.
+    ///
+    /// For container images: run it at build time with the same wasmhost
+    /// binary and the same --memory-ceiling and --max-instances the image
+    /// serves with (they are part of the cache key), and ship
+    /// STATE/cache (or --cache-dir) in the image. A file that does not
+    /// load is listed and the command fails, so a broken image is not built.
+    ///
+    /// Example: wasmhost cache warm --plugins /app/plugins --state /state
+    Cache {
+        /// warm.
+        #[arg(value_parser = ["warm"])]
+        action: String,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
     /// Give the stable (last promoted, else previous) version all the traffic.
     Rollback {
         /// The service.
@@ -290,6 +307,7 @@ async fn command(command: Command) -> Result<()> {
             admin,
         } => admin.client()?.promote(&service, &version).await,
         Command::Rollback { service, admin } => admin.client()?.rollback(&service).await,
+        Command::Cache { serve, .. } => warm_cache(serve.into()).await,
         Command::Kv {
             action,
             cluster,
@@ -326,6 +344,43 @@ async fn command(command: Command) -> Result<()> {
                 .await
         }
     }
+}
+
+/// `wasmhost cache warm`: one scan, every file compiled (or found in the
+/// cache), then a summary; load errors fail the command.
+async fn warm_cache(mut config: wasmhost::ServeConfig) -> Result<()> {
+    // Warming touches neither Redis nor the release: only the compiler.
+    config.cluster = None;
+    let started = std::time::Instant::now();
+    let host = wasmhost::Host::builder().config(config).build()?;
+    host.load().await?;
+    let snapshot = host.control().snapshot();
+    let versions: usize = snapshot.registry.services().map(|s| s.versions.len()).sum();
+    let cache = host
+        .config()
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| host.state_dir().join("cache"));
+    eprintln!(
+        "compiled {versions} versions of {} services into {} in {:.1} s",
+        snapshot.registry.services().count(),
+        cache.display(),
+        started.elapsed().as_secs_f64()
+    );
+    let errors: Vec<String> = snapshot
+        .registry
+        .errors()
+        .map(|e| format!("  {}: {}", e.file, e.error))
+        .collect();
+    if !errors.is_empty() {
+        let files = if errors.len() == 1 { "file" } else { "files" };
+        anyhow::bail!(
+            "{} {files} did not load:\n{}",
+            errors.len(),
+            errors.join("\n")
+        );
+    }
+    Ok(())
 }
 
 /// `wasmhost kv export|import`; the count goes to stderr, so an export to

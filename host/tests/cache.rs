@@ -102,3 +102,49 @@ fn a_cache_directory_others_may_write_is_refused_at_start() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("writable by other users"), "{stderr}");
 }
+
+/// `wasmhost cache warm` compiles what a later host needs: that host
+/// compiles nothing (the cache gains no entry), and a file that does not
+/// load fails the command, naming it.
+#[test]
+fn a_warmed_cache_serves_without_compiling() {
+    let plugins = Plugins::new();
+    plugins
+        .add(USER, "user@1.0.0.wasm")
+        .add(PROBE, "probe@1.0.0.wasm");
+    let (state, cache) = (state_dir(), tempfile::tempdir().unwrap());
+    let warm = |plugins: &Path| {
+        std::process::Command::new(bin())
+            .args(["cache", "warm", "--plugins"])
+            .arg(plugins)
+            .arg("--state")
+            .arg(state.path())
+            .arg("--cache-dir")
+            .arg(cache.path())
+            .output()
+            .unwrap()
+    };
+    let out = warm(plugins.path());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("compiled 2 versions of 2 services"), "{said}");
+    let warmed = entries(cache.path());
+    assert_eq!(warmed.len(), 2, "{warmed:?}");
+
+    let served = state_dir();
+    let host = start(plugins.path(), served.path(), cache.path());
+    host.get("/user/1").expect_status(404);
+    let log = host.stop();
+    assert_eq!(
+        entries(cache.path()),
+        warmed,
+        "the host compiled again: {log}"
+    );
+
+    plugins.write("broken@1.0.0.wasm", b"not wasm");
+    let out = warm(plugins.path());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("1 file did not load"), "{said}");
+    assert!(said.contains("broken@1.0.0.wasm"), "{said}");
+}
