@@ -23,7 +23,7 @@ NOTIFY_VERSION    := $(shell sed -n 's/^version = "\(.*\)"/\1/p' plugins/notify/
 CATALOG_VERSION   := $(shell sed -n 's/^  "version": "\(.*\)",/\1/p' plugins/catalog-js/package.json)
 crate_version = $(shell sed -n 's/^version = "\(.*\)"/\1/p' $(PLUGIN_DIR)/$(1)/Cargo.toml | head -n1)
 
-.PHONY: help run install test ui-deps cluster-deps plugins polyglot host setup lint fmt component-check fuzz bench bench-quick bench-guests clean
+.PHONY: help run install test ui-deps cluster-deps deploy-check plugins polyglot host setup lint fmt component-check fuzz bench bench-quick bench-guests clean
 
 help:
 	@echo "make run              build the example plugins and the host, serve on http://$(LISTEN)"
@@ -32,10 +32,24 @@ help:
 	@echo "make plugins          build the example services into $(PLUGIN_DIR)/NAME@VERSION.wasm"
 	@echo "make lint             rustfmt and clippy (host and guests), warnings are errors; wasmtime's component-model-async stays off"
 	@echo "make component-check  build the example plugins with cargo-component too"
+	@echo "make deploy-check     validate the Kubernetes manifests in deploy/k8s against the API's schemas"
 	@echo "make fuzz             a long property-test run (CI runs a short one in make test)"
 	@echo "make bench            benchmarks: req/s and latency vs native axum (and wasmtime serve if installed),"
 	@echo "                      per-request cost, start-up, hot swap, memory (see bench/RESULTS.md)"
 	@echo "make bench-quick      check in seconds that every part of the benchmark harness runs"
+
+## The Kubernetes manifests in deploy/k8s, checked against the API's own
+## schemas (kubernetes-validate, pinned, offline) in a virtualenv of its own.
+K8S_TOOLS := $(CURDIR)/.tools/k8s
+KUBERNETES_VALIDATE_VERSION := 1.37.0
+K8S_MANIFESTS := $(filter-out deploy/k8s/kustomization.yaml,$(wildcard deploy/k8s/*.yaml))
+$(K8S_TOOLS)/bin/kubernetes-validate:
+	@echo "==> installing kubernetes-validate $(KUBERNETES_VALIDATE_VERSION) into .tools/k8s"
+	python3 -m venv $(K8S_TOOLS)
+	$(K8S_TOOLS)/bin/pip install --quiet --disable-pip-version-check kubernetes-validate==$(KUBERNETES_VALIDATE_VERSION)
+
+deploy-check: $(K8S_TOOLS)/bin/kubernetes-validate
+	$(K8S_TOOLS)/bin/kubernetes-validate --strict $(K8S_MANIFESTS)
 
 ## Install what a fresh machine lacks.
 setup:
