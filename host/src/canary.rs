@@ -151,14 +151,37 @@ async fn merged_metrics(
     Ok(merged)
 }
 
-/// Every replica's part: writes this replica's counters of every version
-/// every [`cluster_metrics::FLUSH`].
+/// Every replica's part: reports the epoch it applied and the versions it
+/// has loaded every [`cluster_metrics::REPORT`], and writes its counters
+/// of every version every [`cluster_metrics::FLUSH`].
 pub async fn flusher(control: Arc<Control>, cluster: ClusterMetrics) {
-    let mut tick = tokio::time::interval(cluster_metrics::FLUSH);
+    let mut tick = tokio::time::interval(cluster_metrics::REPORT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut flushed: Option<Instant> = None;
     loop {
         tick.tick().await;
         let snapshot = control.snapshot();
+        let report = cluster_metrics::Report {
+            replica: cluster.replica().to_string(),
+            epoch: snapshot.release.epoch,
+            versions: snapshot
+                .registry
+                .services()
+                .flat_map(|s| {
+                    s.versions
+                        .iter()
+                        .map(|v| format!("{}@{}", s.name, v.version))
+                })
+                .collect(),
+            at_ms: crate::messages::now_ms(),
+        };
+        if let Err(error) = cluster.report(&report).await {
+            tracing::debug!(error = %format!("{error:#}"), "the replica report failed");
+        }
+        if flushed.is_some_and(|at| at.elapsed() < cluster_metrics::FLUSH) {
+            continue;
+        }
+        flushed = Some(Instant::now());
         let rows: Vec<(String, String, Snapshot)> = snapshot
             .registry
             .services()

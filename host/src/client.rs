@@ -103,6 +103,14 @@ impl AdminClient {
             .call(reqwest::Method::GET, "/admin/services", None)
             .await?;
         print!("{}", table(&all.services));
+        if !all.replicas.is_empty() {
+            let epochs: Vec<String> = all
+                .replicas
+                .iter()
+                .map(|r| format!("{} (epoch {})", r.replica, r.epoch))
+                .collect();
+            println!("replicas: {}: {}", all.replicas.len(), epochs.join(", "));
+        }
         for l in &all.loading {
             let what = match l.queued_behind {
                 0 => format!("compiling for {} ms", l.elapsed_ms),
@@ -310,10 +318,12 @@ fn aligned(rows: Vec<Vec<String>>) -> String {
 
 /// Renders services as an aligned table.
 pub fn table(services: &[ServiceView]) -> String {
+    let cluster = services.iter().any(|s| s.replicas.is_some());
     let mut rows = vec![[
         "SERVICE",
         "VERSION",
         "WEIGHT",
+        "LOADED",
         "STATE",
         "REQUESTS",
         "5XX",
@@ -333,6 +343,10 @@ pub fn table(services: &[ServiceView]) -> String {
                 s.name.clone(),
                 v.version.clone(),
                 format!("{}%", v.weight),
+                match (v.loaded_on, s.replicas) {
+                    (Some(on), Some(of)) => format!("{on}/{of}"),
+                    _ => String::new(),
+                },
                 match (v.state.as_str(), v.ejected_for_secs) {
                     ("", _) => "serving".to_string(),
                     ("ejected", Some(secs)) => format!("ejected ({secs}s)"),
@@ -346,6 +360,12 @@ pub fn table(services: &[ServiceView]) -> String {
                 m.p99_ms.to_string(),
                 routes.clone(),
             ]);
+        }
+    }
+    if !cluster {
+        // Only a cluster's replicas load versions apart.
+        for row in &mut rows {
+            row.remove(3);
         }
     }
     aligned(rows)
@@ -393,6 +413,13 @@ mod tests {
         let t = table(&[svc]);
         assert!(t.starts_with("SERVICE  VERSION  WEIGHT"), "{t}");
         assert!(t.contains("user     1.1.0    10%     serving"), "{t}");
+        let mut clustered = svc_with_state("serving");
+        clustered.replicas = Some(3);
+        clustered.versions[0].loaded_on = Some(2);
+        let t = table(&[clustered]);
+        assert!(t.starts_with("SERVICE  VERSION  WEIGHT  LOADED"), "{t}");
+        assert!(t.contains(" 2/3 "), "{t}");
+        assert!(!table(&[svc_with_state("serving")]).contains("LOADED"));
         let mut ejected = svc_with_state("ejected");
         ejected.versions[0].ejected_for_secs = Some(27);
         assert!(table(&[ejected]).contains("ejected (27s)"));

@@ -1,6 +1,7 @@
-//! What a cluster's one canary decider judges: every replica's counters
-//! and latency histograms per version, summed, and the lease that makes
-//! one replica the decider.
+//! What a cluster knows of its replicas: each one's counters and latency
+//! histograms per version (summed, they are what the one canary decider
+//! judges), the lease that makes one replica the decider, and each one's
+//! report of the release epoch it applied and the versions it has loaded.
 //!
 //! Invariant: a replica writes only its own field (`wh:m:{SERVICE}:VERSION`,
 //! field = the replica's id, value = its cumulative counts since it
@@ -40,6 +41,26 @@ if not holder then
 end
 return 0
 ";
+
+/// How often a replica reports what it serves.
+pub const REPORT: Duration = Duration::from_secs(2);
+/// A replica that has not reported for this long is gone.
+pub const GONE_MS: u64 = 10_000;
+const REPLICAS: &str = "wh:replicas";
+
+/// What one replica said it serves, at `at_ms`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    /// Its id.
+    #[serde(default)]
+    pub replica: String,
+    /// The release epoch it applied.
+    pub epoch: u64,
+    /// The versions it has loaded, as `SERVICE@VERSION`.
+    pub versions: Vec<String>,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
 
 /// One replica's counts of one version, as written.
 #[derive(Debug, Serialize, Deserialize)]
@@ -126,6 +147,47 @@ impl ClusterMetrics {
             })
             .collect();
         Ok(Snapshot::sum(&parts))
+    }
+
+    /// Writes this replica's report.
+    pub async fn report(&self, report: &Report) -> Result<()> {
+        let mut conn = self.redis.connection();
+        let mut pipe = redis::pipe();
+        pipe.hset(REPLICAS, &self.replica, serde_json::to_string(report)?)
+            .ignore();
+        self.redis.checked(pipe.query_async::<()>(&mut conn).await)
+    }
+
+    /// The replicas that reported within [`GONE_MS`] of `now_ms`, by id;
+    /// older reports are removed.
+    pub async fn replicas(&self, now_ms: u64) -> Result<Vec<Report>> {
+        let mut conn = self.redis.connection();
+        let all: std::collections::HashMap<String, String> = self.redis.checked(
+            redis::cmd("HGETALL")
+                .arg(REPLICAS)
+                .query_async(&mut conn)
+                .await,
+        )?;
+        let mut live = Vec::new();
+        let mut gone = Vec::new();
+        for (id, json) in all {
+            match serde_json::from_str::<Report>(&json) {
+                Ok(mut r) if now_ms.saturating_sub(r.at_ms) <= GONE_MS => {
+                    r.replica = id;
+                    live.push(r);
+                }
+                _ => gone.push(id),
+            }
+        }
+        if !gone.is_empty() {
+            let _: redis::RedisResult<i64> = redis::cmd("HDEL")
+                .arg(REPLICAS)
+                .arg(&gone)
+                .query_async(&mut conn)
+                .await;
+        }
+        live.sort_by(|a, b| a.replica.cmp(&b.replica));
+        Ok(live)
     }
 
     /// Takes or renews the lease; whether this replica holds it now.

@@ -81,6 +81,10 @@ pub struct ServeConfig {
     /// data lives there, shared by every replica, instead of in
     /// `STATE/kv.redb`.
     pub cluster: Option<String>,
+    /// The cluster's NATS (`nats://HOST:PORT`, JetStream on): published
+    /// messages wait there, one durable consumer per group shared by every
+    /// replica, instead of in `STATE/kv.redb`.
+    pub messaging: Option<String>,
 }
 
 /// `--memory-reset`: how a freed instance slot's memory is cleared.
@@ -116,6 +120,7 @@ impl Default for ServeConfig {
             memory_reset: MemoryResetMode::Auto,
             incremental_compile: false,
             cluster: None,
+            messaging: None,
         }
     }
 }
@@ -300,6 +305,13 @@ pub struct ServeArgs {
     /// instead of in STATE/kv.redb. `wasmhost kv export|import` moves it.
     #[arg(long, env = "WASMHOST_CLUSTER", value_name = "URL")]
     pub cluster: Option<String>,
+    /// Keep published messages on this NATS server with JetStream on
+    /// (nats://[USER:PASSWORD@]HOST:PORT) instead of in STATE/kv.redb:
+    /// every replica shares one durable consumer per consumer group, so
+    /// each message is handled once across them, with the same
+    /// max-deliver, back-off and dead letters.
+    #[arg(long, env = "WASMHOST_MESSAGING", value_name = "URL")]
+    pub messaging: Option<String>,
 }
 
 /// `on` or `off`.
@@ -327,6 +339,7 @@ impl From<ServeArgs> for ServeConfig {
             memory_reset: a.memory_reset,
             incremental_compile: a.incremental_compile == Some(Toggle::On),
             cluster: a.cluster.filter(|u| !u.is_empty()),
+            messaging: a.messaging.filter(|u| !u.is_empty()),
             ..Default::default()
         };
         config.limits.max_instances = a.max_instances;

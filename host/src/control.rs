@@ -120,6 +120,8 @@ pub struct Control {
     /// On a cluster, the release document every replica serves: changes
     /// are written there (compare-and-set on its epoch), not to the file.
     shared: Option<crate::shared_release::SharedRelease>,
+    /// On a cluster, what the replicas report and the canary lease.
+    cluster: Option<crate::cluster_metrics::ClusterMetrics>,
 }
 
 impl Control {
@@ -140,6 +142,7 @@ impl Control {
             state_dir,
             health: Arc::default(),
             shared: None,
+            cluster: None,
         }
     }
 
@@ -147,6 +150,18 @@ impl Control {
     pub fn with_shared(mut self, shared: crate::shared_release::SharedRelease) -> Self {
         self.shared = Some(shared);
         self
+    }
+
+    /// Reports this replica to the cluster and decides canaries over the
+    /// replicas' merged metrics while it holds the lease.
+    pub fn with_cluster(mut self, cluster: crate::cluster_metrics::ClusterMetrics) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
+
+    /// The cluster's replicas, on a cluster.
+    pub fn cluster(&self) -> Option<&crate::cluster_metrics::ClusterMetrics> {
+        self.cluster.as_ref()
     }
 
     /// The cluster's release document, on a cluster.

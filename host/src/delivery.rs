@@ -19,8 +19,8 @@
 //! Invariant: a delivery's state lives only in the message log, so a crash
 //! loses nothing: an expired lease makes a message ready again.
 
+use crate::bus::Bus;
 use crate::dispatch::{Delivered, Dispatcher};
-use crate::kv::KvStore;
 use crate::manifest::Subscription;
 use crate::messages::{now_ms, Delivery, Settle};
 use crate::registry::{group_key, ServiceEntry};
@@ -45,7 +45,7 @@ const SETTLE_BATCH: usize = 1024;
 
 /// Records deliveries' outcomes as they come, all that queued up meanwhile
 /// in one transaction (group commit: one disk flush for many acks).
-async fn settler(kv: KvStore, mut outcomes: mpsc::UnboundedReceiver<Outcome>) {
+async fn settler(bus: Bus, mut outcomes: mpsc::UnboundedReceiver<Outcome>) {
     while let Some(first) = outcomes.recv().await {
         let mut batch = vec![first];
         while batch.len() < SETTLE_BATCH {
@@ -54,30 +54,24 @@ async fn settler(kv: KvStore, mut outcomes: mpsc::UnboundedReceiver<Outcome>) {
                 Err(_) => break,
             }
         }
-        let kv = kv.clone();
         let n = batch.len();
         let (rows, done): (Vec<_>, Vec<_>) = batch.into_iter().map(|o| (o.row, o.done)).unzip();
-        let written = tokio::task::spawn_blocking(move || kv.settle(&rows)).await;
+        let written = bus.settle(rows).await;
         for done in done {
             let _ = done.send(());
         }
-        if !matches!(written, Ok(Ok(()))) {
+        if let Err(error) = written {
             // Their leases run out and the messages come back: at least once.
-            let error = match written {
-                Ok(Err(e)) => format!("{e:#}"),
-                Err(e) => e.to_string(),
-                Ok(Ok(())) => String::new(),
-            };
-            tracing::error!(deliveries = n, %error, "cannot record deliveries' outcomes; they will be delivered again");
+            tracing::error!(deliveries = n, error = %format!("{error:#}"), "cannot record deliveries' outcomes; they will be delivered again");
         }
     }
 }
 
 /// Runs the delivery loop until the task is dropped.
 pub async fn run(dispatcher: Arc<Dispatcher>) {
-    let kv = dispatcher.kv().clone();
+    let bus = dispatcher.bus().clone();
     let (settle, outcomes) = mpsc::unbounded_channel();
-    let _settler = AbortOnDrop(tokio::spawn(settler(kv.clone(), outcomes)));
+    let _settler = AbortOnDrop(tokio::spawn(settler(bus.clone(), outcomes)));
     // Woken when a delivery ends: its slot is free for the next message.
     let freed = Arc::new(tokio::sync::Notify::new());
     let mut in_flight: HashMap<String, Arc<AtomicUsize>> = HashMap::new();
@@ -96,26 +90,21 @@ pub async fn run(dispatcher: Arc<Dispatcher>) {
                 continue;
             }
             let lease = ack_wait(entry, sub);
-            let claimed = {
-                let kv = kv.clone();
-                let group = group.clone();
-                let lease_ms = millis(lease);
-                tokio::task::spawn_blocking(move || kv.claim(&group, now_ms(), room, lease_ms))
-                    .await
-            };
+            let claimed = bus
+                .claim(&group, room, lease, sub.ordered_by.is_some())
+                .await;
             let deliveries = match claimed {
-                Ok(Ok(d)) => d,
-                Ok(Err(error)) => {
+                Ok(d) => d,
+                Err(error) => {
                     tracing::error!(%group, error = format_args!("{error:#}"), "cannot read the message log");
                     continue;
                 }
-                Err(_) => continue,
             };
             for delivery in deliveries {
                 running.fetch_add(1, Ordering::AcqRel);
                 let task = Task {
                     dispatcher: dispatcher.clone(),
-                    kv: kv.clone(),
+                    bus: bus.clone(),
                     settle: settle.clone(),
                     freed: freed.clone(),
                     entry: entry.clone(),
@@ -148,7 +137,7 @@ fn ack_wait(entry: &ServiceEntry, sub: &Subscription) -> Duration {
 /// One delivery on its way.
 struct Task {
     dispatcher: Arc<Dispatcher>,
-    kv: KvStore,
+    bus: Bus,
     settle: mpsc::UnboundedSender<Outcome>,
     freed: Arc<tokio::sync::Notify>,
     entry: ServiceEntry,
@@ -183,9 +172,7 @@ impl Task {
                     outcome = &mut handled => break outcome,
                     _ = renew.tick() => {
                         let until = now_ms().saturating_add(millis(self.lease));
-                        let kv = self.kv.clone();
-                        let group = group.clone();
-                        let _ = tokio::task::spawn_blocking(move || kv.extend_lease(&group, seq, until)).await;
+                        let _ = self.bus.extend_lease(&group, seq, until).await;
                     }
                 }
             }
@@ -351,6 +338,7 @@ fn millis(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv::KvStore;
     use crate::messages::Outgoing;
 
     fn subscription(extra: &str) -> Subscription {

@@ -42,6 +42,8 @@ pub struct Dispatcher {
     kv: KvStore,
     /// Where the services' key-value data lives.
     store: crate::store::Store,
+    /// Where published messages wait for their groups.
+    bus: crate::bus::Bus,
     /// How the services this dispatcher runs reach each other.
     calls: Arc<dyn Calls>,
     /// Where the request path reports the versions it ejects.
@@ -62,6 +64,7 @@ impl Dispatcher {
         snapshot: Arc<ArcSwap<Snapshot>>,
         kv: KvStore,
         store: crate::store::Store,
+        bus: crate::bus::Bus,
     ) -> Arc<Self> {
         let (ejections, ejected) = tokio::sync::mpsc::unbounded_channel();
         Arc::new_cyclic(|me: &Weak<Dispatcher>| Self {
@@ -69,6 +72,7 @@ impl Dispatcher {
             snapshot,
             kv,
             store,
+            bus,
             calls: Arc::new(DispatchCalls(me.clone())),
             ejections,
             published: tokio::sync::Notify::new(),
@@ -96,6 +100,11 @@ impl Dispatcher {
     /// Where the services' key-value data lives.
     pub fn store(&self) -> &crate::store::Store {
         &self.store
+    }
+
+    /// Where published messages wait for their groups.
+    pub fn bus(&self) -> &crate::bus::Bus {
+        &self.bus
     }
 
     /// A fresh store for one request to `version`, `depth` calls deep,
@@ -769,13 +778,12 @@ impl Dispatcher {
                 message.groups = snapshot.registry.groups_for(message);
             }
         }
-        let kv = self.kv.clone();
         let published = !outbox.is_empty();
         let topics: Vec<String> = outbox.iter().map(|m| m.topic.clone()).collect();
         // Embedded, the writes and the messages are one transaction. On the
         // cluster's Redis the writes go first (one MULTI/EXEC), then the
-        // messages into the local log: a message never tells of a write
-        // that did not happen.
+        // messages into the log (the local one, or NATS): a message never
+        // tells of a write that did not happen.
         let local_writes = match (&self.store, pending) {
             (crate::store::Store::Redis(_), Some(pending)) => {
                 self.store
@@ -789,11 +797,9 @@ impl Dispatcher {
         if local_writes.is_none() && outbox.is_empty() {
             return Ok(());
         }
-        let committed =
-            tokio::task::spawn_blocking(move || kv.commit_request(local_writes.as_ref(), &outbox))
-                .await;
+        let committed = self.bus.commit(&self.kv, local_writes, outbox).await;
         match committed {
-            Ok(Ok(())) => {
+            Ok(()) => {
                 if published {
                     if let Ok(mut counts) = self.published_by_topic.lock() {
                         for topic in topics {
@@ -804,8 +810,7 @@ impl Dispatcher {
                 }
                 Ok(())
             }
-            Ok(Err(e)) => Err(format!("{e:#}")),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(format!("{e:#}")),
         }
     }
 

@@ -119,10 +119,16 @@ impl HostBuilder {
             state_dir.clone(),
         );
         if let crate::store::Store::Redis(redis) = &store {
-            control = control.with_shared(crate::shared_release::SharedRelease::new(redis.clone()));
+            control = control
+                .with_shared(crate::shared_release::SharedRelease::new(redis.clone()))
+                .with_cluster(crate::cluster_metrics::ClusterMetrics::new(redis.clone()));
         }
         let control = Arc::new(control);
-        let dispatcher = Dispatcher::new(engine, control.handle(), kv, store);
+        let bus = match &config.messaging {
+            Some(url) => crate::bus::Bus::Nats(crate::nats_log::NatsLog::new(url)?),
+            None => crate::bus::Bus::Embedded(kv.clone()),
+        };
+        let dispatcher = Dispatcher::new(engine, control.handle(), kv, store, bus);
         Ok(Host {
             config,
             state_dir,
@@ -207,6 +213,15 @@ impl Host {
                 )
             })?;
             tracing::info!(redis = %redis.addr(), "key-value data on the cluster's Redis, shared by every replica");
+        }
+        if let crate::bus::Bus::Nats(nats) = self.dispatcher.bus() {
+            nats.check().await.with_context(|| {
+                format!(
+                    "cannot start: the message broker at {} does not answer (is nats-server running with JetStream, -js? is --messaging right?)",
+                    nats.redacted()
+                )
+            })?;
+            tracing::info!(nats = %nats.redacted(), "messages on the cluster's NATS JetStream, one consumer per group shared by every replica");
         }
         if let Some(shared) = self.control.shared() {
             crate::release_follower::join(&self.control, shared)

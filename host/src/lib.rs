@@ -24,6 +24,7 @@
 pub mod admin;
 pub mod authoring;
 mod bindings;
+pub mod bus;
 pub mod cache_guard;
 pub mod canary;
 mod capabilities;
@@ -50,6 +51,7 @@ pub mod logbook;
 pub mod manifest;
 pub mod messages;
 pub mod metrics;
+pub mod nats_log;
 pub mod plugin;
 pub mod proxy;
 pub mod redis_kv;
@@ -120,10 +122,7 @@ pub async fn run(
     let host = Host::builder().config(config).build()?;
     host.check_store().await?;
     let token = admin::token(host.state_dir())?;
-    let cluster = match host.dispatcher().store() {
-        store::Store::Redis(redis) => Some(cluster_metrics::ClusterMetrics::new(redis.clone())),
-        store::Store::Embedded(_) => None,
-    };
+    let cluster = host.control().cluster().cloned();
     let flusher = cluster
         .clone()
         .map(|c| tokio::spawn(canary::flusher(host.control().clone(), c)));

@@ -351,6 +351,7 @@ async fn command(command: Command) -> Result<()> {
 async fn warm_cache(mut config: wasmhost::ServeConfig) -> Result<()> {
     // Warming touches neither Redis nor the release: only the compiler.
     config.cluster = None;
+    config.messaging = None;
     let started = std::time::Instant::now();
     let host = wasmhost::Host::builder().config(config).build()?;
     host.load().await?;

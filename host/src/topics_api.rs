@@ -11,9 +11,9 @@
 //! Invariant: reads and writes go to the message log only; nothing here
 //! changes what is served.
 
+use crate::bus::Bus;
 use crate::control::Control;
 use crate::front::error_response;
-use crate::kv::KvStore;
 use crate::messages::{now_ms, DeadLetter, GroupStats};
 use crate::registry::group_key;
 use axum::extract::{Path, Query, State};
@@ -27,7 +27,7 @@ use std::sync::Arc;
 #[derive(Clone)]
 struct Topics {
     control: Arc<Control>,
-    kv: KvStore,
+    bus: Bus,
 }
 
 /// One subscription and its group's counts.
@@ -45,7 +45,7 @@ pub struct GroupView {
 }
 
 /// The routes (the caller adds the token check).
-pub fn routes(control: Arc<Control>, kv: KvStore) -> axum::Router {
+pub fn routes(control: Arc<Control>, bus: Bus) -> axum::Router {
     axum::Router::new()
         .route("/admin/topics", get(list))
         .route(
@@ -53,7 +53,7 @@ pub fn routes(control: Arc<Control>, kv: KvStore) -> axum::Router {
             get(dead_letters).delete(purge),
         )
         .route("/admin/groups/{service}/{group}/replay", post(replay))
-        .with_state(Topics { control, kv })
+        .with_state(Topics { control, bus })
 }
 
 fn failed(e: anyhow::Error) -> Response {
@@ -62,16 +62,6 @@ fn failed(e: anyhow::Error) -> Response {
         &format!("the message log cannot answer: {e:#}"),
         None,
     )
-}
-
-async fn blocking<T: Send + 'static>(
-    op: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-) -> Result<T, Response> {
-    match tokio::task::spawn_blocking(op).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(failed(e)),
-        Err(e) => Err(failed(anyhow::anyhow!("{e}"))),
-    }
 }
 
 async fn list(State(t): State<Topics>) -> Response {
@@ -87,26 +77,20 @@ async fn list(State(t): State<Topics>) -> Response {
             )
         })
         .collect();
-    let kv = t.kv.clone();
-    let views = blocking(move || {
-        let now = now_ms();
-        subs.into_iter()
-            .map(|(service, group, topic)| {
-                let stats = kv.group_stats(&group_key(&service, &group), now)?;
-                Ok(GroupView {
-                    service,
-                    group,
-                    topic,
-                    stats,
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()
-    })
-    .await;
-    match views {
-        Ok(v) => Json(serde_json::json!({ "groups": v })).into_response(),
-        Err(r) => r,
+    let now = now_ms();
+    let mut views = Vec::new();
+    for (service, group, topic) in subs {
+        match t.bus.group_stats(&group_key(&service, &group), now).await {
+            Ok(stats) => views.push(GroupView {
+                service,
+                group,
+                topic,
+                stats,
+            }),
+            Err(e) => return failed(e),
+        }
     }
+    Json(serde_json::json!({ "groups": views })).into_response()
 }
 
 #[derive(Deserialize)]
@@ -121,8 +105,7 @@ async fn dead_letters(
 ) -> Response {
     let key = group_key(&service, &group);
     let limit = q.limit.unwrap_or(50).min(1000);
-    let kv = t.kv.clone();
-    match blocking(move || kv.dead_letters(&key, limit)).await {
+    match t.bus.dead_letters(&key, limit).await.map_err(failed) {
         Ok(list) => Json::<serde_json::Value>(
             serde_json::json!({ "dead_letters": list as Vec<DeadLetter> }),
         )
@@ -163,9 +146,12 @@ async fn replay(
         );
     }
     let key = group_key(&service, &group);
-    let kv = t.kv.clone();
-    let seqs = asked.seqs;
-    match blocking(move || kv.replay(&key, seqs.as_deref(), now_ms())).await {
+    match t
+        .bus
+        .replay(&key, asked.seqs, now_ms())
+        .await
+        .map_err(failed)
+    {
         Ok(n) => {
             tracing::info!(%service, %group, replayed = n, "dead letters replayed");
             Json(serde_json::json!({ "replayed": n })).into_response()
@@ -179,8 +165,7 @@ async fn purge(
     Path((service, group)): Path<(String, String)>,
 ) -> Response {
     let key = group_key(&service, &group);
-    let kv = t.kv.clone();
-    match blocking(move || kv.purge(&key)).await {
+    match t.bus.purge(&key).await.map_err(failed) {
         Ok(n) => {
             tracing::info!(%service, %group, purged = n, "dead letters purged");
             Json(serde_json::json!({ "purged": n })).into_response()
@@ -238,19 +223,13 @@ pub async fn metrics(
         .subscriptions()
         .map(|(s, sub)| (s.to_string(), sub.group_name(s).to_string()))
         .collect();
-    let kv = dispatcher.kv().clone();
-    let stats = tokio::task::spawn_blocking(move || {
-        let now = now_ms();
-        groups
-            .into_iter()
-            .filter_map(|(s, g)| {
-                let stats = kv.group_stats(&group_key(&s, &g), now).ok()?;
-                Some((s, g, stats))
-            })
-            .collect::<Vec<_>>()
-    })
-    .await
-    .unwrap_or_default();
+    let now = now_ms();
+    let mut stats = Vec::new();
+    for (s, g) in groups {
+        if let Ok(counts) = dispatcher.bus().group_stats(&group_key(&s, &g), now).await {
+            stats.push((s, g, counts));
+        }
+    }
     for (family, help) in [
         ("wasmhost_message_backlog", "Messages waiting for delivery."),
         (

@@ -31,6 +31,10 @@ pub struct ServicesView {
     /// temporary files are not changes).
     #[serde(default)]
     pub watch_events: u64,
+    /// On a cluster: the replicas reporting now, the epoch each applied and
+    /// what each has loaded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<crate::cluster_metrics::Report>,
 }
 
 /// One service: `GET /admin/services/NAME`, an element of the list, and
@@ -67,6 +71,10 @@ pub struct ServiceView {
     /// `If-Match` to change the release only if nobody changed it since.
     #[serde(default)]
     pub release_epoch: u64,
+    /// On a cluster: the replicas reporting now (see each version's
+    /// `loaded_on`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
     /// A canary in progress (`GET /admin/services/NAME` only).
     #[serde(default)]
     pub canary: Option<Canary>,
@@ -131,6 +139,10 @@ pub struct VersionView {
     /// Publish-to-acknowledgement time of the messages it handled.
     #[serde(default)]
     pub message_latency: Snapshot,
+    /// On a cluster: the replicas reporting now that have it loaded (of
+    /// the service's `replicas`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loaded_on: Option<u32>,
 }
 
 /// A version being compiled.

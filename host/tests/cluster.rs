@@ -751,3 +751,65 @@ fn one_replica_decides_a_canary_over_every_replicas_metrics() {
         started.elapsed()
     );
 }
+
+/// What `GET /admin/services` says of the user service's replicas: how
+/// many report, and on how many each version is loaded.
+fn loaded_on(host: &TestHost) -> (u64, Vec<u64>) {
+    let all = host.admin("GET", "/admin/services", None, None).json();
+    let user = all["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "user")
+        .unwrap()
+        .clone();
+    let on = user["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["loaded_on"].as_u64().unwrap_or(0))
+        .collect();
+    (user["replicas"].as_u64().unwrap_or(0), on)
+}
+
+#[test]
+fn each_version_shows_the_replicas_it_is_loaded_on() {
+    let Some(server) = redis("each_version_shows_the_replicas_it_is_loaded_on") else {
+        return;
+    };
+    let mut replicas = two_version_replicas(&server, 3);
+    wait_until(
+        "every replica reports both versions",
+        Duration::from_secs(10),
+        || (loaded_on(&replicas[0]) == (3, vec![3, 3])).then_some(()),
+    );
+    let all = replicas[1]
+        .admin("GET", "/admin/services", None, None)
+        .json();
+    let reports = all["replicas"].as_array().unwrap();
+    assert_eq!(reports.len(), 3, "{all}");
+    assert!(
+        reports.iter().all(|r| r["epoch"].as_u64().is_some()),
+        "{all}"
+    );
+
+    // One replica gets a third version: loaded on 1 of 3.
+    replicas[2].plugins().deploy(USER, "user@1.2.0.wasm");
+    wait_until(
+        "the third version shows on one replica",
+        Duration::from_secs(10),
+        || (loaded_on(&replicas[2]) == (3, vec![1, 3, 3])).then_some(()),
+    );
+
+    // A replica that dies stops counting once its report is stale.
+    let dead = replicas.remove(2);
+    signal(dead.pid(), "-KILL");
+    let started = std::time::Instant::now();
+    wait_until(
+        "the dead replica drops out",
+        Duration::from_secs(20),
+        || (loaded_on(&replicas[0]) == (2, vec![2, 2])).then_some(()),
+    );
+    eprintln!("a killed replica dropped out after {:?}", started.elapsed());
+    drop(dead);
+}

@@ -28,6 +28,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("shared_release", 0),
     ("cluster_metrics", 0),
     ("messages", 0),
+    ("nats_log", 0),
+    ("bus", 0),
     ("plugin", 0),
     ("files", 0),
     ("health", 0),

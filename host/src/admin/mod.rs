@@ -62,7 +62,7 @@ pub fn app(
     token: &str,
     timeline: Arc<Timeline>,
 ) -> axum::Router {
-    let topics = crate::topics_api::routes(control.clone(), dispatcher.kv().clone());
+    let topics = crate::topics_api::routes(control.clone(), dispatcher.bus().clone());
     let state = Admin {
         control,
         dispatcher,
@@ -169,8 +169,11 @@ async fn logs(axum::extract::Query(q): axum::extract::Query<LogsQuery>) -> Json<
 async fn list(State(admin): State<Admin>) -> Json<ServicesView> {
     let snapshot = admin.control.snapshot();
     let registry = &snapshot.registry;
+    let mut services: Vec<ServiceView> = registry.services().map(describe).collect();
+    let replicas = with_replicas(&admin, &mut services).await;
     Json(ServicesView {
-        services: registry.services().map(describe).collect(),
+        services,
+        replicas,
         loading: snapshot
             .loading
             .iter()
@@ -182,6 +185,37 @@ async fn list(State(admin): State<Admin>) -> Json<ServicesView> {
         scans: snapshot.scans,
         watch_events: admin.control.watch_events(),
     })
+}
+
+/// On a cluster, fills in how many replicas report now and how many of
+/// them have each version loaded; left out when the reports cannot be read.
+/// Returns the reports.
+async fn with_replicas(
+    admin: &Admin,
+    services: &mut [ServiceView],
+) -> Vec<crate::cluster_metrics::Report> {
+    let Some(cluster) = admin.control.cluster() else {
+        return Vec::new();
+    };
+    let reports = match cluster.replicas(crate::messages::now_ms()).await {
+        Ok(reports) => reports,
+        Err(error) => {
+            tracing::debug!(error = %format!("{error:#}"), "the replica reports could not be read");
+            return Vec::new();
+        }
+    };
+    for service in services {
+        service.replicas = Some(reports.len() as u32);
+        for version in &mut service.versions {
+            let name = format!("{}@{}", service.name, version.version);
+            let on = reports
+                .iter()
+                .filter(|r| r.versions.contains(&name))
+                .count();
+            version.loaded_on = Some(on as u32);
+        }
+    }
+    reports
 }
 
 /// A version being compiled, as the admin API lists it.
@@ -230,6 +264,7 @@ async fn show(State(admin): State<Admin>, Path(name): Path<String>) -> Response 
         .unwrap_or_default();
     view.loading = loading;
     view.release_epoch = snapshot.release.epoch;
+    with_replicas(&admin, std::slice::from_mut(&mut view)).await;
     view.stable = release.stable.clone();
     view.canary = release.canary;
     view.history = release.history;
@@ -405,6 +440,7 @@ async fn respond(
                 Some(s) => {
                     let mut view = describe(s);
                     view.release_epoch = epoch;
+                    with_replicas(admin, std::slice::from_mut(&mut view)).await;
                     with_etag(Json(view).into_response(), epoch)
                 }
                 None => not_found(name),
@@ -459,6 +495,7 @@ fn describe(service: &ServiceEntry) -> ServiceView {
                 retries: v.counters.retries().values().sum(),
                 fallbacks: v.counters.fallbacks().values().sum(),
                 message_latency: v.deliveries.latency.snapshot(),
+                loaded_on: None,
             }
         })
         .collect();

@@ -122,6 +122,83 @@ impl Redis {
     }
 }
 
+/// A `nats-server` of the test's own, JetStream on, its store in a
+/// temporary directory.
+pub struct Nats {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+impl Nats {
+    /// Starts one, or says why it cannot.
+    pub fn start() -> Result<Self, String> {
+        let bin = installed("nats-server")
+            .ok_or("nats-server is not installed (apt-get install -y nats-server)")?;
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let mut nats = Self {
+            child: None,
+            port: free_port(),
+            dir,
+            bin,
+        };
+        nats.spawn()?;
+        Ok(nats)
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let child = Command::new(&self.bin)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js"])
+            .arg("-sd")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start nats-server: {e}"))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
+                // The server greets with INFO once it accepts clients.
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut buf = [0u8; 4];
+                if s.read_exact(&mut buf).is_ok() && &buf == b"INFO" {
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!("nats-server did not answer on port {}", self.port))
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops it (its store stays, for [`Nats::restart`]).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and store: what JetStream had
+    /// stored is still there.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn().expect("restart nats-server");
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
