@@ -151,6 +151,33 @@ async fn merged_metrics(
     Ok(merged)
 }
 
+/// Gives the control plane what the other replicas reported loaded: a
+/// version some of them lack takes no traffic here (left as it is when the
+/// reports cannot be read).
+pub async fn hold_for_replicas(control: &Control, cluster: &ClusterMetrics) {
+    match cluster.replicas(crate::messages::now_ms()).await {
+        Ok(reports) => {
+            let mut others = crate::registry::Replicas::default();
+            for r in reports
+                .into_iter()
+                .filter(|r| r.replica != cluster.replica())
+            {
+                let held: std::collections::BTreeSet<String> = r.held.into_iter().collect();
+                others
+                    .admitted
+                    .extend(r.versions.iter().filter(|v| !held.contains(*v)).cloned());
+                others.loaded.push(r.versions.into_iter().collect());
+            }
+            if let Err(error) = control.apply(Change::Replicas(others)).await {
+                tracing::warn!(%error, "cannot apply the replicas' reports");
+            }
+        }
+        Err(error) => {
+            tracing::debug!(error = %format!("{error:#}"), "the replica reports could not be read")
+        }
+    }
+}
+
 /// Every replica's part: reports the epoch it applied and the versions it
 /// has loaded every [`cluster_metrics::REPORT`], and writes its counters
 /// of every version every [`cluster_metrics::FLUSH`].
@@ -173,11 +200,17 @@ pub async fn flusher(control: Arc<Control>, cluster: ClusterMetrics) {
                         .map(|v| format!("{}@{}", s.name, v.version))
                 })
                 .collect(),
+            held: snapshot
+                .held
+                .iter()
+                .flat_map(|(s, vs)| vs.iter().map(move |v| format!("{s}@{v}")))
+                .collect(),
             at_ms: crate::messages::now_ms(),
         };
         if let Err(error) = cluster.report(&report).await {
             tracing::debug!(error = %format!("{error:#}"), "the replica report failed");
         }
+        hold_for_replicas(&control, &cluster).await;
         if flushed.is_some_and(|at| at.elapsed() < cluster_metrics::FLUSH) {
             continue;
         }

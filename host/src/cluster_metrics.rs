@@ -58,6 +58,9 @@ pub struct Report {
     pub epoch: u64,
     /// The versions it has loaded, as `SERVICE@VERSION`.
     pub versions: Vec<String>,
+    /// Of those, the ones it holds (no traffic) until every replica has them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<String>,
     /// When, in milliseconds since the Unix epoch.
     pub at_ms: u64,
 }

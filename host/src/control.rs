@@ -82,6 +82,11 @@ pub enum Change {
     /// The cluster's release document, written by another replica: in
     /// effect here if its epoch is newer than the one applied.
     Remote(ReleaseState),
+    /// What the cluster's other replicas report they have loaded (each
+    /// as `SERVICE@VERSION`s): a version loaded here that one of them
+    /// lacks is held — no traffic — and is released to the release rules
+    /// (a canary start, a takeover) once every replica has it.
+    Replicas(crate::registry::Replicas),
 }
 
 /// The end of a scan: the release rules compare what it started from with
@@ -122,6 +127,12 @@ pub struct Control {
     shared: Option<crate::shared_release::SharedRelease>,
     /// On a cluster, what the replicas report and the canary lease.
     cluster: Option<crate::cluster_metrics::ClusterMetrics>,
+    /// On a cluster, what the other replicas reported last, and the
+    /// versions given traffic here so far (never held again).
+    others: std::sync::Mutex<(
+        crate::registry::Replicas,
+        std::collections::BTreeSet<String>,
+    )>,
 }
 
 impl Control {
@@ -135,6 +146,7 @@ impl Control {
                 release,
                 loading: Vec::new(),
                 scans: 0,
+                held: Default::default(),
             })),
             write: tokio::sync::Mutex::new(()),
             scan: tokio::sync::Mutex::new(()),
@@ -143,6 +155,7 @@ impl Control {
             health: Arc::default(),
             shared: None,
             cluster: None,
+            others: Default::default(),
         }
     }
 
@@ -227,8 +240,52 @@ impl Control {
                     "applied the cluster's release document"
                 );
             }
+            let (loading, scans, held) =
+                (before.loading.clone(), before.scans, before.held.clone());
+            return Ok(self.publish(before, release, None, loading, scans, held, String::new()));
+        }
+        if let Change::Replicas(others) = change {
+            let admitted = self.others.lock().map(|o| o.1.clone()).unwrap_or_default();
+            let held = crate::registry::held_versions(&before.registry, &others, &admitted);
+            if let Ok(mut last) = self.others.lock() {
+                last.0 = others;
+            }
+            if held == before.held {
+                return Ok(Applied {
+                    after: before.clone(),
+                    before,
+                    detail: String::new(),
+                });
+            }
+            for (service, versions) in &before.held {
+                for version in versions {
+                    if !held.get(service).is_some_and(|h| h.contains(version)) {
+                        tracing::info!(%service, %version, "every replica has loaded the version: it may take traffic");
+                    }
+                }
+            }
+            let changed = rescan_rules(
+                &before.registry.without(&before.held),
+                &before.registry.without(&held),
+                &mut release,
+                false,
+                &before.registry,
+            );
+            if changed {
+                if let Err(error) = self.persist(&mut release, before.release.epoch).await {
+                    // Another replica wrote it first: its document arrives
+                    // as a notice, and the next report releases the
+                    // version under it (never under no rule at all).
+                    tracing::info!(%error, "the release change of a version every replica has is another replica's; holding it until the document arrives");
+                    return Ok(Applied {
+                        after: before.clone(),
+                        before,
+                        detail: String::new(),
+                    });
+                }
+            }
             let (loading, scans) = (before.loading.clone(), before.scans);
-            return Ok(self.publish(before, release, None, loading, scans, String::new()));
+            return Ok(self.publish(before, release, None, loading, scans, held, String::new()));
         }
         let epoch = before.release.epoch;
         if let Some(based_on) = based_on.filter(|b| *b != epoch) {
@@ -239,6 +296,7 @@ impl Control {
         }
         let scans =
             before.scans + u64::from(matches!(change, Change::Rescan { done: Some(_), .. }));
+        let mut held = before.held.clone();
         let (registry, loading, detail, persist) = match change {
             Change::Loading(loading) => (None, loading, String::new(), false),
             Change::Rescan {
@@ -246,8 +304,30 @@ impl Control {
                 loading,
                 done,
             } => {
+                if self.cluster.is_some() {
+                    let (others, admitted) =
+                        self.others.lock().map(|o| o.clone()).unwrap_or_default();
+                    held = crate::registry::held_versions(&registry, &others, &admitted);
+                    for (service, versions) in &held {
+                        for version in versions {
+                            if !before
+                                .held
+                                .get(service)
+                                .is_some_and(|h| h.contains(version))
+                            {
+                                tracing::info!(%service, %version, "loaded, but held until every replica has it");
+                            }
+                        }
+                    }
+                }
                 let changed = done.is_some_and(|done| {
-                    rescan_rules(&done.base.registry, &registry, &mut release, done.complete)
+                    rescan_rules(
+                        &done.base.registry.without(&done.base.held),
+                        &registry.without(&held),
+                        &mut release,
+                        done.complete,
+                        &registry,
+                    )
                 });
                 (Some(registry), loading, String::new(), changed)
             }
@@ -277,6 +357,7 @@ impl Control {
                 (None, before.loading.clone(), String::new(), changed)
             }
             operator => {
+                not_held(&before.held, &operator)?;
                 let detail = operator_change(&before.registry, &mut release, operator)?;
                 (None, before.loading.clone(), detail, true)
             }
@@ -298,7 +379,7 @@ impl Control {
                 release = before.release.clone();
             }
         }
-        Ok(self.publish(before, release, registry, loading, scans, detail))
+        Ok(self.publish(before, release, registry, loading, scans, held, detail))
     }
 
     /// Writes `release` as the change after epoch `epoch`: to the cluster's
@@ -333,17 +414,24 @@ impl Control {
         registry: Option<Registry>,
         loading: Vec<Loading>,
         scans: u64,
+        held: crate::registry::Held,
         detail: String,
     ) -> Applied {
         let registry = registry
             .as_ref()
             .unwrap_or(&before.registry)
-            .with_release(&release);
+            .with_release_holding(&release, &held);
+        if self.cluster.is_some() {
+            if let Ok(mut others) = self.others.lock() {
+                others.1.extend(crate::registry::admitted(&registry, &held));
+            }
+        }
         let after = Arc::new(Snapshot {
             registry,
             release,
             loading,
             scans,
+            held,
         });
         self.snapshot.store(after.clone());
         Applied {
@@ -360,6 +448,35 @@ fn loaded(service: &ServiceEntry) -> Loaded<'_> {
         service: &service.name,
         names: &service.names,
         live: service.live().map(|v| &*v.version),
+    }
+}
+
+/// Refuses an operator's change that would give traffic to a version held
+/// until every replica has it.
+fn not_held(held: &crate::registry::Held, change: &Change) -> Result<(), ReleaseError> {
+    let (service, wanted): (&str, Vec<&str>) = match change {
+        Change::SetWeights {
+            service, weights, ..
+        } => (
+            service,
+            weights
+                .iter()
+                .filter(|(_, w)| **w > 0)
+                .map(|(v, _)| v.as_str())
+                .collect(),
+        ),
+        Change::Promote { service, version } => (service, vec![version.as_str()]),
+        _ => return Ok(()),
+    };
+    match wanted
+        .into_iter()
+        .find(|v| held.get(service).is_some_and(|h| h.contains(*v)))
+    {
+        Some(version) => Err(ReleaseError::NotEverywhere {
+            service: service.to_string(),
+            version: version.to_string(),
+        }),
+        None => Ok(()),
     }
 }
 
@@ -395,19 +512,24 @@ fn operator_change(
 /// The release rules a rescan triggers: a canary for a newcomer whose
 /// manifest asks for one, the version it replaced recorded as stable when a
 /// newcomer takes over, and (once the scan is complete) operator weights of
-/// removed versions pruned. Returns whether `release` changed.
+/// removed versions pruned. `previous` and `next` are seen without the
+/// versions held for the cluster's other replicas; `loaded_all` is `next`
+/// with them (what is loaded). Returns whether `release` changed.
 fn rescan_rules(
     previous: &Registry,
     next: &Registry,
     release: &mut ReleaseState,
     complete: bool,
+    loaded_all: &Registry,
 ) -> bool {
     let mut changed = on_new_versions(previous, next, release);
     let next = next.with_release(release);
     for service in next.services() {
         let entry = release.services.entry(service.name.clone()).or_default();
         if complete {
-            changed |= release_state::prune_removed(entry, loaded(service));
+            // Held versions are loaded: their weights are not pruned.
+            let all = loaded_all.service(&service.name).unwrap_or(service);
+            changed |= release_state::prune_removed(entry, loaded(all));
         }
         let (Some(old), Some(now)) = (
             previous.service(&service.name).and_then(|s| s.live()),

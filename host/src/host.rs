@@ -228,6 +228,11 @@ impl Host {
                 .await
                 .context("cannot read the cluster's release document")?;
         }
+        if let Some(cluster) = self.control.cluster() {
+            // Before the first scan: a version another replica lacks is
+            // held from the moment it loads.
+            crate::canary::hold_for_replicas(&self.control, cluster).await;
+        }
         Ok(())
     }
 

@@ -245,6 +245,101 @@ pub struct Snapshot {
     pub loading: Vec<Loading>,
     /// Scans of the plugins directory finished since the start.
     pub scans: u64,
+    /// On a cluster: versions loaded here that another replica has not
+    /// loaded yet; they take no traffic until every replica has them.
+    pub held: Held,
+}
+
+/// Versions by service (`service → versions`).
+pub type Held = BTreeMap<String, std::collections::BTreeSet<String>>;
+
+/// What a cluster's other replicas reported, as `SERVICE@VERSION`s.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Replicas {
+    /// What each of them has loaded.
+    pub loaded: Vec<std::collections::BTreeSet<String>>,
+    /// What any of them gives traffic to (loaded and not held).
+    pub admitted: std::collections::BTreeSet<String>,
+}
+
+/// The versions of `registry` to hold: those that some other replica
+/// lacks, unless a replica already gives them traffic (one that joins the
+/// cluster, or is still compiling, never takes traffic away from a version
+/// that has it) or `admitted` here (once released, never held again). A
+/// service none of whose versions every replica has is not held at all:
+/// it serves what it has, as it would alone.
+pub fn held_versions(
+    registry: &Registry,
+    others: &Replicas,
+    admitted: &std::collections::BTreeSet<String>,
+) -> Held {
+    let mut held = Held::new();
+    for service in registry.services() {
+        let lacking: std::collections::BTreeSet<String> = service
+            .names
+            .iter()
+            .filter(|v| {
+                let name = format!("{}@{v}", service.name);
+                !admitted.contains(&name)
+                    && !others.admitted.contains(&name)
+                    && others.loaded.iter().any(|o| !o.contains(&name))
+            })
+            .map(|v| v.to_string())
+            .collect();
+        if !lacking.is_empty() && lacking.len() < service.names.len() {
+            held.insert(service.name.clone(), lacking);
+        }
+    }
+    held
+}
+
+/// `release` with `service`'s operator weights of `held` versions given to
+/// its stable version (when it has weight, else the version with the most;
+/// none left: the weights are dropped and the default applies).
+fn without_held_weights(
+    release: &ReleaseState,
+    service: &str,
+    held: &std::collections::BTreeSet<String>,
+) -> ReleaseState {
+    let mut out = release.clone();
+    let Some(entry) = out.services.get_mut(service) else {
+        return out;
+    };
+    let Some(weights) = entry.weights.as_mut() else {
+        return out;
+    };
+    let taken: u32 = held.iter().filter_map(|v| weights.remove(v)).sum();
+    if taken == 0 {
+        return out;
+    }
+    let stable = entry
+        .stable
+        .clone()
+        .filter(|s| weights.contains_key(s))
+        .or_else(|| {
+            weights
+                .iter()
+                .max_by_key(|(_, w)| **w)
+                .map(|(v, _)| v.clone())
+        });
+    match stable {
+        Some(s) => *weights.entry(s).or_default() += taken,
+        None => entry.weights = None,
+    }
+    out
+}
+
+/// The `SERVICE@VERSION`s of `registry` not in `held`: given traffic.
+pub fn admitted(registry: &Registry, held: &Held) -> std::collections::BTreeSet<String> {
+    registry
+        .services()
+        .flat_map(|s| {
+            s.names
+                .iter()
+                .filter(|v| !held.get(&s.name).is_some_and(|h| h.contains(&***v)))
+                .map(|v| format!("{}@{v}", s.name))
+        })
+        .collect()
 }
 
 impl Snapshot {
@@ -410,14 +505,39 @@ impl Registry {
 
     /// The same services with their policies recomputed from `release`.
     pub fn with_release(&self, release: &ReleaseState) -> Self {
+        self.with_release_holding(release, &Held::new())
+    }
+
+    /// [`Registry::with_release`], the `held` versions left out of every
+    /// policy: loaded (a pin reaches them), but given no traffic.
+    pub fn with_release_holding(&self, release: &ReleaseState, held: &Held) -> Self {
         let mut policy_errors = Vec::new();
         let services = self
             .services
             .iter()
             .map(|(name, s)| {
+                let routable: Vec<Arc<str>> = match held.get(name) {
+                    Some(h) => s
+                        .names
+                        .iter()
+                        .filter(|v| !h.contains(&***v))
+                        .cloned()
+                        .collect(),
+                    None => s.names.clone(),
+                };
+                // Weights a held version has go to the stable version here
+                // (or, without one, to the version with the most weight).
+                let moved;
+                let release = match held.get(name) {
+                    Some(h) => {
+                        moved = without_held_weights(release, name, h);
+                        &moved
+                    }
+                    None => release,
+                };
                 let policy = policy_for(
                     name,
-                    &s.names,
+                    &routable,
                     self.manifests.get(name),
                     release,
                     &mut policy_errors,
@@ -439,6 +559,27 @@ impl Registry {
             errors: self.errors.clone(),
             policy_errors,
             warnings,
+        }
+    }
+
+    /// The same registry without the `held` versions: what the release
+    /// rules see (a version every replica has loaded appears to them only
+    /// then).
+    pub fn without(&self, held: &Held) -> Self {
+        let mut services = self.services.clone();
+        for (name, versions) in held {
+            if let Some(s) = services.get_mut(name) {
+                s.versions.retain(|v| !versions.contains(&*v.version));
+                s.names.retain(|v| !versions.contains(&**v));
+            }
+        }
+        Self {
+            services,
+            manifests: self.manifests.clone(),
+            routes: self.routes.clone(),
+            errors: self.errors.clone(),
+            policy_errors: self.policy_errors.clone(),
+            warnings: self.warnings.clone(),
         }
     }
 

@@ -210,6 +210,14 @@ pub enum ReleaseError {
     /// The new state could not be written; the old one stays in effect.
     #[error("could not persist the release state: {0}")]
     Persist(String),
+    /// On a cluster: the version is not loaded on every replica yet.
+    #[error("`{service}@{version}` is not loaded on every replica yet; it can take traffic once it is (see `loaded_on` in GET /admin/services/{service})")]
+    NotEverywhere {
+        /// Service name.
+        service: String,
+        /// The version asked for.
+        version: String,
+    },
     /// The change was based on an older epoch than the release's own
     /// (another replica, or another operator, changed it first).
     #[error("the release changed first (it is at epoch {current}, this change was based on epoch {based_on}): read it again and retry")]
@@ -227,7 +235,9 @@ impl ReleaseError {
         match self {
             ReleaseError::UnknownService(_) => http::StatusCode::NOT_FOUND,
             ReleaseError::Persist(_) => http::StatusCode::INTERNAL_SERVER_ERROR,
-            ReleaseError::Stale { .. } => http::StatusCode::CONFLICT,
+            ReleaseError::Stale { .. } | ReleaseError::NotEverywhere { .. } => {
+                http::StatusCode::CONFLICT
+            }
             ReleaseError::UnknownVersion { .. }
             | ReleaseError::Invalid(_)
             | ReleaseError::NoStable(_)

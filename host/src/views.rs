@@ -120,8 +120,9 @@ pub struct VersionView {
     /// Outside requests that pinned this version, counted apart.
     #[serde(default)]
     pub pinned_metrics: Snapshot,
-    /// `serving`, `ejected` (out of weighted and sticky selection) or
-    /// `probation` (its next request probes it).
+    /// `serving`, `ejected` (out of weighted and sticky selection),
+    /// `probation` (its next request probes it) or, on a cluster,
+    /// `waiting` (loaded here but not yet on every replica: no traffic).
     #[serde(default)]
     pub state: String,
     /// Seconds until an ejected version is on probation.

@@ -367,8 +367,29 @@ fn a_replica_without_its_redis_does_not_start() {
     assert!(said.contains("is not a Redis URL"), "{said}");
 }
 
-/// Replicas with user 1.0.0 and 1.1.0 (the same build under two versions).
+/// Replicas with user 1.0.0 and 1.1.0 (the same build under two versions),
+/// once each reports both loaded and none holds either.
 fn two_version_replicas(redis: &Redis, n: usize) -> Vec<TestHost> {
+    let replicas = started_replicas(redis, n);
+    let settled = |r: &TestHost| {
+        let (reporting, on) = loaded_on(r);
+        let view = r.admin("GET", "/admin/services/user", None, None).json();
+        let waiting = view["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["state"] == "waiting");
+        reporting == n as u64 && on.iter().all(|k| *k == n as u64) && !waiting
+    };
+    wait_until(
+        "every replica has both versions",
+        Duration::from_secs(15),
+        || replicas.iter().all(settled).then_some(()),
+    );
+    replicas
+}
+
+fn started_replicas(redis: &Redis, n: usize) -> Vec<TestHost> {
     (0..n)
         .map(|_| {
             TestHost::empty()
@@ -712,6 +733,7 @@ fn one_replica_decides_a_canary_over_every_replicas_metrics() {
             rolled_back.then_some(view)
         },
     );
+
     let history = view["history"].as_array().unwrap();
     let rollbacks = history.iter().filter(|h| h["action"] == "rollback").count();
     assert_eq!(rollbacks, 1, "{history:?}");
@@ -812,4 +834,74 @@ fn each_version_shows_the_replicas_it_is_loaded_on() {
     );
     eprintln!("a killed replica dropped out after {:?}", started.elapsed());
     drop(dead);
+}
+
+/// The version `host` answers `GET /users` with.
+fn served_by(host: &TestHost) -> String {
+    let reply = reqwest::blocking::get(host.url("/users")).unwrap();
+    assert_eq!(reply.status(), 200);
+    reply.headers()["x-wasmhost-version"]
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_new_version_takes_traffic_only_once_every_replica_has_it() {
+    let Some(server) = redis("a_new_version_takes_traffic_only_once_every_replica_has_it") else {
+        return;
+    };
+    let replicas: Vec<TestHost> = (0..3).map(|_| replica(&server)).collect();
+    wait_until(
+        "every replica reports 1.0.0",
+        Duration::from_secs(10),
+        || (loaded_on(&replicas[0]) == (3, vec![3])).then_some(()),
+    );
+    // Two of three get 1.1.0: loaded there, but it takes no traffic.
+    for r in &replicas[..2] {
+        r.plugins().deploy(USER, "user@1.1.0.wasm");
+    }
+    wait_until(
+        "1.1.0 shows on two replicas",
+        Duration::from_secs(15),
+        || (loaded_on(&replicas[0]) == (3, vec![2, 3])).then_some(()),
+    );
+    for r in &replicas {
+        for _ in 0..5 {
+            assert_eq!(served_by(r), "1.0.0");
+        }
+    }
+    let view = replicas[0]
+        .admin("GET", "/admin/services/user", None, None)
+        .json();
+    assert_eq!(view["versions"][0]["version"], "1.1.0", "{view}");
+    assert_eq!(view["versions"][0]["state"], "waiting", "{view}");
+    assert_eq!(view["versions"][0]["weight"], 0, "{view}");
+    // An operator cannot give it traffic yet either.
+    let (status, refused) = put_weights(&replicas[0], 50, None);
+    assert_eq!(status, 409, "{refused}");
+    let said = refused["error"].as_str().unwrap_or_default().to_string();
+    assert!(said.contains("not loaded on every replica"), "{refused}");
+    // A pin still reaches it (to try it before it takes traffic).
+    assert_eq!(
+        replicas[0]
+            .get_pinned("/users", "1.1.0")
+            .header("x-wasmhost-version"),
+        Some("1.1.0")
+    );
+
+    // The third gets it: every replica moves to 1.1.0.
+    replicas[2].plugins().deploy(USER, "user@1.1.0.wasm");
+    let started = std::time::Instant::now();
+    let mut moved = Vec::new();
+    for r in &replicas {
+        wait_until("the replica serves 1.1.0", Duration::from_secs(15), || {
+            (served_by(r) == "1.1.0").then_some(())
+        });
+        moved.push(started.elapsed());
+    }
+    eprintln!("1.1.0 on the last replica: replicas served it after {moved:?}");
+    wait_until("1.1.0 loaded on all three", Duration::from_secs(10), || {
+        (loaded_on(&replicas[1]).1 == vec![3, 3]).then_some(())
+    });
 }

@@ -170,6 +170,9 @@ async fn list(State(admin): State<Admin>) -> Json<ServicesView> {
     let snapshot = admin.control.snapshot();
     let registry = &snapshot.registry;
     let mut services: Vec<ServiceView> = registry.services().map(describe).collect();
+    for view in &mut services {
+        mark_held(&snapshot.held, view);
+    }
     let replicas = with_replicas(&admin, &mut services).await;
     Json(ServicesView {
         services,
@@ -185,6 +188,17 @@ async fn list(State(admin): State<Admin>) -> Json<ServicesView> {
         scans: snapshot.scans,
         watch_events: admin.control.watch_events(),
     })
+}
+
+/// Versions held until every replica has them show as `waiting`.
+fn mark_held(held: &crate::registry::Held, view: &mut ServiceView) {
+    if let Some(versions) = held.get(&view.name) {
+        for v in &mut view.versions {
+            if versions.contains(&v.version) {
+                v.state = "waiting".into();
+            }
+        }
+    }
 }
 
 /// On a cluster, fills in how many replicas report now and how many of
@@ -264,6 +278,7 @@ async fn show(State(admin): State<Admin>, Path(name): Path<String>) -> Response 
         .unwrap_or_default();
     view.loading = loading;
     view.release_epoch = snapshot.release.epoch;
+    mark_held(&snapshot.held, &mut view);
     with_replicas(&admin, std::slice::from_mut(&mut view)).await;
     view.stable = release.stable.clone();
     view.canary = release.canary;
@@ -440,6 +455,7 @@ async fn respond(
                 Some(s) => {
                     let mut view = describe(s);
                     view.release_epoch = epoch;
+                    mark_held(&applied.after.held, &mut view);
                     with_replicas(admin, std::slice::from_mut(&mut view)).await;
                     with_etag(Json(view).into_response(), epoch)
                 }
