@@ -240,9 +240,12 @@ impl Control {
                     "applied the cluster's release document"
                 );
             }
-            let (loading, scans, held) =
-                (before.loading.clone(), before.scans, before.held.clone());
-            return Ok(self.publish(before, release, None, loading, scans, held, String::new()));
+            let served = Served {
+                loading: before.loading.clone(),
+                scans: before.scans,
+                held: before.held.clone(),
+            };
+            return Ok(self.publish(before, release, None, served, String::new()));
         }
         if let Change::Replicas(others) = change {
             let admitted = self.others.lock().map(|o| o.1.clone()).unwrap_or_default();
@@ -284,8 +287,12 @@ impl Control {
                     });
                 }
             }
-            let (loading, scans) = (before.loading.clone(), before.scans);
-            return Ok(self.publish(before, release, None, loading, scans, held, String::new()));
+            let served = Served {
+                loading: before.loading.clone(),
+                scans: before.scans,
+                held,
+            };
+            return Ok(self.publish(before, release, None, served, String::new()));
         }
         let epoch = before.release.epoch;
         if let Some(based_on) = based_on.filter(|b| *b != epoch) {
@@ -379,7 +386,12 @@ impl Control {
                 release = before.release.clone();
             }
         }
-        Ok(self.publish(before, release, registry, loading, scans, held, detail))
+        let served = Served {
+            loading,
+            scans,
+            held,
+        };
+        Ok(self.publish(before, release, registry, served, detail))
     }
 
     /// Writes `release` as the change after epoch `epoch`: to the cluster's
@@ -412,11 +424,14 @@ impl Control {
         before: Arc<Snapshot>,
         release: ReleaseState,
         registry: Option<Registry>,
-        loading: Vec<Loading>,
-        scans: u64,
-        held: crate::registry::Held,
+        served: Served,
         detail: String,
     ) -> Applied {
+        let Served {
+            loading,
+            scans,
+            held,
+        } = served;
         let registry = registry
             .as_ref()
             .unwrap_or(&before.registry)
@@ -440,6 +455,13 @@ impl Control {
             detail,
         }
     }
+}
+
+/// What a snapshot carries besides its registry and release.
+struct Served {
+    loading: Vec<Loading>,
+    scans: u64,
+    held: crate::registry::Held,
 }
 
 /// What a rule sees of `service`.
