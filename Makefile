@@ -147,8 +147,8 @@ ui-deps:
 	@test -x "$${WASMHOST_CHROMIUM:-/usr/bin/chromium}" || \
 		echo "    chromium is missing (apt-get install -y chromium): the browser test will say it skipped"
 
-## The cluster tests start their own redis-server and nats-server (Debian's
-## packages); the benchmark also haproxy. Without them the tests say they skipped.
+## The cluster tests start their own redis-server, nats-server and
+## docker-registry (Debian's packages); the benchmark also haproxy. Without them the tests say they skipped.
 cluster-deps:
 	@command -v redis-server >/dev/null || \
 		echo "    redis-server is missing (apt-get install -y redis-server): the cluster tests (tests/cluster.rs) skip, each saying why"
@@ -156,6 +156,8 @@ cluster-deps:
 		echo "    haproxy is missing (apt-get install -y haproxy): make bench skips the replicas figure"
 	@command -v nats-server >/dev/null || \
 		echo "    nats-server is missing (apt-get install -y nats-server): the NATS messaging tests (tests/cluster_messaging.rs) skip, each saying why"
+	@command -v docker-registry >/dev/null || \
+		echo "    docker-registry is missing (apt-get install -y docker-registry): the OCI registry test (tests/oci.rs) skips, saying why"
 
 test: plugins ui-deps cluster-deps
 	@echo "==> running every test (the first build compiles wasmtime and takes several minutes)"

@@ -85,6 +85,11 @@ pub struct ServeConfig {
     /// messages wait there, one durable consumer per group shared by every
     /// replica, instead of in `STATE/kv.redb`.
     pub messaging: Option<String>,
+    /// OCI repositories whose version tags are pulled into the plugins
+    /// directory as `NAME@TAG.wasm`.
+    pub sources: Vec<crate::oci_source::Source>,
+    /// How often each source is looked at.
+    pub source_interval: Duration,
 }
 
 /// `--memory-reset`: how a freed instance slot's memory is cleared.
@@ -121,6 +126,8 @@ impl Default for ServeConfig {
             incremental_compile: false,
             cluster: None,
             messaging: None,
+            sources: Vec::new(),
+            source_interval: crate::oci_source::DEFAULT_INTERVAL,
         }
     }
 }
@@ -312,6 +319,22 @@ pub struct ServeArgs {
     /// max-deliver, back-off and dead letters.
     #[arg(long, env = "WASMHOST_MESSAGING", value_name = "URL")]
     pub messaging: Option<String>,
+    /// Pull components from an OCI registry into the plugins directory:
+    /// oci://REGISTRY/PATH/NAME (oci+http:// for a registry without TLS).
+    /// Every tag that is a version lands as NAME@TAG.wasm once its digest
+    /// checks, and is served like a file dropped in; :TAG pins one tag,
+    /// @sha256:DIGEST its manifest. Repeatable (WASMHOST_SOURCE: comma
+    /// separated); credentials from WASMHOST_REGISTRY_AUTH=USER:PASSWORD.
+    #[arg(
+        long = "source",
+        env = "WASMHOST_SOURCE",
+        value_name = "OCI",
+        value_delimiter = ','
+    )]
+    pub sources: Vec<crate::oci_source::Source>,
+    /// How often each --source is looked at for new tags.
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    pub source_interval: humantime::Duration,
 }
 
 /// `on` or `off`.
@@ -340,6 +363,8 @@ impl From<ServeArgs> for ServeConfig {
             incremental_compile: a.incremental_compile == Some(Toggle::On),
             cluster: a.cluster.filter(|u| !u.is_empty()),
             messaging: a.messaging.filter(|u| !u.is_empty()),
+            sources: a.sources,
+            source_interval: a.source_interval.into(),
             ..Default::default()
         };
         config.limits.max_instances = a.max_instances;

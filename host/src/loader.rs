@@ -769,7 +769,7 @@ impl Calls for NoCalls {
 
 /// Checks the WebAssembly header: a component, not a core module or
 /// something else entirely.
-fn check_header(bytes: &[u8]) -> Result<()> {
+pub fn check_header(bytes: &[u8]) -> Result<()> {
     if bytes.is_empty() {
         bail!("file is empty");
     }

@@ -195,6 +195,18 @@ enum Command {
         #[command(flatten)]
         serve: ServeArgs,
     },
+    /// Push a component to an OCI registry, as a Wasm artifact
+    /// (application/wasm layer), for hosts that pull it with --source.
+    ///
+    /// Example: wasmhost push target/wasm32-wasip2/release/user.wasm
+    /// oci://ghcr.io/acme/user:1.2.0 (oci+http:// for a registry without
+    /// TLS; credentials from WASMHOST_REGISTRY_AUTH=USER:PASSWORD).
+    Push {
+        /// The component (.wasm).
+        file: PathBuf,
+        /// Where: oci://REGISTRY/PATH/NAME:VERSION.
+        target: wasmhost::oci_source::Source,
+    },
     /// Give the stable (last promoted, else previous) version all the traffic.
     Rollback {
         /// The service.
@@ -308,6 +320,11 @@ async fn command(command: Command) -> Result<()> {
         } => admin.client()?.promote(&service, &version).await,
         Command::Rollback { service, admin } => admin.client()?.rollback(&service).await,
         Command::Cache { serve, .. } => warm_cache(serve.into()).await,
+        Command::Push { file, target } => {
+            let url = wasmhost::oci_source::push(&file, &target).await?;
+            println!("pushed {} as {target} ({url})", file.display());
+            Ok(())
+        }
         Command::Kv {
             action,
             cluster,
@@ -352,6 +369,7 @@ async fn warm_cache(mut config: wasmhost::ServeConfig) -> Result<()> {
     // Warming touches neither Redis nor the release: only the compiler.
     config.cluster = None;
     config.messaging = None;
+    config.sources.clear();
     let started = std::time::Instant::now();
     let host = wasmhost::Host::builder().config(config).build()?;
     host.load().await?;

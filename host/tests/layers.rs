@@ -67,6 +67,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("topics_api", 4),
     ("client", 4),
     ("kv_transfer", 4),
+    ("oci_source", 4),
     ("status", 4),
     ("host", 4),
     ("authoring", 4),

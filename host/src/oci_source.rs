@@ -1,0 +1,356 @@
+//! Components from an OCI registry (`--source oci://REGISTRY/REPO`): every
+//! tag of the repository that parses as a version lands in the plugins
+//! directory as `NAME@TAG.wasm` (NAME: the repository's last segment), so
+//! the watcher loads it like a file dropped in; and `wasmhost push`, the
+//! other way.
+//!
+//! Invariant: a file is written only whole and only after the layer's
+//! SHA-256 matched the digest its manifest names (copy to a hidden
+//! temporary file, then rename); a version already in the directory is
+//! never overwritten (a moved tag is reported, not followed), so what a
+//! replica serves under a name is what it first pulled under it.
+
+use anyhow::{bail, Context as _, Result};
+use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use sha2::Digest as _;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The media type of a Wasm component layer (the CNCF Wasm OCI artifact).
+pub const WASM_LAYER: &str = "application/wasm";
+/// The media type of its config.
+pub const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
+/// The largest layer pulled.
+pub const MAX_LAYER_BYTES: u64 = 256 * 1024 * 1024;
+/// How often a source is looked at by default.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// One `--source`: a repository, read over HTTPS (`oci://`) or plain HTTP
+/// (`oci+http://`, for a registry on loopback), optionally pinned to one
+/// tag and a manifest digest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Source {
+    /// `HOST[:PORT]`.
+    pub registry: String,
+    /// `PATH/NAME`.
+    pub repository: String,
+    /// Only this tag, when pinned.
+    pub tag: Option<String>,
+    /// Only this manifest digest (`sha256:…`), when pinned.
+    pub digest: Option<String>,
+    /// Plain HTTP.
+    pub insecure: bool,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.insecure { "oci+http" } else { "oci" };
+        write!(f, "{scheme}://{}/{}", self.registry, self.repository)?;
+        if let Some(tag) = &self.tag {
+            write!(f, ":{tag}")?;
+        }
+        if let Some(digest) = &self.digest {
+            write!(f, "@{digest}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for Source {
+    type Err = anyhow::Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        let (insecure, rest) = if let Some(rest) = text.strip_prefix("oci+http://") {
+            (true, rest)
+        } else if let Some(rest) = text.strip_prefix("oci://") {
+            (false, rest)
+        } else {
+            bail!("`{text}` is not a source: expected oci://REGISTRY/REPO[:TAG][@sha256:DIGEST] (or oci+http:// for a registry without TLS)");
+        };
+        let (rest, digest) = match rest.split_once('@') {
+            Some((r, d)) => {
+                if !d.starts_with("sha256:") || d.len() != 71 {
+                    bail!("`{text}`: the pin `{d}` is not a sha256:… manifest digest");
+                }
+                (r, Some(d.to_string()))
+            }
+            None => (rest, None),
+        };
+        let Some((registry, path)) = rest.split_once('/') else {
+            bail!("`{text}` names no repository: expected oci://REGISTRY/REPO");
+        };
+        // A tag follows the last `:` after the last `/`.
+        let (repository, tag) = match path.rsplit_once(':') {
+            Some((repo, tag)) if !tag.contains('/') => (repo, Some(tag.to_string())),
+            _ => (path, None),
+        };
+        let source = Source {
+            registry: registry.to_string(),
+            repository: repository.to_string(),
+            tag,
+            digest,
+            insecure,
+        };
+        crate::spec::ServiceName::parse(source.service()).with_context(|| {
+            format!("`{text}`: the repository's last segment names the service")
+        })?;
+        Ok(source)
+    }
+}
+
+impl Source {
+    /// The service its components are versions of.
+    pub fn service(&self) -> &str {
+        self.repository
+            .rsplit('/')
+            .next()
+            .unwrap_or(&self.repository)
+    }
+
+    fn reference(&self, tag: &str) -> Reference {
+        Reference::with_tag(
+            self.registry.clone(),
+            self.repository.clone(),
+            tag.to_string(),
+        )
+    }
+
+    fn client(&self) -> Client {
+        Client::new(ClientConfig {
+            protocol: if self.insecure {
+                ClientProtocol::Http
+            } else {
+                ClientProtocol::Https
+            },
+            ..Default::default()
+        })
+    }
+}
+
+/// Credentials from `WASMHOST_REGISTRY_AUTH` (`USER:PASSWORD`), else none.
+fn auth() -> RegistryAuth {
+    match std::env::var("WASMHOST_REGISTRY_AUTH").ok().and_then(|a| {
+        a.split_once(':')
+            .map(|(u, p)| (u.to_string(), p.to_string()))
+    }) {
+        Some((user, password)) => RegistryAuth::Basic(user, password),
+        None => RegistryAuth::Anonymous,
+    }
+}
+
+fn install_crypto() {
+    // reqwest's rustls needs a process-wide provider; ring is the one the
+    // rest of the host links. Installing twice is refused, harmlessly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Pushes the component `file` as `REPO:TAG` of `source` (whose tag is
+/// required); returns the manifest's URL.
+pub async fn push(file: &Path, source: &Source) -> Result<String> {
+    install_crypto();
+    let Some(tag) = &source.tag else {
+        bail!("give the tag to push as: {source}:VERSION");
+    };
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    crate::loader::check_header(&bytes)
+        .with_context(|| format!("{} cannot be pushed", file.display()))?;
+    let digest = format!("sha256:{}", hex_sha256(&bytes));
+    let config = serde_json::json!({
+        "created": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        "architecture": "wasm",
+        "os": "wasip2",
+        "layerDigests": [digest],
+    });
+    let layer = ImageLayer::new(bytes::Bytes::from(bytes), WASM_LAYER.to_string(), None);
+    let config = Config::new(
+        bytes::Bytes::from(serde_json::to_vec(&config)?),
+        WASM_CONFIG.to_string(),
+        None,
+    );
+    let pushed = source
+        .client()
+        .push(&source.reference(tag), &[layer], config, &auth(), None)
+        .await
+        .with_context(|| format!("cannot push to {source}"))?;
+    Ok(pushed.manifest_url)
+}
+
+/// What one look at a source did.
+#[derive(Debug, Default, PartialEq)]
+pub struct Pulled {
+    /// Files written, as `NAME@TAG.wasm`.
+    pub written: Vec<String>,
+    /// Tags refused, with why (each reported once per run by [`follow`]).
+    pub refused: BTreeMap<String, String>,
+}
+
+/// Looks at `source` once: pulls every version tag (or the pinned one)
+/// not yet in `plugins`.
+pub async fn pull_new(source: &Source, plugins: &Path) -> Result<Pulled> {
+    install_crypto();
+    let client = source.client();
+    let auth = auth();
+    let tags = match &source.tag {
+        Some(tag) => vec![tag.clone()],
+        None => {
+            let listed = client
+                .list_tags(&source.reference("latest"), &auth, None, None)
+                .await
+                .with_context(|| format!("cannot list the tags of {source}"))?;
+            listed
+                .tags
+                .into_iter()
+                .filter(|t| semver::Version::parse(t).is_ok())
+                .collect()
+        }
+    };
+    let mut pulled = Pulled::default();
+    std::fs::create_dir_all(plugins)
+        .with_context(|| format!("cannot create the plugins directory {}", plugins.display()))?;
+    for tag in tags {
+        let name = format!("{}@{tag}.wasm", source.service());
+        let target = plugins.join(&name);
+        if target.exists() {
+            continue;
+        }
+        match pull_one(&client, &auth, source, &tag, &target).await {
+            Ok(()) => pulled.written.push(name),
+            Err(error) => {
+                pulled.refused.insert(tag, format!("{error:#}"));
+            }
+        }
+    }
+    Ok(pulled)
+}
+
+async fn pull_one(
+    client: &Client,
+    auth: &RegistryAuth,
+    source: &Source,
+    tag: &str,
+    target: &Path,
+) -> Result<()> {
+    let reference = source.reference(tag);
+    let (manifest, digest) = client
+        .pull_image_manifest(&reference, auth)
+        .await
+        .context("cannot read the manifest")?;
+    if let Some(pin) = &source.digest {
+        if *pin != digest {
+            bail!("the manifest is {digest}, not the pinned {pin}");
+        }
+    }
+    let layer = match manifest.layers.as_slice() {
+        [one] => one,
+        layers => layers
+            .iter()
+            .find(|l| l.media_type == WASM_LAYER)
+            .context("the manifest has no application/wasm layer")?,
+    };
+    if layer.size < 0 || layer.size as u64 > MAX_LAYER_BYTES {
+        bail!(
+            "the layer is {} bytes, above the {MAX_LAYER_BYTES} allowed",
+            layer.size
+        );
+    }
+    let mut bytes = Vec::with_capacity(layer.size as usize);
+    client
+        .pull_blob(&reference, layer, &mut bytes)
+        .await
+        .context("refused: the layer failed its digest check, or could not be read")?;
+    let actual = format!("sha256:{}", hex_sha256(&bytes));
+    if actual != layer.digest {
+        bail!(
+            "refused: the layer's content is {actual}, not the {} its manifest names",
+            layer.digest
+        );
+    }
+    let tmp = hidden_tmp(target);
+    std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, target)
+        .with_context(|| format!("cannot move {} into place", target.display()))?;
+    Ok(())
+}
+
+fn hidden_tmp(target: &Path) -> PathBuf {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    target.with_file_name(format!(".{name}.oci-tmp"))
+}
+
+/// Runs forever: looks at every source every `interval`, logging what it
+/// pulled, and each refusal or unreachable registry once until it changes.
+pub async fn follow(sources: Vec<Source>, plugins: PathBuf, interval: Duration) {
+    let mut said: BTreeMap<String, String> = BTreeMap::new();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for source in &sources {
+            let key = source.to_string();
+            match pull_new(source, &plugins).await {
+                Ok(pulled) => {
+                    if said.remove(&key).is_some() {
+                        tracing::info!(source = %key, "the registry answers again");
+                    }
+                    for file in &pulled.written {
+                        tracing::info!(source = %key, %file, "pulled from the registry (digest checked)");
+                    }
+                    for (tag, why) in pulled.refused {
+                        let at = format!("{key}:{tag}");
+                        if said.get(&at) != Some(&why) {
+                            tracing::error!(source = %key, %tag, error = %why, "a component from the registry was refused; what is loaded keeps serving");
+                            said.insert(at, why);
+                        }
+                    }
+                }
+                Err(error) => {
+                    let why = format!("{error:#}");
+                    if said.get(&key) != Some(&why) {
+                        tracing::warn!(source = %key, error = %why, "the registry cannot be read; what is loaded keeps serving");
+                        said.insert(key, why);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_parse_with_their_pins() {
+        let s: Source = "oci://ghcr.io/acme/user".parse().unwrap();
+        assert_eq!(s.registry, "ghcr.io");
+        assert_eq!(s.repository, "acme/user");
+        assert_eq!(s.service(), "user");
+        assert_eq!(s.tag, None);
+        let s: Source = "oci+http://127.0.0.1:5000/user:1.2.0".parse().unwrap();
+        assert!(s.insecure);
+        assert_eq!(s.registry, "127.0.0.1:5000");
+        assert_eq!(s.tag.as_deref(), Some("1.2.0"));
+        let pin = format!("sha256:{}", "a".repeat(64));
+        let s: Source = format!("oci://r.example/user:1.0.0@{pin}").parse().unwrap();
+        assert_eq!(s.digest.as_deref(), Some(pin.as_str()));
+        assert_eq!(s.to_string(), format!("oci://r.example/user:1.0.0@{pin}"));
+        for bad in [
+            "ghcr.io/user",
+            "oci://ghcr.io",
+            "oci://r/user@md5:00",
+            "oci://r/Bad_Name",
+        ] {
+            assert!(bad.parse::<Source>().is_err(), "{bad}");
+        }
+    }
+}
