@@ -569,9 +569,7 @@ impl Dispatcher {
         if result.is_ok() {
             if let Err(error) = self.commit_outcome(store.data_mut()).await {
                 keep = None;
-                result = Err(fail(Failure::Internal(format!(
-                    "its key-value writes and messages could not be committed: {error}"
-                ))));
+                result = Err(fail(Failure::Uncommitted(error)));
             }
         }
         let touched = store.data().touched();
@@ -731,9 +729,7 @@ impl Dispatcher {
         let delivered = match outcome {
             Ok(Ok(Ok(()))) => match self.commit_outcome(store.data_mut()).await {
                 Ok(()) => Delivered::Ack,
-                Err(error) => fail(Failure::Internal(format!(
-                    "its key-value writes and messages could not be committed: {error}"
-                ))),
+                Err(error) => fail(Failure::Uncommitted(error)),
             },
             Ok(Ok(Err(Refusal::Retry(delay)))) => Delivered::Retry(delay),
             Ok(Ok(Err(Refusal::Reject(reason)))) => Delivered::Reject(reason),

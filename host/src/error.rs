@@ -47,7 +47,9 @@ impl DispatchError {
             DispatchError::Loading { .. } => StatusCode::SERVICE_UNAVAILABLE,
             DispatchError::Failed { failure, .. } => match failure {
                 Failure::CpuTime(_) | Failure::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-                Failure::Capacity | Failure::Saturated(_) => StatusCode::SERVICE_UNAVAILABLE,
+                Failure::Capacity | Failure::Saturated(_) | Failure::Uncommitted(_) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 Failure::CallLoop(_) => StatusCode::LOOP_DETECTED,
                 Failure::Trap(_)
                 | Failure::OutOfMemory(_)

@@ -57,6 +57,10 @@ pub enum Failure {
     /// The host could not run the guest.
     #[error("the service could not be run: {0}")]
     Internal(String),
+    /// The service answered, but its held key-value writes and messages
+    /// could not be stored (the cluster's Redis or NATS is away): none were.
+    #[error("the service answered, but its key-value writes and messages could not be stored, so none were: {0}")]
+    Uncommitted(String),
 }
 
 impl Failure {
@@ -72,7 +76,10 @@ impl Failure {
             Failure::ResponseTooLarge(_) => "response-body",
             Failure::CallLoop(_) => "call-depth",
             Failure::TooManyResources(_) => "resources",
-            Failure::Trap(_) | Failure::Malformed(_) | Failure::Internal(_) => return None,
+            Failure::Trap(_)
+            | Failure::Malformed(_)
+            | Failure::Internal(_)
+            | Failure::Uncommitted(_) => return None,
         })
     }
 
@@ -82,6 +89,7 @@ impl Failure {
         self.limit().unwrap_or(match self {
             Failure::Malformed(_) => "malformed",
             Failure::Internal(_) => "internal",
+            Failure::Uncommitted(_) => "uncommitted",
             _ => "trap",
         })
     }

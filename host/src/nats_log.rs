@@ -191,6 +191,11 @@ impl NatsLog {
     /// JetStream has stored each.
     pub async fn publish(&self, messages: &[Outgoing]) -> Result<()> {
         let c = self.connected().await?;
+        // Refused at once while the broker is away, rather than queued
+        // and stored after the request was told it failed.
+        if c.js.client().connection_state() != async_nats::connection::State::Connected {
+            bail!("the message broker at {} is unreachable", self.redacted());
+        }
         let mut acks = Vec::new();
         for m in messages {
             if m.body.len() > crate::messages::MAX_MESSAGE_BYTES {

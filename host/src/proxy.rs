@@ -98,9 +98,7 @@ where
                     if let Err(e) = kv.commit(pending).await {
                         let error = format!("{e:#}");
                         tracing::error!(service = %id.service, version = %id.version, %error, "the key-value writes of a request could not be committed");
-                        return Err(Failure::Internal(format!(
-                            "its key-value writes could not be committed: {error}"
-                        )));
+                        return Err(Failure::Uncommitted(error));
                     }
                 }
                 Ok(())

@@ -237,3 +237,45 @@ fn three_replicas_handle_each_message_once_and_lose_none_when_one_dies() {
     });
     assert_eq!(group["dead_letters"], 0, "{topics}");
 }
+
+#[test]
+fn a_broker_that_goes_away_fails_publishes_clearly_and_deliveries_resume() {
+    let Some(mut nats) = or_skip(
+        "a_broker_that_goes_away_fails_publishes_clearly_and_deliveries_resume",
+        Nats::start(),
+    ) else {
+        return;
+    };
+    let host = TestHost::empty()
+        .add(FAULTY, "faulty@1.0.0.wasm")
+        .manifest("faulty", MANIFEST)
+        .args(&["--messaging", &nats.url()])
+        .start();
+    let before = publish(&host, "jobs.a", "ok");
+    until_count(&host, &format!("handled:{before}"), 1);
+
+    nats.stop();
+    let started = std::time::Instant::now();
+    let failed = wait_until("a publish refused", Duration::from_secs(30), || {
+        let reply = host.send("POST", "/faulty/publish/jobs.a", "ok");
+        (reply.status >= 500).then_some(reply)
+    });
+    let said = String::from_utf8_lossy(&failed.body).to_string();
+    assert!(said.contains("unreachable"), "{said}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    // The service still answers what needs no broker.
+    host.get("/faulty/count/deliveries").expect_status(200);
+
+    // Back (same store): publishing and deliveries resume.
+    nats.restart();
+    let after = wait_until("a publish accepted", Duration::from_secs(30), || {
+        let reply = host.send("POST", "/faulty/publish/jobs.b", "ok");
+        (reply.status == 201).then(|| reply.json()["id"].as_str().unwrap().to_string())
+    });
+    until_count(&host, &format!("handled:{after}"), 1);
+    assert_eq!(count(&host, &format!("handled:{before}")), 1);
+}
