@@ -6,7 +6,9 @@
 # baseline, in the same run: plain requests to the same component
 # (GET /faulty/ok, loadgen, 16 connections), each also a fresh instance.
 # Then the same with per-key ordering (ordered-by = "key", 64 keys: at most
-# 64 in flight, one per key).
+# 64 in flight, one per key). Then, when nats-server is installed, the
+# latency and the throughput again with the log on NATS JetStream
+# (--messaging, a nats-server -js of its own on loopback), and the ratio.
 # Usage: bench/messages.sh [quick|full]   (make bench = full, make bench-quick = quick)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,9 +44,10 @@ PORT=18711; ADMIN=18712
 "$BIN_DIR/wasmhost" serve --plugins "$WORK/plugins" --state "$WORK/state" --cache-dir "$CACHE_DIR" \
   --listen 127.0.0.1:$PORT --admin-listen 127.0.0.1:$ADMIN --drain-delay 0s 2>"$WORK/host.log" &
 PID=$!
-python3 - "$PORT" "$ADMIN" "$WORK/state/admin-token" "$N" <<'PY'
+cat > "$WORK/measure.py" <<'PY'
 import http.client, json, sys, time
 port, admin, token_file, n = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+label, keyed_too = sys.argv[5], sys.argv[6] == "keyed"
 deadline = time.time() + 180
 while True:
     try:
@@ -74,7 +77,7 @@ for _ in range(200):
 while backlog() > 0:
     time.sleep(0.05)
 lat = latency()
-print(f"messages: publish to acknowledgement, one at a time: p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms (upper bounds of the histogram's buckets)")
+print(f"messages {label}: publish to acknowledgement, one at a time: p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms (upper bounds of the histogram's buckets)")
 started = time.time()
 for _ in range(n // 1000):
     c.request("POST", "/faulty/publish-many/bench.load/1000", body=b"noop"); r = c.getresponse(); r.read()
@@ -83,9 +86,13 @@ published = time.time()
 while backlog() > 0:
     time.sleep(0.05)
 done = time.time()
-print(f"messages: {n} published in {published - started:.2f} s ({n / (published - started):,.0f}/s, durable when the request answers)")
-print(f"messages: {n} published and acknowledged in {done - started:.2f} s: {n / (done - started):,.0f} msg/s end to end")
+print(f"messages {label}: {n} published in {published - started:.2f} s ({n / (published - started):,.0f}/s, durable when the request answers)")
+print(f"messages {label}: {n} published and acknowledged in {done - started:.2f} s: {n / (done - started):,.0f} msg/s end to end")
 unordered = done - started
+with open(sys.argv[3] + ".rate", "w") as f:
+    f.write(f"{n / unordered}")
+if not keyed_too:
+    sys.exit(0)
 keyed = time.time()
 for _ in range(n // 1000):
     c.request("POST", "/faulty/publish-keyed/ordered.load/64/1000", body=b"noop"); r = c.getresponse(); r.read()
@@ -93,11 +100,25 @@ for _ in range(n // 1000):
 while backlog() > 0:
     time.sleep(0.05)
 ordered = time.time() - keyed
-print(f"messages: {n} over 64 keys with ordered-by, published and acknowledged in {ordered:.2f} s: {n / ordered:,.0f} msg/s (×{unordered / ordered:.2f} of unordered)")
-
-with open(sys.argv[3] + ".rate", "w") as f:
-    f.write(f"{n / unordered}")
+print(f"messages {label}: {n} over 64 keys with ordered-by, published and acknowledged in {ordered:.2f} s: {n / ordered:,.0f} msg/s (×{unordered / ordered:.2f} of unordered)")
 PY
+python3 "$WORK/measure.py" "$PORT" "$ADMIN" "$WORK/state/admin-token" "$N" embedded keyed
 RATE=$(cat "$WORK/state/admin-token.rate")
 REQS=$("$BIN_DIR/loadgen" "http://127.0.0.1:$PORT/faulty/ok" 16 "$SECONDS_EACH" | python3 -c 'import json,sys; print(json.load(sys.stdin)["rps"])')
 python3 -c "r, q = $RATE, $REQS; print(f'baseline: {q:,.0f} req/s of GET /faulty/ok (fresh instance each); messages ×{r / q:.2f} of it')"
+
+NATS_SERVER=$(command -v nats-server || true)
+[ -n "$NATS_SERVER" ] || { echo "messages nats: skipped: nats-server is not installed (apt-get install -y nats-server)"; exit 0; }
+kill "$PID"; wait "$PID" 2>/dev/null || true
+NATS_PORT=18713
+"$NATS_SERVER" -a 127.0.0.1 -p $NATS_PORT -js -sd "$WORK/nats" >"$WORK/nats.log" 2>&1 &
+NATS_PID=$!
+trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; kill "$NATS_PID" 2>/dev/null; rm -rf "$WORK"' EXIT
+for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$NATS_PORT) 2>/dev/null && break; sleep 0.05; done
+"$BIN_DIR/wasmhost" serve --plugins "$WORK/plugins" --state "$WORK/state-nats" --cache-dir "$CACHE_DIR" \
+  --listen 127.0.0.1:$PORT --admin-listen 127.0.0.1:$ADMIN --drain-delay 0s \
+  --messaging nats://127.0.0.1:$NATS_PORT 2>"$WORK/host-nats.log" &
+PID=$!
+python3 "$WORK/measure.py" "$PORT" "$ADMIN" "$WORK/state-nats/admin-token" "$N" nats unordered
+NATS_RATE=$(cat "$WORK/state-nats/admin-token.rate")
+python3 -c "e, n = $RATE, $NATS_RATE; print(f'messages: NATS JetStream ×{n / e:.2f} msg/s of the embedded log (one host, end to end)')"

@@ -161,6 +161,19 @@ impl ClusterMetrics {
         self.redis.checked(pipe.query_async::<()>(&mut conn).await)
     }
 
+    /// Withdraws this replica's report (it stops).
+    pub async fn leave(&self) -> Result<()> {
+        let mut conn = self.redis.connection();
+        self.redis.checked(
+            redis::cmd("HDEL")
+                .arg(REPLICAS)
+                .arg(&self.replica)
+                .query_async::<i64>(&mut conn)
+                .await,
+        )?;
+        Ok(())
+    }
+
     /// The replicas that reported within [`GONE_MS`] of `now_ms`, by id;
     /// older reports are removed.
     pub async fn replicas(&self, now_ms: u64) -> Result<Vec<Report>> {

@@ -150,7 +150,7 @@ pub async fn run(
     let flusher = cluster
         .clone()
         .map(|c| tokio::spawn(canary::flusher(host.control().clone(), c)));
-    let analyst = tokio::spawn(canary::analyst(host.control().clone(), cluster));
+    let analyst = tokio::spawn(canary::analyst(host.control().clone(), cluster.clone()));
     let sampler = tokio::spawn(admin::ui::sampler(
         host.control().clone(),
         host.timeline().clone(),
@@ -222,6 +222,13 @@ pub async fn run(
     }
     if let Some(task) = ejections {
         task.abort();
+    }
+    if let Some(cluster) = &cluster {
+        // The others count one replica fewer at once, not after its
+        // report goes stale.
+        if let Err(error) = cluster.leave().await {
+            tracing::debug!(error = %format!("{error:#}"), "could not withdraw this replica's report");
+        }
     }
     tracing::info!("stopped");
     Ok(())

@@ -834,6 +834,24 @@ fn each_version_shows_the_replicas_it_is_loaded_on() {
     );
     eprintln!("a killed replica dropped out after {:?}", started.elapsed());
     drop(dead);
+
+    // One that stops withdraws its report: it drops out at once.
+    let stopped = replicas.remove(1);
+    signal(stopped.pid(), "-TERM");
+    let addr = stopped.addr().to_string();
+    wait_until("the replica stops", Duration::from_secs(30), || {
+        (!listening(&addr)).then_some(())
+    });
+    let gone = std::time::Instant::now();
+    wait_until(
+        "the stopped replica drops out",
+        Duration::from_secs(3),
+        || (loaded_on(&replicas[0]) == (1, vec![1, 1])).then_some(()),
+    );
+    eprintln!(
+        "a stopped replica dropped out {:?} after it stopped listening",
+        gone.elapsed()
+    );
 }
 
 /// The version `host` answers `GET /users` with.
@@ -882,6 +900,16 @@ fn a_new_version_takes_traffic_only_once_every_replica_has_it() {
     assert_eq!(status, 409, "{refused}");
     let said = refused["error"].as_str().unwrap_or_default().to_string();
     assert!(said.contains("not loaded on every replica"), "{refused}");
+    // `wasmhost status` shows where each version is loaded.
+    let out = replicas[0].cli(&["status"]);
+    let status = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(status.contains("LOADED"), "{status}");
+    let row = status
+        .lines()
+        .find(|l| l.contains("1.1.0"))
+        .unwrap_or_default();
+    assert!(row.contains("2/3") && row.contains("waiting"), "{status}");
+    assert!(status.contains("replicas: 3:"), "{status}");
     // A pin still reaches it (to try it before it takes traffic).
     assert_eq!(
         replicas[0]
