@@ -87,7 +87,7 @@ pub struct ServeConfig {
     pub messaging: Option<String>,
     /// OCI repositories whose version tags are pulled into the plugins
     /// directory as `NAME@TAG.wasm`.
-    pub sources: Vec<crate::oci_source::Source>,
+    pub sources: Vec<crate::oci_ref::Source>,
     /// How often each source is looked at.
     pub source_interval: Duration,
 }
@@ -127,7 +127,7 @@ impl Default for ServeConfig {
             cluster: None,
             messaging: None,
             sources: Vec::new(),
-            source_interval: crate::oci_source::DEFAULT_INTERVAL,
+            source_interval: crate::oci_ref::DEFAULT_INTERVAL,
         }
     }
 }
@@ -331,7 +331,7 @@ pub struct ServeArgs {
         value_name = "OCI",
         value_delimiter = ','
     )]
-    pub sources: Vec<crate::oci_source::Source>,
+    pub sources: Vec<crate::oci_ref::Source>,
     /// How often each --source is looked at for new tags.
     #[arg(long, default_value = "10s", value_name = "DURATION")]
     pub source_interval: humantime::Duration,

@@ -52,6 +52,7 @@ pub mod manifest;
 pub mod messages;
 pub mod metrics;
 pub mod nats_log;
+pub mod oci_ref;
 pub mod oci_source;
 pub mod plugin;
 pub mod proxy;

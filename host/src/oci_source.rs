@@ -19,115 +19,32 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::oci_ref::{Source, DEFAULT_INTERVAL};
+
 /// The media type of a Wasm component layer (the CNCF Wasm OCI artifact).
 pub const WASM_LAYER: &str = "application/wasm";
 /// The media type of its config.
 pub const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
 /// The largest layer pulled.
 pub const MAX_LAYER_BYTES: u64 = 256 * 1024 * 1024;
-/// How often a source is looked at by default.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 
-/// One `--source`: a repository, read over HTTPS (`oci://`) or plain HTTP
-/// (`oci+http://`, for a registry on loopback), optionally pinned to one
-/// tag and a manifest digest.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Source {
-    /// `HOST[:PORT]`.
-    pub registry: String,
-    /// `PATH/NAME`.
-    pub repository: String,
-    /// Only this tag, when pinned.
-    pub tag: Option<String>,
-    /// Only this manifest digest (`sha256:…`), when pinned.
-    pub digest: Option<String>,
-    /// Plain HTTP.
-    pub insecure: bool,
+fn reference(source: &Source, tag: &str) -> Reference {
+    Reference::with_tag(
+        source.registry.clone(),
+        source.repository.clone(),
+        tag.to_string(),
+    )
 }
 
-impl std::fmt::Display for Source {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let scheme = if self.insecure { "oci+http" } else { "oci" };
-        write!(f, "{scheme}://{}/{}", self.registry, self.repository)?;
-        if let Some(tag) = &self.tag {
-            write!(f, ":{tag}")?;
-        }
-        if let Some(digest) = &self.digest {
-            write!(f, "@{digest}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::str::FromStr for Source {
-    type Err = anyhow::Error;
-
-    fn from_str(text: &str) -> Result<Self> {
-        let (insecure, rest) = if let Some(rest) = text.strip_prefix("oci+http://") {
-            (true, rest)
-        } else if let Some(rest) = text.strip_prefix("oci://") {
-            (false, rest)
+fn client(source: &Source) -> Client {
+    Client::new(ClientConfig {
+        protocol: if source.insecure {
+            ClientProtocol::Http
         } else {
-            bail!("`{text}` is not a source: expected oci://REGISTRY/REPO[:TAG][@sha256:DIGEST] (or oci+http:// for a registry without TLS)");
-        };
-        let (rest, digest) = match rest.split_once('@') {
-            Some((r, d)) => {
-                if !d.starts_with("sha256:") || d.len() != 71 {
-                    bail!("`{text}`: the pin `{d}` is not a sha256:… manifest digest");
-                }
-                (r, Some(d.to_string()))
-            }
-            None => (rest, None),
-        };
-        let Some((registry, path)) = rest.split_once('/') else {
-            bail!("`{text}` names no repository: expected oci://REGISTRY/REPO");
-        };
-        // A tag follows the last `:` after the last `/`.
-        let (repository, tag) = match path.rsplit_once(':') {
-            Some((repo, tag)) if !tag.contains('/') => (repo, Some(tag.to_string())),
-            _ => (path, None),
-        };
-        let source = Source {
-            registry: registry.to_string(),
-            repository: repository.to_string(),
-            tag,
-            digest,
-            insecure,
-        };
-        crate::spec::ServiceName::parse(source.service()).with_context(|| {
-            format!("`{text}`: the repository's last segment names the service")
-        })?;
-        Ok(source)
-    }
-}
-
-impl Source {
-    /// The service its components are versions of.
-    pub fn service(&self) -> &str {
-        self.repository
-            .rsplit('/')
-            .next()
-            .unwrap_or(&self.repository)
-    }
-
-    fn reference(&self, tag: &str) -> Reference {
-        Reference::with_tag(
-            self.registry.clone(),
-            self.repository.clone(),
-            tag.to_string(),
-        )
-    }
-
-    fn client(&self) -> Client {
-        Client::new(ClientConfig {
-            protocol: if self.insecure {
-                ClientProtocol::Http
-            } else {
-                ClientProtocol::Https
-            },
-            ..Default::default()
-        })
-    }
+            ClientProtocol::Https
+        },
+        ..Default::default()
+    })
 }
 
 /// Credentials from `WASMHOST_REGISTRY_AUTH` (`USER:PASSWORD`), else none.
@@ -174,9 +91,8 @@ pub async fn push(file: &Path, source: &Source) -> Result<String> {
         WASM_CONFIG.to_string(),
         None,
     );
-    let pushed = source
-        .client()
-        .push(&source.reference(tag), &[layer], config, &auth(), None)
+    let pushed = client(source)
+        .push(&reference(source, tag), &[layer], config, &auth(), None)
         .await
         .with_context(|| format!("cannot push to {source}"))?;
     Ok(pushed.manifest_url)
@@ -195,13 +111,13 @@ pub struct Pulled {
 /// not yet in `plugins`.
 pub async fn pull_new(source: &Source, plugins: &Path) -> Result<Pulled> {
     install_crypto();
-    let client = source.client();
+    let client = client(source);
     let auth = auth();
     let tags = match &source.tag {
         Some(tag) => vec![tag.clone()],
         None => {
             let listed = client
-                .list_tags(&source.reference("latest"), &auth, None, None)
+                .list_tags(&reference(source, "latest"), &auth, None, None)
                 .await
                 .with_context(|| format!("cannot list the tags of {source}"))?;
             listed
@@ -237,7 +153,7 @@ async fn pull_one(
     tag: &str,
     target: &Path,
 ) -> Result<()> {
-    let reference = source.reference(tag);
+    let reference = reference(source, tag);
     let (manifest, digest) = client
         .pull_image_manifest(&reference, auth)
         .await
@@ -321,36 +237,6 @@ pub async fn follow(sources: Vec<Source>, plugins: PathBuf, interval: Duration) 
                     }
                 }
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sources_parse_with_their_pins() {
-        let s: Source = "oci://ghcr.io/acme/user".parse().unwrap();
-        assert_eq!(s.registry, "ghcr.io");
-        assert_eq!(s.repository, "acme/user");
-        assert_eq!(s.service(), "user");
-        assert_eq!(s.tag, None);
-        let s: Source = "oci+http://127.0.0.1:5000/user:1.2.0".parse().unwrap();
-        assert!(s.insecure);
-        assert_eq!(s.registry, "127.0.0.1:5000");
-        assert_eq!(s.tag.as_deref(), Some("1.2.0"));
-        let pin = format!("sha256:{}", "a".repeat(64));
-        let s: Source = format!("oci://r.example/user:1.0.0@{pin}").parse().unwrap();
-        assert_eq!(s.digest.as_deref(), Some(pin.as_str()));
-        assert_eq!(s.to_string(), format!("oci://r.example/user:1.0.0@{pin}"));
-        for bad in [
-            "ghcr.io/user",
-            "oci://ghcr.io",
-            "oci://r/user@md5:00",
-            "oci://r/Bad_Name",
-        ] {
-            assert!(bad.parse::<Source>().is_err(), "{bad}");
         }
     }
 }

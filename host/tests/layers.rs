@@ -30,6 +30,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("messages", 0),
     ("nats_log", 0),
     ("bus", 0),
+    ("oci_ref", 0),
     ("plugin", 0),
     ("files", 0),
     ("health", 0),
