@@ -87,6 +87,34 @@ pub fn redacted(url: &str) -> String {
     }
 }
 
+/// Makes the two streams where they are missing (a server that lost its
+/// store gets them back).
+async fn streams(js: &jetstream::Context, url: &str) -> Result<(stream::Stream, stream::Stream)> {
+    let messages = js
+        .get_or_create_stream(stream::Config {
+            name: MESSAGES.into(),
+            subjects: vec!["wh.msg.>".into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            max_age: RETENTION,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .with_context(|| {
+            format!("cannot make the stream {MESSAGES} on {url} (is JetStream on? nats-server -js)")
+        })?;
+    let dead = js
+        .get_or_create_stream(stream::Config {
+            name: DEAD.into(),
+            subjects: vec!["wh.dead.>".into()],
+            max_age: RETENTION,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("cannot make the stream {DEAD} on {url}"))?;
+    Ok((messages, dead))
+}
+
 /// Each group's consumer, with the (ack-wait, one-at-a-time) it was made with.
 type Consumers = HashMap<String, (jetstream::consumer::PullConsumer, Duration, bool)>;
 
@@ -157,26 +185,7 @@ impl NatsLog {
                     .await
                     .with_context(|| format!("the NATS at {url} does not answer"))?;
                 let js = jetstream::new(client);
-                let messages = js
-                    .get_or_create_stream(stream::Config {
-                        name: MESSAGES.into(),
-                        subjects: vec!["wh.msg.>".into()],
-                        retention: stream::RetentionPolicy::WorkQueue,
-                        max_age: RETENTION,
-                        duplicate_window: Duration::from_secs(120),
-                        ..Default::default()
-                    })
-                    .await
-                    .with_context(|| format!("cannot make the stream {MESSAGES} on {url} (is JetStream on? nats-server -js)"))?;
-                let dead = js
-                    .get_or_create_stream(stream::Config {
-                        name: DEAD.into(),
-                        subjects: vec!["wh.dead.>".into()],
-                        max_age: RETENTION,
-                        ..Default::default()
-                    })
-                    .await
-                    .with_context(|| format!("cannot make the stream {DEAD} on {url}"))?;
+                let (messages, dead) = streams(&js, &url).await?;
                 Ok::<_, anyhow::Error>(Connected { js, messages, dead })
             })
             .await
@@ -196,6 +205,18 @@ impl NatsLog {
         if c.js.client().connection_state() != async_nats::connection::State::Connected {
             bail!("the message broker at {} is unreachable", self.redacted());
         }
+        if self.publish_once(c, messages).await.is_ok() {
+            return Ok(());
+        }
+        // A server that lost its store has no stream to take them: make it
+        // again and publish once more (what was stored is not stored twice:
+        // the message ids are JetStream's dedup keys).
+        streams(&c.js, &self.redacted()).await?;
+        self.consumers.lock().await.clear();
+        self.publish_once(c, messages).await
+    }
+
+    async fn publish_once(&self, c: &Connected, messages: &[Outgoing]) -> Result<()> {
         let mut acks = Vec::new();
         for m in messages {
             if m.body.len() > crate::messages::MAX_MESSAGE_BYTES {
@@ -258,12 +279,18 @@ impl NatsLog {
             max_ack_pending: if one_at_a_time { 1 } else { 10_000 },
             ..Default::default()
         };
-        // Made, or (when it exists) brought up to the settings given.
-        let consumer = c
-            .messages
-            .create_consumer(config)
-            .await
-            .with_context(|| format!("cannot make the consumer {name}"))?;
+        // Made, or (when it exists) brought up to the settings given; once
+        // more after making the streams, for a server that lost its store.
+        let consumer = match c.messages.create_consumer(config.clone()).await {
+            Ok(consumer) => consumer,
+            Err(_) => {
+                streams(&c.js, &self.redacted()).await?;
+                c.messages
+                    .create_consumer(config)
+                    .await
+                    .with_context(|| format!("cannot make the consumer {name}"))?
+            }
+        };
         consumers.insert(group.to_string(), (consumer.clone(), lease, one_at_a_time));
         Ok(consumer)
     }
@@ -281,13 +308,20 @@ impl NatsLog {
         if max == 0 {
             return Ok(Vec::new());
         }
+        let c = self.connected().await?;
+        if c.js.client().connection_state() != async_nats::connection::State::Connected {
+            // Said once, by the connection's events; deliveries wait.
+            return Ok(Vec::new());
+        }
         let consumer = self.consumer(group, lease, one_at_a_time).await?;
-        let mut batch = consumer
-            .fetch()
-            .max_messages(max)
-            .messages()
-            .await
-            .context("cannot fetch from JetStream")?;
+        let mut batch = match consumer.fetch().max_messages(max).messages().await {
+            Ok(batch) => batch,
+            Err(error) => {
+                // Made again next time (the server may have lost it).
+                self.consumers.lock().await.remove(group);
+                return Err(anyhow::anyhow!("cannot fetch from JetStream: {error}"));
+            }
+        };
         let mut out = Vec::new();
         let now = now_ms();
         while let Some(message) = batch.next().await {

@@ -278,4 +278,12 @@ fn a_broker_that_goes_away_fails_publishes_clearly_and_deliveries_resume() {
     });
     until_count(&host, &format!("handled:{after}"), 1);
     assert_eq!(count(&host, &format!("handled:{before}")), 1);
+
+    // Back without its store (streams and consumers gone): made again.
+    nats.restart_empty();
+    let fresh = wait_until("a publish accepted", Duration::from_secs(30), || {
+        let reply = host.send("POST", "/faulty/publish/jobs.c", "ok");
+        (reply.status == 201).then(|| reply.json()["id"].as_str().unwrap().to_string())
+    });
+    until_count(&host, &format!("handled:{fresh}"), 1);
 }

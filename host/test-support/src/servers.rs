@@ -191,6 +191,17 @@ impl Nats {
         self.stop();
         self.spawn().expect("restart nats-server");
     }
+
+    /// Starts it again on the same port with an empty store, as a server
+    /// that lost its disk.
+    pub fn restart_empty(&mut self) {
+        self.stop();
+        for entry in std::fs::read_dir(self.dir.path()).expect("read the store") {
+            let path = entry.expect("entry").path();
+            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+        }
+        self.spawn().expect("restart nats-server");
+    }
 }
 
 /// A `docker-registry` (the CNCF distribution server) of the test's own,
