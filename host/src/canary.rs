@@ -197,13 +197,13 @@ pub async fn flusher(control: Arc<Control>, cluster: ClusterMetrics) {
                 .flat_map(|s| {
                     s.versions
                         .iter()
-                        .map(|v| format!("{}@{}", s.name, v.version))
+                        .map(|v| crate::registry::version_key(&s.name, &v.version))
                 })
                 .collect(),
             held: snapshot
                 .held
                 .iter()
-                .flat_map(|(s, vs)| vs.iter().map(move |v| format!("{s}@{v}")))
+                .flat_map(|(s, vs)| vs.iter().map(move |v| crate::registry::version_key(s, v)))
                 .collect(),
             at_ms: crate::messages::now_ms(),
         };

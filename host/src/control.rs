@@ -128,11 +128,30 @@ pub struct Control {
     /// On a cluster, what the replicas report and the canary lease.
     cluster: Option<crate::cluster_metrics::ClusterMetrics>,
     /// On a cluster, what the other replicas reported last, and the
-    /// versions given traffic here so far (never held again).
-    others: std::sync::Mutex<(
-        crate::registry::Replicas,
-        std::collections::BTreeSet<String>,
-    )>,
+    /// versions given traffic here so far.
+    others: std::sync::Mutex<Seen>,
+}
+
+/// What a replica knows of the cluster's versions.
+#[derive(Default, Clone)]
+struct Seen {
+    /// The other replicas' last reports.
+    others: crate::registry::Replicas,
+    /// `SERVICE@VERSION`s given traffic here so far: never held again.
+    admitted: std::collections::BTreeSet<String>,
+}
+
+/// The versions in `a` and not in `b`.
+fn newly<'a>(
+    a: &'a crate::registry::Held,
+    b: &'a crate::registry::Held,
+) -> impl Iterator<Item = (&'a str, &'a str)> {
+    a.iter().flat_map(move |(service, versions)| {
+        versions
+            .iter()
+            .filter(move |v| !b.get(service).is_some_and(|h| h.contains(*v)))
+            .map(move |v| (service.as_str(), v.as_str()))
+    })
 }
 
 impl Control {
@@ -248,10 +267,14 @@ impl Control {
             return Ok(self.publish(before, release, None, served, String::new()));
         }
         if let Change::Replicas(others) = change {
-            let admitted = self.others.lock().map(|o| o.1.clone()).unwrap_or_default();
+            let admitted = self
+                .others
+                .lock()
+                .map(|o| o.admitted.clone())
+                .unwrap_or_default();
             let held = crate::registry::held_versions(&before.registry, &others, &admitted);
-            if let Ok(mut last) = self.others.lock() {
-                last.0 = others;
+            if let Ok(mut seen) = self.others.lock() {
+                seen.others = others;
             }
             if held == before.held {
                 return Ok(Applied {
@@ -260,12 +283,8 @@ impl Control {
                     detail: String::new(),
                 });
             }
-            for (service, versions) in &before.held {
-                for version in versions {
-                    if !held.get(service).is_some_and(|h| h.contains(version)) {
-                        tracing::info!(%service, %version, "every replica has loaded the version: it may take traffic");
-                    }
-                }
+            for (service, version) in newly(&before.held, &held) {
+                tracing::info!(%service, %version, "every replica has loaded the version: it may take traffic");
             }
             let changed = rescan_rules(
                 &before.registry.without(&before.held),
@@ -312,19 +331,10 @@ impl Control {
                 done,
             } => {
                 if self.cluster.is_some() {
-                    let (others, admitted) =
-                        self.others.lock().map(|o| o.clone()).unwrap_or_default();
-                    held = crate::registry::held_versions(&registry, &others, &admitted);
-                    for (service, versions) in &held {
-                        for version in versions {
-                            if !before
-                                .held
-                                .get(service)
-                                .is_some_and(|h| h.contains(version))
-                            {
-                                tracing::info!(%service, %version, "loaded, but held until every replica has it");
-                            }
-                        }
+                    let seen = self.others.lock().map(|o| o.clone()).unwrap_or_default();
+                    held = crate::registry::held_versions(&registry, &seen.others, &seen.admitted);
+                    for (service, version) in newly(&held, &before.held) {
+                        tracing::info!(%service, %version, "loaded, but held until every replica has it");
                     }
                 }
                 let changed = done.is_some_and(|done| {
@@ -437,8 +447,9 @@ impl Control {
             .unwrap_or(&before.registry)
             .with_release_holding(&release, &held);
         if self.cluster.is_some() {
-            if let Ok(mut others) = self.others.lock() {
-                others.1.extend(crate::registry::admitted(&registry, &held));
+            if let Ok(mut seen) = self.others.lock() {
+                seen.admitted
+                    .extend(crate::registry::admitted(&registry, &held));
             }
         }
         let after = Arc::new(Snapshot {

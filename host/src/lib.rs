@@ -121,31 +121,18 @@ pub async fn run(
     }
     http.max_connections = cap;
     tracing::debug!(fd_limit, max_connections = cap, "connection cap");
-    let sources = (config.sources.clone(), config.source_interval);
+    let (sources, interval) = (config.sources.clone(), config.source_interval);
     let host = Host::builder().config(config).build()?;
     host.check_store().await?;
     // The registry's versions are in the plugins directory before the first
     // scan; a registry that does not answer holds nothing up.
-    let (sources, interval) = sources;
-    for source in &sources {
-        match oci_source::pull_new(source, host.plugins_dir()).await {
-            Ok(pulled) => {
-                for file in &pulled.written {
-                    tracing::info!(source = %source, %file, "pulled from the registry (digest checked)");
-                }
-            }
-            Err(error) => {
-                tracing::warn!(source = %source, error = %format!("{error:#}"), "the registry cannot be read; serving what the plugins directory has")
-            }
-        }
-    }
-    let _sources = (!sources.is_empty()).then(|| {
-        tokio::spawn(oci_source::follow(
-            sources,
-            host.plugins_dir().to_path_buf(),
-            interval,
-        ))
-    });
+    let _sources = if sources.is_empty() {
+        None
+    } else {
+        let mut follower = oci_source::Follower::new(sources, host.plugins_dir().to_path_buf());
+        follower.look().await;
+        Some(tokio::spawn(follower.run(interval)))
+    };
     let token = admin::token(host.state_dir())?;
     let cluster = host.control().cluster().cloned();
     let flusher = cluster

@@ -205,6 +205,16 @@ impl NatsLog {
         if c.js.client().connection_state() != async_nats::connection::State::Connected {
             bail!("the message broker at {} is unreachable", self.redacted());
         }
+        if let Some(m) = messages
+            .iter()
+            .find(|m| m.body.len() > crate::messages::MAX_MESSAGE_BYTES)
+        {
+            bail!(
+                "message {} is larger than {} bytes",
+                m.id,
+                crate::messages::MAX_MESSAGE_BYTES
+            );
+        }
         if self.publish_once(c, messages).await.is_ok() {
             return Ok(());
         }
@@ -219,12 +229,6 @@ impl NatsLog {
     async fn publish_once(&self, c: &Connected, messages: &[Outgoing]) -> Result<()> {
         let mut acks = Vec::new();
         for m in messages {
-            if m.body.len() > crate::messages::MAX_MESSAGE_BYTES {
-                bail!(
-                    "message larger than {} bytes",
-                    crate::messages::MAX_MESSAGE_BYTES
-                );
-            }
             let meta = Meta {
                 id: m.id.clone(),
                 topic: m.topic.clone(),

@@ -103,7 +103,7 @@ pub async fn push(file: &Path, source: &Source) -> Result<String> {
 pub struct Pulled {
     /// Files written, as `NAME@TAG.wasm`.
     pub written: Vec<String>,
-    /// Tags refused, with why (each reported once per run by [`follow`]).
+    /// Tags refused, with why (each reported once per run by [`Follower`]).
     pub refused: BTreeMap<String, String>,
 }
 
@@ -203,19 +203,31 @@ fn hidden_tmp(target: &Path) -> PathBuf {
     target.with_file_name(format!(".{name}.oci-tmp"))
 }
 
-/// Runs forever: looks at every source every `interval`, logging what it
-/// pulled, and each refusal or unreachable registry once until it changes.
-pub async fn follow(sources: Vec<Source>, plugins: PathBuf, interval: Duration) {
-    let mut said: BTreeMap<String, String> = BTreeMap::new();
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        for source in &sources {
+/// Keeps the plugins directory up to date with some sources, saying each
+/// refusal or unreachable registry once until it changes.
+pub struct Follower {
+    sources: Vec<Source>,
+    plugins: PathBuf,
+    said: BTreeMap<String, String>,
+}
+
+impl Follower {
+    /// Follows `sources` into `plugins`.
+    pub fn new(sources: Vec<Source>, plugins: PathBuf) -> Self {
+        Self {
+            sources,
+            plugins,
+            said: BTreeMap::new(),
+        }
+    }
+
+    /// Looks at every source once, pulling what is new.
+    pub async fn look(&mut self) {
+        for source in &self.sources {
             let key = source.to_string();
-            match pull_new(source, &plugins).await {
+            match pull_new(source, &self.plugins).await {
                 Ok(pulled) => {
-                    if said.remove(&key).is_some() {
+                    if self.said.remove(&key).is_some() {
                         tracing::info!(source = %key, "the registry answers again");
                     }
                     for file in &pulled.written {
@@ -223,20 +235,30 @@ pub async fn follow(sources: Vec<Source>, plugins: PathBuf, interval: Duration) 
                     }
                     for (tag, why) in pulled.refused {
                         let at = format!("{key}:{tag}");
-                        if said.get(&at) != Some(&why) {
+                        if self.said.get(&at) != Some(&why) {
                             tracing::error!(source = %key, %tag, error = %why, "a component from the registry was refused; what is loaded keeps serving");
-                            said.insert(at, why);
+                            self.said.insert(at, why);
                         }
                     }
                 }
                 Err(error) => {
                     let why = format!("{error:#}");
-                    if said.get(&key) != Some(&why) {
+                    if self.said.get(&key) != Some(&why) {
                         tracing::warn!(source = %key, error = %why, "the registry cannot be read; what is loaded keeps serving");
-                        said.insert(key, why);
+                        self.said.insert(key, why);
                     }
                 }
             }
+        }
+    }
+
+    /// Runs forever: looks again every `interval`.
+    pub async fn run(mut self, interval: Duration) {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.look().await;
         }
     }
 }

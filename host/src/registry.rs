@@ -253,6 +253,11 @@ pub struct Snapshot {
 /// Versions by service (`service → versions`).
 pub type Held = BTreeMap<String, std::collections::BTreeSet<String>>;
 
+/// How replicas name a version to each other: `SERVICE@VERSION`.
+pub fn version_key(service: &str, version: &str) -> String {
+    format!("{service}@{version}")
+}
+
 /// What a cluster's other replicas reported, as `SERVICE@VERSION`s.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Replicas {
@@ -279,7 +284,7 @@ pub fn held_versions(
             .names
             .iter()
             .filter(|v| {
-                let name = format!("{}@{v}", service.name);
+                let name = version_key(&service.name, v);
                 !admitted.contains(&name)
                     && !others.admitted.contains(&name)
                     && others.loaded.iter().any(|o| !o.contains(&name))
@@ -337,7 +342,7 @@ pub fn admitted(registry: &Registry, held: &Held) -> std::collections::BTreeSet<
             s.names
                 .iter()
                 .filter(|v| !held.get(&s.name).is_some_and(|h| h.contains(&***v)))
-                .map(|v| format!("{}@{v}", s.name))
+                .map(|v| version_key(&s.name, v))
         })
         .collect()
 }
@@ -516,24 +521,22 @@ impl Registry {
             .services
             .iter()
             .map(|(name, s)| {
-                let routable: Vec<Arc<str>> = match held.get(name) {
-                    Some(h) => s
-                        .names
-                        .iter()
-                        .filter(|v| !h.contains(&***v))
-                        .cloned()
-                        .collect(),
-                    None => s.names.clone(),
-                };
-                // Weights a held version has go to the stable version here
-                // (or, without one, to the version with the most weight).
+                // A held version is out of the policy; its weights go to the
+                // stable version here (or, without one, to the version with
+                // the most weight).
                 let moved;
-                let release = match held.get(name) {
+                let (routable, release) = match held.get(name) {
                     Some(h) => {
                         moved = without_held_weights(release, name, h);
-                        &moved
+                        let routable: Vec<Arc<str>> = s
+                            .names
+                            .iter()
+                            .filter(|v| !h.contains(&***v))
+                            .cloned()
+                            .collect();
+                        (routable, &moved)
                     }
-                    None => release,
+                    None => (s.names.clone(), release),
                 };
                 let policy = policy_for(
                     name,

@@ -221,7 +221,7 @@ async fn with_replicas(
     for service in services {
         service.replicas = Some(reports.len() as u32);
         for version in &mut service.versions {
-            let name = format!("{}@{}", service.name, version.version);
+            let name = crate::registry::version_key(&service.name, &version.version);
             let on = reports
                 .iter()
                 .filter(|r| r.versions.contains(&name))
